@@ -1,0 +1,41 @@
+# The README's commands. Every target sets up what it needs on a fresh machine:
+# a .venv, the CPU torch wheel (only when the venv has no torch), then atlas_fast
+# with its test and dev extras (this builds the C++ module atlas_fast._C).
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.atlas_fast-installed
+BENCH_JSON ?= benchmarks/results.json
+
+.PHONY: install run test lint bench bench-smoke clean
+
+$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[test,dev]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The main job on the embedded default.
+run: install
+	$(VENV)/bin/atlas-fast smoke
+
+# Lint, then every CPU test; Triton kernels run in its interpreter.
+test: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	ATLAS_FAST_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -q
+	$(PY) -m pytest -q benchmarks --benchmark-disable
+
+lint: install
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# Full benchmark run: JSON results, then BENCHMARKS.md rendered from them.
+bench: install
+	$(PY) -m pytest benchmarks --benchmark-json=$(BENCH_JSON) $(BENCH_ARGS)
+	$(PY) benchmarks/render.py $(BENCH_JSON) --output BENCHMARKS.md --command "make bench $(BENCH_ARGS)"
+
+clean:
+	rm -rf $(VENV) build *.egg-info atlas_fast/_C*.so

@@ -1,0 +1,89 @@
+"""Which implementation of an op runs, decided per call from the tensors' device.
+
+ATLAS_FAST_BACKEND selects:
+- ``auto`` (default): the Triton kernel for CUDA tensors when Triton imports, for
+  CPU tensors only under ``TRITON_INTERPRET=1`` (Triton's interpreter, for tests);
+  the PyTorch reference otherwise, and whenever the kernel does not support the
+  inputs (it says why).
+- ``triton``: the Triton kernel, or an error saying why it cannot run.
+- ``reference``: always the PyTorch reference.
+
+Nothing here runs at import: Triton is imported only when a call on a device it
+could serve asks for it, so a CPU process never imports it.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Literal
+
+import torch
+
+__all__ = [
+    "BACKEND_ENV",
+    "KERNEL_OPS",
+    "Backend",
+    "TritonUnavailable",
+    "choose_backend",
+    "requested_backend",
+    "triton_status",
+]
+
+Backend = Literal["triton", "reference"]
+BACKEND_ENV = "ATLAS_FAST_BACKEND"
+_CHOICES = ("auto", "triton", "reference")
+
+# Public ops that have a Triton kernel in kernels/ (reported by `python -m atlas_fast.info`).
+KERNEL_OPS: tuple[str, ...] = ()
+
+
+class TritonUnavailable(RuntimeError):
+    """ATLAS_FAST_BACKEND=triton was requested where the Triton kernel cannot run."""
+
+
+def requested_backend() -> str:
+    """The value of ATLAS_FAST_BACKEND, validated; ``auto`` when unset."""
+    value = os.environ.get(BACKEND_ENV, "auto").strip().lower() or "auto"
+    if value not in _CHOICES:
+        raise ValueError(f"{BACKEND_ENV} must be one of {', '.join(_CHOICES)}; got {value!r}")
+    return value
+
+
+@functools.cache
+def _triton_import_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # a broken install can raise more than ImportError
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def triton_status(device: torch.device) -> str | None:
+    """None when Triton kernels can run on ``device``, else the reason they cannot."""
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton kernels do not run on {device.type} tensors"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton runs on CPU tensors only in its interpreter (set TRITON_INTERPRET=1)"
+    error = _triton_import_error()
+    return None if error is None else f"triton does not import ({error})"
+
+
+def choose_backend(op: str, device: torch.device, unsupported: str | None = None) -> Backend:
+    """Pick the implementation of ``op`` for tensors on ``device``.
+
+    Args:
+        op: the op's public name, used in error messages.
+        device: where the op's inputs live.
+        unsupported: why the kernel cannot take these particular inputs (for
+            example a size over its limit), or None when it can.
+    """
+    requested = requested_backend()
+    if requested == "reference":
+        return "reference"
+    reason = triton_status(device) or unsupported
+    if reason is None:
+        return "triton"
+    if requested == "triton":
+        raise TritonUnavailable(f"{op}: {BACKEND_ENV}=triton was requested but {reason}")
+    return "reference"

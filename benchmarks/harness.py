@@ -1,0 +1,66 @@
+"""What every benchmark shares: one way to time a provider and record its peak memory.
+
+Every benchmark of an op is parametrised by provider (atlas_fast's reference,
+Triton kernel or C++ module, and the outside baseline it must beat) so that a
+single run yields all of them and BENCHMARKS.md can print ratios. Results are
+grouped by `benchmark.group` = "<op> <shape> <mode>"; `extra_info` carries the
+provider, the baseline provider of the group and the peak memory in bytes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn`` runs, above what was allocated before it.
+
+    CUDA: the caching allocator's peak counter. CPU: torch's profiler with memory
+    profiling; allocations are replayed in time order and the running maximum taken.
+    Memory allocated outside torch (numpy, the C++ module) is not seen on CPU.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda event: event.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak
+
+
+def run_provider(
+    benchmark,
+    fn: Callable[[], object],
+    *,
+    op: str,
+    shape: str,
+    mode: str,
+    provider: str,
+    baseline: str,
+    device: torch.device,
+) -> None:
+    """Time ``fn`` with pytest-benchmark and record provider, baseline and peak memory."""
+    if device.type == "cuda":
+        timed = fn
+
+        def fn() -> None:  # kernels are asynchronous: time until they finish
+            timed()
+            torch.cuda.synchronize()
+
+    benchmark.group = f"{op} {shape} {mode}"
+    benchmark.extra_info.update(op=op, shape=shape, mode=mode, provider=provider, baseline=baseline)
+    benchmark.extra_info["device"] = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    if not benchmark.disabled:
+        fn()  # warm-up: compilation and autotuning stay out of the memory figure
+        benchmark.extra_info["peak_bytes"] = peak_memory_bytes(fn, device)
+    benchmark(fn)
