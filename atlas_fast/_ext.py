@@ -14,8 +14,7 @@ from types import ModuleType
 __all__ = ["ExtensionUnavailable", "available", "build_info", "native", "required"]
 
 REBUILD_HINT = (
-    "rebuild it from the repository root with `make install` "
-    "(or `pip install -e .`; it needs a C++17 compiler)"
+    "rebuild it from the repository root with `make install` (or `pip install -e .`; it needs a C++17 compiler)"
 )
 
 

@@ -11,8 +11,10 @@ import sys
 from collections.abc import Callable
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 
-from atlas_fast import info
+from atlas_fast import _dispatch, info, losses
 from atlas_fast.index import merge_topk
 
 
@@ -28,7 +30,25 @@ def _check_merge_topk() -> str:
     return f"merge_topk of 3 shards -> top-5 ids {merged_ids[0].tolist()}"
 
 
-SMOKE_CHECKS: dict[str, Callable[[], str]] = {"index.merge_topk (C++)": _check_merge_topk}
+def _check_losses() -> str:
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randn(8, 40, generator=generator, requires_grad=True)
+    gold = torch.randn(8, 40, generator=generator)
+    loss = losses.kldivloss(scores, gold)
+    # Atlas's expression: KLDivLoss() with reduction "mean" over softmaxes at τ = 0.01.
+    atlas = F.kl_div(F.log_softmax(scores / 0.01, -1), F.softmax(gold / 0.01, -1), reduction="sum") / scores.numel()
+    torch.testing.assert_close(loss, atlas, rtol=1e-5, atol=1e-6)
+    token_logprobs = torch.randn(8, 40, 5, generator=generator).log_softmax(-1)
+    emdr = losses.emdr_loss(scores, token_logprobs, torch.randint(0, 5, (8, 5), generator=generator))
+    loss.backward()
+    backend = _dispatch.choose_backend("kldivloss", scores.device)
+    return f"kldivloss {loss.item():.4f} = Atlas's expression, emdr_loss {emdr.item():.4f} ({backend} backend)"
+
+
+SMOKE_CHECKS: dict[str, Callable[[], str]] = {
+    "index.merge_topk (C++)": _check_merge_topk,
+    "losses.kldivloss / emdr_loss": _check_losses,
+}
 
 
 def smoke() -> int:

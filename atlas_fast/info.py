@@ -45,9 +45,7 @@ def report() -> str:
     lines += [f"{name}: {_package_version(name)}" for name in _PACKAGES]
     lines.append(f"torch threads: {torch.get_num_threads()}")
     if torch.cuda.is_available():
-        lines += [
-            f"cuda device {i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())
-        ]
+        lines += [f"cuda device {i}: {torch.cuda.get_device_name(i)}" for i in range(torch.cuda.device_count())]
     else:
         lines.append("cuda: not available")
     build = _ext.build_info()

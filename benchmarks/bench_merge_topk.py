@@ -43,9 +43,7 @@ def test_merge_topk(benchmark, provider, n_shards, n_queries, k):
             part = np.argpartition(-all_scores, k - 1, axis=1)[:, :k]
             top = np.take_along_axis(all_scores, part, 1)
             order = np.argsort(-top, axis=1, kind="stable")
-            return np.take_along_axis(top, order, 1), np.take_along_axis(
-                np.take_along_axis(all_ids, part, 1), order, 1
-            )
+            return np.take_along_axis(top, order, 1), np.take_along_axis(np.take_along_axis(all_ids, part, 1), order, 1)
 
     run_provider(
         benchmark,

@@ -1,0 +1,35 @@
+"""Atlas's loss expressions written literally (facebookresearch/atlas, src/atlas.py): the parity oracle."""
+
+import warnings
+
+import torch
+
+IGNORE_INDEX = -100
+
+
+def atlas_kldivloss(score, gold_score, temperature_score, temperature_gold):
+    gold_score = torch.softmax(gold_score / temperature_gold, dim=-1)
+    score = torch.nn.functional.log_softmax(score / temperature_score, dim=-1)
+    with warnings.catch_warnings():  # torch warns that 'mean' is not 'batchmean'; Atlas relies on 'mean'
+        warnings.simplefilter("ignore", UserWarning)
+        return torch.nn.KLDivLoss()(score, gold_score)
+
+
+def atlas_gold_log_probs(gold_logits, labels, n_context, temperature_gold):
+    """Atlas's no-grad gold side of `logprob`: gold_logits (B·K, T, V) → (B, K, T)."""
+    with torch.no_grad():
+        repeated_labels = torch.repeat_interleave(labels, n_context, dim=0)
+        repeated_labels[repeated_labels == IGNORE_INDEX] = 0
+        gold_log_prob = torch.nn.functional.log_softmax(gold_logits / temperature_gold, dim=-1)
+        gold_log_probs = torch.gather(gold_log_prob, dim=-1, index=repeated_labels[..., None]).view(
+            gold_log_prob.size(0), -1
+        )
+        return gold_log_probs.view(labels.size(0), n_context, -1)
+
+
+def atlas_logprob(score, gold_log_probs, labels, temperature_score):
+    mask_labels = labels >= 0
+    log_score = torch.nn.functional.log_softmax(score / temperature_score, dim=-1)
+    log_prob = gold_log_probs + log_score[..., None]
+    logsumprobs = torch.logsumexp(log_prob, dim=1)
+    return -1 * torch.sum(logsumprobs * mask_labels) / torch.sum(mask_labels)
