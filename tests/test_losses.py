@@ -6,12 +6,12 @@ with these references in test_losses_kernels.py.
 
 import pytest
 import torch
-from atlas_expressions import atlas_gold_log_probs, atlas_kldivloss, atlas_logprob
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from atlas_fast import losses
 from atlas_fast.reference import emdr_loss_ref, kldivloss_ref, retriever_scores_ref
+from atlas_fast.reference.atlas import atlas_gold_log_probs, atlas_kldivloss, atlas_logprob
 from atlas_fast.testing import assert_close
 
 PARITY = {"rtol": 1e-6, "atol": 1e-7}

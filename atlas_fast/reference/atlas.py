@@ -1,18 +1,23 @@
-"""Atlas's loss expressions written literally (facebookresearch/atlas, src/atlas.py): the parity oracle."""
+"""Atlas's own expressions, written as in facebookresearch/atlas (src/atlas.py).
 
-import warnings
+They are what atlas_fast must equal (the parity tests) and what it must beat
+(the benchmarks' baseline). Not for use in training: they materialise every
+intermediate and know no mask.
+"""
 
 import torch
+
+__all__ = ["atlas_gold_log_probs", "atlas_kldivloss", "atlas_logprob"]
 
 IGNORE_INDEX = -100
 
 
-def atlas_kldivloss(score, gold_score, temperature_score, temperature_gold):
+def atlas_kldivloss(score, gold_score, temperature_score=0.01, temperature_gold=0.01):
+    """`Atlas.kldivloss`: score, gold_score (B, K) -> scalar, divided by B·K."""
     gold_score = torch.softmax(gold_score / temperature_gold, dim=-1)
     score = torch.nn.functional.log_softmax(score / temperature_score, dim=-1)
-    with warnings.catch_warnings():  # torch warns that 'mean' is not 'batchmean'; Atlas relies on 'mean'
-        warnings.simplefilter("ignore", UserWarning)
-        return torch.nn.KLDivLoss()(score, gold_score)
+    # torch warns that 'mean' is not 'batchmean'; Atlas relies on 'mean' (pytest config silences it).
+    return torch.nn.KLDivLoss()(score, gold_score)
 
 
 def atlas_gold_log_probs(gold_logits, labels, n_context, temperature_gold):
@@ -27,7 +32,8 @@ def atlas_gold_log_probs(gold_logits, labels, n_context, temperature_gold):
         return gold_log_probs.view(labels.size(0), n_context, -1)
 
 
-def atlas_logprob(score, gold_log_probs, labels, temperature_score):
+def atlas_logprob(score, gold_log_probs, labels, temperature_score=0.01):
+    """`Atlas.logprob` after its no-grad gold side: score (B, K), gold_log_probs (B, K, T), labels (B, T)."""
     mask_labels = labels >= 0
     log_score = torch.nn.functional.log_softmax(score / temperature_score, dim=-1)
     log_prob = gold_log_probs + log_score[..., None]
