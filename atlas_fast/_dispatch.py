@@ -35,7 +35,7 @@ BACKEND_ENV = "ATLAS_FAST_BACKEND"
 _CHOICES = ("auto", "triton", "reference")
 
 # Public ops that have a Triton kernel in kernels/ (reported by `python -m atlas_fast.info`).
-KERNEL_OPS: tuple[str, ...] = ("kldivloss", "emdr_loss")
+KERNEL_OPS: tuple[str, ...] = ("kldivloss", "emdr_loss", "pdist_gold_scores", "emdr_token_logprobs")
 
 
 class TritonUnavailable(RuntimeError):

@@ -14,6 +14,9 @@ constants, as in Atlas, and passing ones that require grad is an error.
 A passage mask (B, K) drops padded passages from both softmaxes and from every
 count; a row whose mask excludes every passage contributes 0 and is excluded
 from the means; a loss with nothing to average is 0, never NaN.
+
+The gold scores that feed these losses (`pdist_gold_scores`, `emdr_token_logprobs`,
+`adist_gold_scores`) live in atlas_fast.gold_scores and are re-exported here.
 """
 
 from __future__ import annotations
@@ -22,9 +25,20 @@ import torch
 from torch import nn
 
 from atlas_fast import _dispatch, _validation
+from atlas_fast.gold_scores import adist_gold_scores, emdr_token_logprobs, pdist_gold_scores, t5_lm_head_scale
 from atlas_fast.reference.losses import emdr_loss_ref, kldivloss_ref, retriever_scores_ref
 
-__all__ = ["EMDRLoss", "KLDivLoss", "emdr_loss", "kldivloss", "retriever_scores"]
+__all__ = [
+    "EMDRLoss",
+    "KLDivLoss",
+    "adist_gold_scores",
+    "emdr_loss",
+    "emdr_token_logprobs",
+    "kldivloss",
+    "pdist_gold_scores",
+    "retriever_scores",
+    "t5_lm_head_scale",
+]
 
 # Largest K the kernels hold in registers (kernels/kldivloss.py and kernels/emdr_loss.py);
 # kept here so that dispatch does not import Triton to read it.

@@ -7,7 +7,7 @@ intermediate and know no mask.
 
 import torch
 
-__all__ = ["atlas_gold_log_probs", "atlas_kldivloss", "atlas_logprob"]
+__all__ = ["atlas_gold_log_probs", "atlas_kldivloss", "atlas_logprob", "atlas_normssum", "atlas_perplexity_score"]
 
 IGNORE_INDEX = -100
 
@@ -39,3 +39,30 @@ def atlas_logprob(score, gold_log_probs, labels, temperature_score=0.01):
     log_prob = gold_log_probs + log_score[..., None]
     logsumprobs = torch.logsumexp(log_prob, dim=1)
     return -1 * torch.sum(logsumprobs * mask_labels) / torch.sum(mask_labels)
+
+
+def atlas_perplexity_score(logits, labels, n_context):
+    """`Atlas.perplexity_score` after the reader pass: logits (B·K, T, V), labels (B, T) → (B, K)."""
+    bsz = labels.size(0)
+    repeated_labels = torch.repeat_interleave(labels, n_context, dim=0)
+    token_loss = torch.nn.functional.cross_entropy(
+        logits.view(-1, logits.size(-1)), repeated_labels.flatten(), reduction="none"
+    )
+    gold_score = token_loss.view(bsz, n_context, -1)
+    z = (repeated_labels.view(bsz, n_context, -1) > -1).sum(dim=-1)
+    return -gold_score.sum(dim=-1) / z
+
+
+def atlas_normssum(norm_scores, context_mask, labels, n_passages):
+    """ADist's `normssum` from materialised maps (the aggregation of Atlas's `get_crossattention_scores`).
+
+    norm_scores: (n_layers, B, T, K·L) head-mean of α·‖v‖ per layer; context_mask (B, K·L) bool;
+    labels (B, T). Returns (B, K).
+    """
+    n_layers, bsz, n_tokens, _ = norm_scores.size()
+    scores = norm_scores.view(n_layers, bsz, n_tokens, n_passages, -1)
+    mask = context_mask.view(bsz, n_passages, -1)
+    scores = scores.masked_fill(~mask[None, :, None], 0.0)
+    scores = scores.masked_fill((labels == IGNORE_INDEX)[None, :, :, None, None], 0.0)
+    ntokens_sum = 256 * n_layers * (~(labels == IGNORE_INDEX)).sum(dim=[1])
+    return scores.sum(dim=[0, 2, 4]) / ntokens_sum[:, None]

@@ -1,0 +1,146 @@
+"""Gold scores: the reader's judgement of each passage, as Atlas computes it, in O(B·K·T) memory.
+
+- `pdist_gold_scores`: PDist, mean log-likelihood of the target given each passage alone.
+- `emdr_token_logprobs`: EMDR²'s per-token log-probabilities at temperature τ_g.
+- `adist_gold_scores`: ADist, the reader's cross-attention mass per passage (`normssum`).
+
+The first two take the reader's final decoder hidden states and its LM-head
+weight instead of logits: the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)
+never holds more than a tile of logits, the chunked reference (CPU) a bounded
+chunk. T5 with tied embeddings (the default) scales the decoder output by
+d_model^-0.5 before its LM head; pass ``hidden * t5_lm_head_scale(model.config)``.
+
+These are targets, computed under no_grad in Atlas: calling them where autograd
+would record (grad mode on and an input requiring grad) raises. All are exposed
+through atlas_fast.losses.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from atlas_fast import _dispatch, _validation
+from atlas_fast.reference.gold_scores import adist_gold_scores_ref, masked_token_mean, token_logprobs_ref
+
+__all__ = ["adist_gold_scores", "emdr_token_logprobs", "pdist_gold_scores", "t5_lm_head_scale"]
+
+
+def t5_lm_head_scale(config) -> float:
+    """The factor Hugging Face's T5 applies to the decoder output before ``lm_head``.
+
+    d_model^-0.5 when the LM head is tied to the embeddings, else 1. transformers ≥ 5
+    records the choice as ``config.scale_decoder_outputs``; earlier versions use
+    ``config.tie_word_embeddings``.
+    """
+    scaled = getattr(config, "scale_decoder_outputs", None)
+    if scaled is None:
+        scaled = config.tie_word_embeddings
+    return config.d_model**-0.5 if scaled else 1.0
+
+
+def _validate_lm_head_inputs(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor) -> None:
+    _validation.float_tensor("hidden", hidden, 4)
+    _validation.float_tensor("lm_head_weight", lm_head_weight, 2)
+    B, _, T, H = hidden.shape
+    if lm_head_weight.shape[1] != H:
+        raise ValueError(f"lm_head_weight must have shape (V, H) with H={H}; got {tuple(lm_head_weight.shape)}")
+    if lm_head_weight.dtype != hidden.dtype:
+        raise ValueError(f"lm_head_weight dtype {lm_head_weight.dtype} must match hidden dtype {hidden.dtype}")
+    _validation.labels(labels, (B, T))
+    _validation.same_device(hidden=hidden, lm_head_weight=lm_head_weight, labels=labels)
+    if torch.is_grad_enabled() and (hidden.requires_grad or lm_head_weight.requires_grad):
+        raise ValueError(
+            "gold scores have no gradient (Atlas computes them under torch.no_grad()); "
+            "call inside torch.no_grad() or pass detached hidden and lm_head_weight"
+        )
+    vocab = lm_head_weight.shape[0]
+    real = labels[labels != -100]
+    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab):
+        raise ValueError(f"labels must be -100 (padding) or token ids in [0, {vocab}); got values outside")
+    _validation.finite("hidden", hidden)
+
+
+def _token_logprobs(
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, temperature: float, op: str
+) -> torch.Tensor:
+    """(B, K, T) log softmax(hidden·Wᵀ/τ)[label] via the kernel or the chunked reference."""
+    B, K, T, H = hidden.shape
+    rows = hidden.reshape(B * K * T, H)
+    row_labels = labels[:, None, :].expand(B, K, T).reshape(-1)
+    unsupported = (
+        "the Triton kernel computes in float32; float64 uses the reference" if (hidden.dtype == torch.float64) else None
+    )
+    if _dispatch.choose_backend(op, hidden.device, unsupported) == "triton":
+        from atlas_fast.kernels.token_logprobs import token_logprobs_triton
+
+        values = token_logprobs_triton(rows, lm_head_weight, row_labels, temperature)
+    else:
+        values = token_logprobs_ref(rows, lm_head_weight, row_labels, temperature)
+    return values.view(B, K, T)
+
+
+def pdist_gold_scores(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """PDist gold scores: mean over valid target tokens of log p(label | passage k alone).
+
+    Equals Atlas's `perplexity_score` (−token cross-entropy summed over labels != -100,
+    divided by their count) given the same decoder hidden states.
+
+    Args:
+        hidden: (B, K, T, H) final decoder states of the B·K single-passage reader passes,
+            as fed to the LM head (T5 with tied embeddings: already × d_model^-0.5).
+        lm_head_weight: (V, H), same dtype as hidden.
+        labels: (B, T) target ids, -100 = padding; every row needs a valid token.
+
+    Returns:
+        (B, K) float32.
+    """
+    _validate_lm_head_inputs(hidden, lm_head_weight, labels)
+    if bool(((labels != -100).sum(-1) == 0).any()):
+        raise ValueError("labels has a row with no valid target token (all -100); its gold score is undefined")
+    return masked_token_mean(_token_logprobs(hidden, lm_head_weight, labels, 1.0, "pdist_gold_scores"), labels)
+
+
+def emdr_token_logprobs(
+    hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, temperature_gold: float = 0.01
+) -> torch.Tensor:
+    """EMDR² gold side: log softmax(hidden·Wᵀ/τ_g)[label] per passage and target token.
+
+    As Atlas, padding labels (-100) are read as token 0; `emdr_loss` leaves them out.
+
+    Args:
+        hidden: (B, K, T, H) as for `pdist_gold_scores`.
+        lm_head_weight: (V, H).
+        labels: (B, T), -100 = padding.
+        temperature_gold: τ_g > 0 (Atlas default 0.01).
+
+    Returns:
+        (B, K, T) float32, the ``token_logprobs`` argument of `emdr_loss`.
+    """
+    temperature_gold = _validation.temperature("temperature_gold", temperature_gold)
+    _validate_lm_head_inputs(hidden, lm_head_weight, labels)
+    return _token_logprobs(hidden, lm_head_weight, labels, temperature_gold, "emdr_token_logprobs")
+
+
+def adist_gold_scores(passage_vnorm_mass: torch.Tensor, labels: torch.Tensor, n_layers: int) -> torch.Tensor:
+    """ADist gold scores (Atlas `adist`/`evalnormsum`, key `normssum`).
+
+    Args:
+        passage_vnorm_mass: (B, T, K) per target token and passage, Σ over decoder layers of
+            the head-mean of α·‖v‖ summed over the passage's tokens (padding keys excluded);
+            `fid_cross_attention(..., passage_mass="vnorm")` produces it per layer.
+        labels: (B, T), -100 = padding; every row needs a valid token.
+        n_layers: number of decoder layers summed, > 0.
+
+    Returns:
+        (B, K) float32: Σ over valid tokens / (256 · n_layers · valid tokens), 256 being Atlas's constant.
+    """
+    _validation.float_tensor("passage_vnorm_mass", passage_vnorm_mass, 3)
+    B, T, _ = passage_vnorm_mass.shape
+    _validation.labels(labels, (B, T))
+    _validation.same_device(passage_vnorm_mass=passage_vnorm_mass, labels=labels)
+    if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
+        raise ValueError(f"n_layers must be a positive integer; got {n_layers!r}")
+    if bool(((labels != -100).sum(-1) == 0).any()):
+        raise ValueError("labels has a row with no valid target token (all -100); its gold score is undefined")
+    _validation.finite("passage_vnorm_mass", passage_vnorm_mass)
+    return adist_gold_scores_ref(passage_vnorm_mass.detach(), labels, n_layers)

@@ -1,0 +1,201 @@
+"""Gold scores without vocabulary logits: chunked reference vs the naive oracle, Atlas parity on T5."""
+
+import pytest
+import torch
+from transformers import T5Config, T5ForConditionalGeneration
+
+from atlas_fast import losses
+from atlas_fast.reference import token_logprobs_naive, token_logprobs_ref
+from atlas_fast.reference.atlas import atlas_gold_log_probs, atlas_normssum, atlas_perplexity_score
+from atlas_fast.testing import assert_close
+
+
+@pytest.fixture(autouse=True)
+def reference_backend(monkeypatch):
+    monkeypatch.setenv("ATLAS_FAST_BACKEND", "reference")
+
+
+@pytest.mark.parametrize(("n_rows", "H", "V"), [(1, 8, 5), (37, 24, 101), (130, 64, 1000)])
+@pytest.mark.parametrize("temperature", [1.0, 0.01])
+@pytest.mark.parametrize("chunk_rows", [1, 7, 10_000])
+def test_chunked_reference_matches_naive(n_rows, H, V, temperature, chunk_rows):
+    hidden, weight = torch.randn(n_rows, H), torch.randn(V, H) * 0.2
+    labels = torch.randint(0, V, (n_rows,))
+    labels[::3] = -100
+    got = token_logprobs_ref(hidden, weight, labels, temperature, max_chunk_bytes=chunk_rows * 4 * V)
+    assert_close(got, token_logprobs_naive(hidden, weight, labels, temperature), rtol=1e-5)
+
+
+def test_chunk_budget_bounds_memory():
+    """The reference never holds the (N, V) logits: its peak stays near the budget."""
+    from torch.profiler import ProfilerActivity, profile
+
+    hidden, weight = torch.randn(2048, 32), torch.randn(4000, 32)
+    labels = torch.randint(0, 4000, (2048,))
+    budget = 256 * 4 * 4000  # 256 rows of logits
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        token_logprobs_ref(hidden, weight, labels, max_chunk_bytes=budget)
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda event: event.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    naive_logits_bytes = 2048 * 4000 * 4
+    assert peak <= 3 * budget < naive_logits_bytes / 2
+
+
+def _tiny_t5(tie_word_embeddings):
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=97,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        tie_word_embeddings=tie_word_embeddings,
+    )
+    return T5ForConditionalGeneration(config).eval()
+
+
+def _single_passage_pass(model, B, K, T):
+    """Atlas's PDist reader pass: B·K single-passage inputs, targets repeated K times."""
+    input_ids = torch.randint(1, 97, (B * K, 12))
+    labels = torch.randint(1, 97, (B, T))
+    labels[0, -2:] = -100
+    labels[1, 1:] = -100  # a row with a single valid token
+    repeated = torch.repeat_interleave(labels, K, dim=0)
+    with torch.no_grad():
+        out = model(input_ids=input_ids, labels=repeated, output_hidden_states=True)
+    hidden = out.decoder_hidden_states[-1] * losses.t5_lm_head_scale(model.config)
+    return out.logits, hidden.view(B, K, T, -1), labels
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_pdist_matches_atlas_perplexity_score_on_t5(tied):
+    model = _tiny_t5(tied)
+    B, K, T = 3, 4, 5
+    logits, hidden, labels = _single_passage_pass(model, B, K, T)
+    want = atlas_perplexity_score(logits, labels, K)
+    with torch.no_grad():
+        got = losses.pdist_gold_scores(hidden, model.lm_head.weight, labels)
+    assert_close(got, want, rtol=1e-5)
+
+
+def test_emdr_token_logprobs_match_atlas_on_t5():
+    model = _tiny_t5(True)
+    B, K, T = 2, 3, 4
+    logits, hidden, labels = _single_passage_pass(model, B, K, T)
+    want = atlas_gold_log_probs(logits, labels, K, 0.01)
+    with torch.no_grad():
+        got = losses.emdr_token_logprobs(hidden, model.lm_head.weight, labels, temperature_gold=0.01)
+    assert_close(got, want, rtol=1e-5)
+
+
+def test_adist_matches_atlas_normssum_from_materialised_maps():
+    n_layers, B, NH, T, K, L = 3, 2, 4, 5, 3, 6
+    attention = torch.rand(n_layers, B, NH, T, K * L).softmax(-1)
+    value_norms = torch.rand(n_layers, B, NH, K * L)
+    context_mask = torch.rand(B, K * L) > 0.2
+    context_mask[0, L : 2 * L] = False  # a fully padded passage
+    labels = torch.randint(0, 10, (B, T))
+    labels[1, 2:] = -100
+    norm_scores = (attention * value_norms[:, :, :, None, :]).mean(dim=2)  # head mean, (n_layers, B, T, K·L)
+    want = atlas_normssum(norm_scores, context_mask, labels, K)
+    # What the attention op hands over: per layer, per passage, padded keys excluded; summed over layers.
+    mass = norm_scores.masked_fill(~context_mask[None, :, None], 0).view(n_layers, B, T, K, L).sum(-1).sum(0)
+    got = losses.adist_gold_scores(mass, labels, n_layers)
+    assert_close(got, want)
+    assert torch.all(got[0, 1] == 0)
+
+
+H, V = 8, 11
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (
+            lambda: losses.pdist_gold_scores(torch.randn(2, 3, 4, H), torch.randn(V, H + 1), torch.zeros(2, 4).long()),
+            r"lm_head_weight must have shape \(V, H\)",
+        ),
+        (
+            lambda: losses.pdist_gold_scores(
+                torch.randn(2, 3, 4, H), torch.randn(V, H).half(), torch.zeros(2, 4).long()
+            ),
+            "must match hidden dtype",
+        ),
+        (
+            lambda: losses.pdist_gold_scores(torch.randn(2, 3, 4, H), torch.randn(V, H), torch.full((2, 4), V)),
+            r"labels must be -100 \(padding\) or token ids in \[0, 11\)",
+        ),
+        (
+            lambda: losses.pdist_gold_scores(
+                torch.randn(2, 3, 4, H), torch.randn(V, H), torch.tensor([[1, 2, 3, 4], [-100] * 4])
+            ),
+            "no valid target token",
+        ),
+        (
+            lambda: losses.pdist_gold_scores(
+                torch.randn(2, 3, 4, H, requires_grad=True), torch.randn(V, H), torch.zeros(2, 4).long()
+            ),
+            r"gold scores have no gradient.*torch.no_grad",
+        ),
+        (
+            lambda: losses.emdr_token_logprobs(torch.randn(2, 3, 4, H), torch.randn(V, H), torch.zeros(2, 4).long(), 0),
+            "temperature_gold must be a finite",
+        ),
+        (
+            lambda: losses.emdr_token_logprobs(torch.randn(2, 3, H), torch.randn(V, H), torch.zeros(2, 4).long()),
+            "hidden must have 4 dimensions",
+        ),
+        (lambda: losses.adist_gold_scores(torch.rand(2, 4, 3), torch.zeros(2, 4).long(), 0), "n_layers must be"),
+        (lambda: losses.adist_gold_scores(torch.rand(2, 4, 3), torch.zeros(2, 5).long(), 1), r"labels must have shape"),
+    ],
+)
+def test_bad_input_is_a_clear_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_parameters_are_fine_under_no_grad():
+    weight = torch.nn.Parameter(torch.randn(V, H))
+    with torch.no_grad():
+        scores = losses.pdist_gold_scores(torch.randn(2, 3, 4, H), weight, torch.randint(0, V, (2, 4)))
+    assert scores.shape == (2, 3) and scores.dtype == torch.float32 and (scores < 0).all()
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(("n_rows", "dim", "vocab"), [(1, 16, 5), (37, 24, 101), (70, 80, 200)])
+@pytest.mark.parametrize("temperature", [1.0, 0.01])
+def test_kernel_matches_naive(dtype, n_rows, dim, vocab, temperature):
+    from atlas_fast.kernels.token_logprobs import token_logprobs_triton
+
+    from atlas_fast.testing import assert_within_reference_error, kernel_device
+
+    device = kernel_device()
+    hidden = torch.randn(n_rows, dim, device=device).to(dtype)
+    weight = (torch.randn(vocab, dim, device=device) * 0.2).to(dtype)
+    labels = torch.randint(0, vocab, (n_rows,), device=device)
+    labels[::4] = -100
+    got = token_logprobs_triton(hidden, weight, labels, temperature)
+    want = token_logprobs_naive(hidden, weight, labels, temperature)
+    oracle = token_logprobs_naive(hidden.double(), weight.double(), labels, temperature)
+    assert got.dtype == torch.float32
+    assert_within_reference_error(got, want, oracle)
+
+
+@pytest.mark.interpret
+def test_public_gold_scores_dispatch_to_the_kernel(monkeypatch):
+    from atlas_fast.testing import kernel_device
+
+    monkeypatch.setenv("ATLAS_FAST_BACKEND", "triton")
+    device = kernel_device()
+    hidden, weight = torch.randn(2, 3, 4, 16, device=device), torch.randn(30, 16, device=device)
+    labels = torch.randint(0, 30, (2, 4), device=device)
+    got = losses.pdist_gold_scores(hidden, weight, labels)
+    monkeypatch.setenv("ATLAS_FAST_BACKEND", "reference")
+    assert_close(got, losses.pdist_gold_scores(hidden, weight, labels))
