@@ -11,6 +11,8 @@
 #include <omp.h>
 #endif
 
+#include "document_index.h"
+#include "score_tiles.h"
 #include "topk_merge.h"
 
 namespace py = pybind11;
@@ -23,6 +25,137 @@ namespace {
 
 using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
 using IdArray = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using StepArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+using CountArray = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>;
+using atlas_fast::DocumentIndex;
+using atlas_fast::StorageType;
+
+StorageType storage_type(const std::string& name) {
+  if (name == "float32") return StorageType::kFloat32;
+  if (name == "float16") return StorageType::kFloat16;
+  if (name == "bfloat16") return StorageType::kBFloat16;
+  throw std::invalid_argument("dtype must be float32, float16 or bfloat16");
+}
+
+std::string storage_name(StorageType type) {
+  switch (type) {
+    case StorageType::kFloat32:
+      return "float32";
+    case StorageType::kFloat16:
+      return "float16";
+    default:
+      return "bfloat16";
+  }
+}
+
+void require_rows(const py::array& array, int64_t n, int64_t dim, const char* what) {
+  if (array.ndim() != 2 || array.shape(0) != n || array.shape(1) != dim)
+    throw std::invalid_argument(std::string(what) + " must have shape (n, dim)");
+}
+
+// Raw storage of n rows: float32 (n, dim), or uint16 (n, dim) holding fp16/bf16 bits.
+py::array raw_rows(StorageType type, int64_t n, int64_t dim) {
+  if (type == StorageType::kFloat32) return py::array_t<float>({n, dim});
+  return py::array_t<uint16_t>({n, dim});
+}
+
+void bind_document_index(py::module_& m) {
+  py::class_<DocumentIndex>(m, "DocumentIndex")
+      .def(py::init([](int64_t dim, const std::string& dtype) { return new DocumentIndex(dim, storage_type(dtype)); }),
+           py::arg("dim"), py::arg("dtype"))
+      .def_property_readonly("dim", &DocumentIndex::dim)
+      .def_property_readonly("dtype", [](const DocumentIndex& self) { return storage_name(self.type()); })
+      .def("__len__", &DocumentIndex::size)
+      .def(
+          "upsert",
+          [](DocumentIndex& self, IdArray ids, FloatArray vectors, int32_t step) {
+            require_rows(vectors, ids.size(), self.dim(), "vectors");
+            py::gil_scoped_release release;
+            self.upsert(ids.data(), vectors.data(), ids.size(), step);
+          },
+          py::arg("ids"), py::arg("vectors"), py::arg("step"))
+      .def(
+          "remove",
+          [](DocumentIndex& self, IdArray ids) {
+            py::gil_scoped_release release;
+            self.remove(ids.data(), ids.size());
+          },
+          py::arg("ids"))
+      .def("rows_of",
+           [](const DocumentIndex& self, IdArray ids) {
+             IdArray rows(ids.size());
+             self.rows_of(ids.data(), ids.size(), rows.mutable_data());
+             return rows;
+           })
+      .def("get",
+           [](const DocumentIndex& self, IdArray ids) {
+             FloatArray out({static_cast<int64_t>(ids.size()), self.dim()});
+             self.get(ids.data(), ids.size(), out.mutable_data());
+             return out;
+           })
+      .def("ids",
+           [](const DocumentIndex& self) {
+             std::vector<int64_t> ids = self.ids();
+             IdArray out(static_cast<int64_t>(ids.size()));
+             std::copy(ids.begin(), ids.end(), out.mutable_data());
+             return out;
+           })
+      .def(
+          "search",
+          [](const DocumentIndex& self, FloatArray queries, int64_t k, int n_threads) {
+            require_rows(queries, queries.ndim() == 2 ? queries.shape(0) : -1, self.dim(), "queries");
+            if (k <= 0) throw std::invalid_argument("k must be positive");
+            const int64_t n_queries = queries.shape(0);
+            FloatArray scores({n_queries, k});
+            IdArray ids({n_queries, k});
+            const float* query_ptr = queries.data();
+            float* score_ptr = scores.mutable_data();
+            int64_t* id_ptr = ids.mutable_data();
+            {
+              py::gil_scoped_release release;
+              self.search(query_ptr, n_queries, k, n_threads, score_ptr, id_ptr);
+            }
+            return py::make_tuple(scores, ids);
+          },
+          py::arg("queries"), py::arg("k"), py::arg("n_threads") = 0)
+      .def("steps_of",
+           [](const DocumentIndex& self, IdArray ids) {
+             StepArray steps(ids.size());
+             self.steps_of(ids.data(), ids.size(), steps.mutable_data());
+             return steps;
+           })
+      .def("record_retrieved", [](DocumentIndex& self, IdArray ids) { self.record_retrieved(ids.data(), ids.size()); })
+      .def("stale_ids",
+           [](const DocumentIndex& self, int64_t budget, const std::string& policy) {
+             std::vector<int64_t> ids = self.stale_ids(budget, policy);
+             IdArray out(static_cast<int64_t>(ids.size()));
+             std::copy(ids.begin(), ids.end(), out.mutable_data());
+             return out;
+           })
+      .def("drift", &DocumentIndex::drift, py::arg("reset"))
+      .def("export_rows",
+           [](const DocumentIndex& self, int64_t start, int64_t count) {
+             IdArray ids(count);
+             StepArray steps(count);
+             CountArray retrieved(count);
+             py::array raw = raw_rows(self.type(), count, self.dim());
+             self.export_rows(start, count, ids.mutable_data(), steps.mutable_data(), retrieved.mutable_data(),
+                              raw.mutable_data());
+             return py::make_tuple(ids, steps, retrieved, raw);
+           })
+      .def("append_raw",
+           [](DocumentIndex& self, IdArray ids, StepArray steps, CountArray retrieved, py::array raw) {
+             const int64_t n = ids.size();
+             const size_t expected = static_cast<size_t>(n) * static_cast<size_t>(self.dim()) *
+                                     atlas_fast::storage_bytes(self.type());
+             if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
+                 !(raw.flags() & py::array::c_style))
+               throw std::invalid_argument("append_raw: arrays of inconsistent sizes");
+             py::gil_scoped_release release;
+             self.append_raw(ids.data(), steps.data(), retrieved.data(), raw.data(), n);
+           })
+      .def("memory_bytes", &DocumentIndex::memory_bytes);
+}
 
 py::tuple merge_topk(FloatArray scores, IdArray ids, int64_t k, int n_threads) {
   if (scores.ndim() != 2 || ids.ndim() != 2) throw std::invalid_argument("scores and ids must be 2-D");
@@ -57,6 +190,7 @@ py::dict build_info() {
 #endif
   );
   info["flags"] = std::string(ATLAS_FAST_BUILD_FLAGS);
+  info["simd"] = atlas_fast::simd_level();
 #ifdef _OPENMP
   info["openmp"] = true;
   info["max_threads"] = omp_get_max_threads();
@@ -74,4 +208,5 @@ PYBIND11_MODULE(_C, m) {
   m.def("merge_topk", &merge_topk, py::arg("scores"), py::arg("ids"), py::arg("k"), py::arg("n_threads") = 0,
         "Merge candidate (score, id) rows into a sorted top-k per row; id -1 candidates are padding.");
   m.def("build_info", &build_info, "How this module was compiled.");
+  bind_document_index(m);
 }

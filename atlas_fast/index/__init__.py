@@ -1,5 +1,8 @@
-"""Document index: exact search, incremental updates and sharding."""
+"""Document index: exact search, incremental updates, staleness-driven refresh and sharding."""
 
+from atlas_fast.index.document_index import DocumentIndex, IndexFileError
+from atlas_fast.index.faiss_interop import from_faiss, to_faiss
 from atlas_fast.index.merge import merge_topk
+from atlas_fast.index.sharded import ShardedIndex
 
-__all__ = ["merge_topk"]
+__all__ = ["DocumentIndex", "IndexFileError", "ShardedIndex", "from_faiss", "merge_topk", "to_faiss"]

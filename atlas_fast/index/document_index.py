@@ -1,0 +1,295 @@
+"""DocumentIndex: exact inner-product search over embeddings that are re-embedded while training runs.
+
+The C++ core (csrc/document_index.cpp) stores rows in fp32, fp16 or bf16 and scores
+in fp32; this wrapper validates every argument before anything changes (a refused
+call leaves the index as it was) and implements persistence.
+
+Input conventions (documented results rather than errors):
+- vectors and queries may be numpy arrays or CPU torch tensors, of any float dtype;
+  they are converted to contiguous float32 (float64 is rounded).
+- duplicate ids within one `upsert`: the last occurrence wins.
+- `search` on an empty index, or with k above its size, pads with id -1 and score -inf.
+- `record_retrieved` ignores ids it does not hold (such as the -1 padding of search results).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from atlas_fast import _ext
+
+__all__ = ["DocumentIndex", "IndexFileError"]
+
+DTYPES = ("float32", "float16", "bfloat16")
+POLICIES = ("oldest", "hot")
+_MAGIC = b"ATLASIDX"
+_FORMAT_VERSION = 1
+_PREAMBLE = struct.Struct("<8sII")  # magic, format version, header length
+_CHUNK_ROWS = 65536  # rows per read/write chunk: bounded extra memory while saving and loading
+
+
+class IndexFileError(ValueError):
+    """An index file is truncated, corrupted, or not an atlas_fast index."""
+
+
+def _as_ids(name: str, ids) -> np.ndarray:
+    array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids)
+    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise ValueError(f"{name} must be a 1-D integer array; got dtype {array.dtype}, shape {array.shape}")
+    return np.ascontiguousarray(array, dtype=np.int64)
+
+
+def _as_matrix(name: str, values, dim: int) -> np.ndarray:
+    array = np.asarray(values.detach().cpu().float() if hasattr(values, "detach") else values)
+    if array.ndim != 2 or array.shape[1] != dim:
+        raise ValueError(f"{name} must have shape (n, {dim}); got {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"{name} must hold floats; got dtype {array.dtype}")
+    array = np.ascontiguousarray(array, dtype=np.float32)
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} contains NaN or infinite values")
+    return array
+
+
+class DocumentIndex:
+    """Exact inner-product index over document embeddings with in-place updates.
+
+    Args:
+        dim: embedding size d.
+        dtype: storage precision, "float32", "float16" or "bfloat16"; scores are always
+            computed and returned in float32.
+        n_threads: threads for search; 0 uses torch's intra-op thread count.
+    """
+
+    def __init__(self, dim: int, dtype: str = "float32", n_threads: int = 0):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"dim must be a positive integer; got {dim!r}")
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        self._core = _ext.native().DocumentIndex(int(dim), dtype)
+        self.n_threads = n_threads
+
+    @property
+    def dim(self) -> int:
+        return self._core.dim
+
+    @property
+    def dtype(self) -> str:
+        return self._core.dtype
+
+    def __len__(self) -> int:
+        return len(self._core)
+
+    def __repr__(self) -> str:
+        return f"DocumentIndex(dim={self.dim}, dtype={self.dtype!r}, documents={len(self)})"
+
+    def _threads(self) -> int:
+        if self.n_threads:
+            return self.n_threads
+        import torch  # the default follows torch so that the two never oversubscribe the cores
+
+        return torch.get_num_threads()
+
+    def _require_present(self, ids: np.ndarray) -> None:
+        missing = ids[self._core.rows_of(ids) < 0]
+        if missing.size:
+            raise KeyError(f"ids not in the index: {missing[:10].tolist()}{' ...' if missing.size > 10 else ''}")
+
+    def upsert(self, ids, vectors, step: int = 0) -> None:
+        """Insert new documents or overwrite existing ones in place.
+
+        Args:
+            ids: (n,) int64 document ids (any int64 value; -1 is reserved as padding).
+            vectors: (n, d) embeddings.
+            step: the training step they were embedded at (for staleness), 0 ≤ step < 2³¹.
+        """
+        ids = _as_ids("ids", ids)
+        vectors = _as_matrix("vectors", vectors, self.dim)
+        if vectors.shape[0] != ids.shape[0]:
+            raise ValueError(f"vectors has {vectors.shape[0]} rows but ids has {ids.shape[0]}")
+        if (ids == -1).any():
+            raise ValueError("ids must not contain -1, which marks padding in search results")
+        if not 0 <= step < 2**31:
+            raise ValueError(f"step must be in [0, 2**31); got {step}")
+        self._core.upsert(ids, vectors, int(step))
+
+    def remove(self, ids) -> None:
+        """Remove documents (O(1) each); every id must be present (KeyError otherwise, nothing removed)."""
+        ids = _as_ids("ids", ids)
+        if np.unique(ids).size != ids.size:
+            raise ValueError("ids to remove must be distinct")
+        self._require_present(ids)
+        self._core.remove(ids)
+
+    def get(self, ids) -> np.ndarray:
+        """(n, d) float32 stored vectors of present ids (KeyError for absent ones)."""
+        ids = _as_ids("ids", ids)
+        self._require_present(ids)
+        return self._core.get(ids)
+
+    def ids(self) -> np.ndarray:
+        """(n,) int64 ids of all documents, in storage order."""
+        return self._core.ids()
+
+    def __contains__(self, doc_id: int) -> bool:
+        return bool(self._core.rows_of(np.array([doc_id], dtype=np.int64))[0] >= 0)
+
+    def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k by inner product.
+
+        Args:
+            queries: (q, d) query embeddings.
+            k: results per query, > 0.
+
+        Returns:
+            scores float32 (q, k) and ids int64 (q, k), sorted by score (ties: smaller id
+            first); id -1 and score -inf pad rows when the index holds fewer than k documents.
+        """
+        queries = _as_matrix("queries", queries, self.dim)
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+            raise ValueError(f"k must be a positive integer; got {k!r}")
+        return self._core.search(queries, int(k), self._threads())
+
+    def step_of(self, ids) -> np.ndarray:
+        """(n,) int32 training step each present document was embedded at."""
+        ids = _as_ids("ids", ids)
+        self._require_present(ids)
+        return self._core.steps_of(ids)
+
+    def record_retrieved(self, ids) -> None:
+        """Count a retrieval of each id (any shape; -1 and unknown ids are ignored)."""
+        array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids)
+        self._core.record_retrieved(np.ascontiguousarray(array.reshape(-1), dtype=np.int64))
+
+    def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
+        """The next ≤ budget documents to re-embed.
+
+        Args:
+            budget: how many, ≥ 0.
+            policy: "oldest" (smallest embedding step first: round-robin by age) or
+                "hot" (most retrieved since their last upsert first, then oldest).
+        """
+        if policy not in POLICIES:
+            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
+            raise ValueError(f"budget must be an integer ≥ 0; got {budget!r}")
+        return self._core.stale_ids(int(budget), policy)
+
+    def drift(self, reset: bool = True) -> tuple[float, int]:
+        """Mean cosine between old and new vectors of documents overwritten since the last reset, and their count.
+
+        Near 1: the document encoder barely moved, a smaller refresh budget will do.
+        """
+        return self._core.drift(reset)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the index (vector blocks, per-document metadata, id map)."""
+        return self._core.memory_bytes()
+
+    # ---- persistence -------------------------------------------------------------------
+
+    def _header(self) -> bytes:
+        # Rows are written in chunks of chunk_rows: ids, steps, retrieval counts, then vectors.
+        return json.dumps(
+            {"dim": self.dim, "dtype": self.dtype, "count": len(self), "chunk_rows": _CHUNK_ROWS}
+        ).encode()
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the index to ``path`` atomically: a temporary file, fsync, then rename.
+
+        A crash at any point leaves the previous file intact. The file is versioned
+        and ends with a SHA-256 of its contents; no pickle is involved.
+        """
+        path = Path(path)
+        temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        digest = hashlib.sha256()
+        try:
+            with open(temporary, "wb") as file:
+                header = self._header()
+                for part in (_PREAMBLE.pack(_MAGIC, _FORMAT_VERSION, len(header)), header):
+                    file.write(part)
+                    digest.update(part)
+                for start in range(0, len(self), _CHUNK_ROWS):
+                    chunk = self._core.export_rows(start, min(_CHUNK_ROWS, len(self) - start))
+                    for array in chunk:
+                        data = memoryview(np.ascontiguousarray(array)).cast("B")
+                        file.write(data)
+                        digest.update(data)
+                file.write(digest.digest())
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, path)
+        finally:
+            if temporary.exists():
+                temporary.unlink()
+        directory = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # make the rename itself durable
+        finally:
+            os.close(directory)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = True, n_threads: int = 0) -> DocumentIndex:
+        """Read an index written by `save`; refuses truncated, corrupted or foreign files.
+
+        Args:
+            path: the file.
+            mmap: map the file instead of reading it into a buffer (less peak memory while
+                loading; the index always holds its own copy afterwards).
+            n_threads: as for the constructor.
+
+        Raises:
+            IndexFileError: wrong magic, unknown version, wrong size or checksum mismatch.
+        """
+        path = Path(path)
+        size = path.stat().st_size
+        with open(path, "rb") as file:
+            preamble = file.read(_PREAMBLE.size)
+            if len(preamble) < _PREAMBLE.size:
+                raise IndexFileError(f"{path}: truncated (no header)")
+            magic, version, header_length = _PREAMBLE.unpack(preamble)
+            if magic != _MAGIC:
+                raise IndexFileError(f"{path}: not an atlas_fast index file")
+            if version != _FORMAT_VERSION:
+                raise IndexFileError(f"{path}: format version {version}; this atlas_fast reads {_FORMAT_VERSION}")
+            try:
+                header = json.loads(file.read(header_length))
+                dim, dtype, count = int(header["dim"]), header["dtype"], int(header["count"])
+                chunk_rows = int(header["chunk_rows"])
+            except (ValueError, KeyError, TypeError) as error:
+                raise IndexFileError(f"{path}: unreadable header ({error})") from error
+        if dtype not in DTYPES or dim <= 0 or count < 0 or chunk_rows <= 0:
+            raise IndexFileError(f"{path}: invalid header {header}")
+        value_bytes = 4 if dtype == "float32" else 2
+        body_start = _PREAMBLE.size + header_length
+        row_bytes = 8 + 4 + 4 + dim * value_bytes
+        if size != body_start + count * row_bytes + 32:
+            raise IndexFileError(f"{path}: size {size} bytes does not match its header (truncated or extended)")
+
+        raw = np.memmap(path, dtype=np.uint8, mode="r") if mmap else np.fromfile(path, dtype=np.uint8)
+        digest = hashlib.sha256()
+        for start in range(0, size - 32, 64 * 2**20):
+            digest.update(raw[start : min(start + 64 * 2**20, size - 32)])
+        if digest.digest() != raw[size - 32 :].tobytes():
+            raise IndexFileError(f"{path}: checksum mismatch (the file is corrupted)")
+
+        index = cls(dim, dtype, n_threads)
+        storage = np.float32 if dtype == "float32" else np.uint16
+        offset = body_start
+        for start in range(0, count, chunk_rows):
+            n = min(chunk_rows, count - start)
+            ids = raw[offset : offset + 8 * n].view(np.int64)
+            steps = raw[offset + 8 * n : offset + 12 * n].view(np.int32)
+            retrieved = raw[offset + 12 * n : offset + 16 * n].view(np.uint32)
+            vectors = raw[offset + 16 * n : offset + n * row_bytes].view(storage).reshape(n, dim)
+            index._core.append_raw(ids, steps, retrieved, np.ascontiguousarray(vectors))
+            offset += n * row_bytes
+        if np.unique(index.ids()).size != count:
+            raise IndexFileError(f"{path}: duplicate ids")
+        return index

@@ -1,0 +1,282 @@
+#include "document_index.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <mutex>
+#include <numeric>
+#include <stdexcept>
+
+#include "topk.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace atlas_fast {
+
+namespace {
+
+// Database rows scored per tile: 256 rows of d = 768 fp32 are 768 KiB, an L2-resident tile.
+constexpr int64_t kTileRows = 256;
+// Queries scored together against a tile; each row is loaded once per group.
+constexpr int64_t kQueryGroup = 64;
+
+int resolve_threads(int n_threads) {
+#ifdef _OPENMP
+  // Called from inside an OpenMP region (a torch or BLAS worker): never nest a pool.
+  if (omp_in_parallel()) return 1;
+  return n_threads > 0 ? n_threads : omp_get_max_threads();
+#else
+  (void)n_threads;
+  return 1;
+#endif
+}
+
+}  // namespace
+
+DocumentIndex::DocumentIndex(int64_t dim, StorageType type)
+    : dim_(dim), type_(type), row_bytes_(storage_bytes(type) * static_cast<size_t>(dim)), map_(&row_ids_) {
+  if (dim <= 0) throw std::invalid_argument("dim must be positive");
+}
+
+int64_t DocumentIndex::size() const {
+  std::shared_lock lock(mutex_);
+  return static_cast<int64_t>(row_ids_.size());
+}
+
+void DocumentIndex::ensure_capacity(int64_t rows) {
+  while (static_cast<int64_t>(blocks_.size()) * kBlockRows < rows)
+    blocks_.emplace_back(new char[static_cast<size_t>(kBlockRows) * row_bytes_]);
+  // Metadata grows by 1/8 at a time rather than doubling: it is 16 bytes a document.
+  const size_t wanted = static_cast<size_t>(rows);
+  if (row_ids_.capacity() < wanted) {
+    const size_t capacity = std::max(wanted, row_ids_.capacity() + row_ids_.capacity() / 8);
+    row_ids_.reserve(capacity);
+    steps_.reserve(capacity);
+    retrieved_.reserve(capacity);
+  }
+}
+
+void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step) {
+  std::unique_lock lock(mutex_);
+  std::vector<float> old_vector(static_cast<size_t>(dim_));
+  for (int64_t i = 0; i < n; ++i) {
+    const float* vector = vectors + i * dim_;
+    uint32_t row = map_.find(ids[i]);
+    if (row == IdMap::kEmpty) {
+      row = static_cast<uint32_t>(row_ids_.size());
+      ensure_capacity(row + 1);
+      row_ids_.push_back(ids[i]);
+      steps_.push_back(step);
+      retrieved_.push_back(0);
+      map_.insert(ids[i], row);
+    } else {
+      convert_to_float(type_, row_ptr(row), old_vector.data(), dim_);
+      double dot = 0, old_norm = 0, new_norm = 0;
+      for (int64_t j = 0; j < dim_; ++j) {
+        dot += static_cast<double>(old_vector[j]) * vector[j];
+        old_norm += static_cast<double>(old_vector[j]) * old_vector[j];
+        new_norm += static_cast<double>(vector[j]) * vector[j];
+      }
+      if (old_norm > 0 && new_norm > 0) {
+        drift_sum_ += dot / std::sqrt(old_norm * new_norm);
+        ++drift_count_;
+      }
+      steps_[row] = step;
+      retrieved_[row] = 0;
+    }
+    convert_from_float(type_, vector, row_ptr(row), dim_);
+  }
+}
+
+void DocumentIndex::remove(const int64_t* ids, int64_t n) {
+  std::unique_lock lock(mutex_);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t row = map_.find(ids[i]);
+    if (row == IdMap::kEmpty) throw std::invalid_argument("remove: unknown id");
+    const uint32_t last = static_cast<uint32_t>(row_ids_.size() - 1);
+    map_.erase(ids[i]);
+    if (row != last) {  // move the last row into the hole
+      std::memcpy(row_ptr(row), row_ptr(last), row_bytes_);
+      row_ids_[row] = row_ids_[last];
+      steps_[row] = steps_[last];
+      retrieved_[row] = retrieved_[last];
+      map_.update(row_ids_[row], row);
+    }
+    row_ids_.pop_back();
+    steps_.pop_back();
+    retrieved_.pop_back();
+  }
+  // Give back whole blocks that are no longer used.
+  const size_t needed = (row_ids_.size() + kBlockRows - 1) / kBlockRows;
+  if (blocks_.size() > needed + 1) blocks_.resize(needed + 1);
+}
+
+void DocumentIndex::rows_of(const int64_t* ids, int64_t n, int64_t* rows) const {
+  std::shared_lock lock(mutex_);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t row = map_.find(ids[i]);
+    rows[i] = row == IdMap::kEmpty ? -1 : static_cast<int64_t>(row);
+  }
+}
+
+void DocumentIndex::get(const int64_t* ids, int64_t n, float* out) const {
+  std::shared_lock lock(mutex_);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t row = map_.find(ids[i]);
+    if (row == IdMap::kEmpty) throw std::invalid_argument("get: unknown id");
+    convert_to_float(type_, row_ptr(row), out + i * dim_, dim_);
+  }
+}
+
+std::vector<int64_t> DocumentIndex::ids() const {
+  std::shared_lock lock(mutex_);
+  return row_ids_;
+}
+
+void DocumentIndex::search_range(const float* queries, int64_t n_queries, int64_t begin, int64_t end,
+                                 TopK* selectors) const {
+  std::vector<float> tile_scores(static_cast<size_t>(kQueryGroup * kTileRows));
+  for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
+    const int64_t group_size = std::min(kQueryGroup, n_queries - group);
+    const float* group_queries = queries + group * dim_;
+    for (int64_t tile = begin; tile < end;) {
+      // A tile never crosses a block boundary: its rows are contiguous.
+      const int64_t block_end = (tile / kBlockRows + 1) * kBlockRows;
+      const int64_t tile_rows = std::min({kTileRows, end - tile, block_end - tile});
+      score_tile(type_, group_queries, group_size, row_ptr(tile), tile_rows, dim_, tile_scores.data(), kTileRows);
+      for (int64_t q = 0; q < group_size; ++q) {
+        TopK& selector = selectors[group + q];
+        const float* scores = tile_scores.data() + q * kTileRows;
+        for (int64_t r = 0; r < tile_rows; ++r)
+          if (selector.may_enter(scores[r])) selector.push(scores[r], row_ids_[tile + r]);
+      }
+      tile += tile_rows;
+    }
+  }
+}
+
+void DocumentIndex::search(const float* queries, int64_t n_queries, int64_t k, int n_threads, float* scores,
+                           int64_t* ids) const {
+  std::shared_lock lock(mutex_);
+  const int64_t n_rows = static_cast<int64_t>(row_ids_.size());
+  const int threads = std::max<int>(1, std::min<int64_t>(resolve_threads(n_threads), std::max<int64_t>(1, n_rows / kTileRows)));
+  std::vector<TopK> selectors(static_cast<size_t>(n_queries), TopK(k));
+  if (n_queries >= static_cast<int64_t>(threads) * kQueryGroup || threads == 1) {
+    // Many queries: threads split the query groups; each streams the whole database.
+#ifdef _OPENMP
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#endif
+    for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
+      const int64_t group_size = std::min(kQueryGroup, n_queries - group);
+      search_range(queries + group * dim_, group_size, 0, n_rows, selectors.data() + group);
+    }
+  } else {
+    // Few queries: threads split the database; their selectors are merged per query.
+    std::vector<std::vector<TopK>> partial(static_cast<size_t>(threads),
+                                           std::vector<TopK>(static_cast<size_t>(n_queries), TopK(k)));
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads)
+#endif
+    {
+#ifdef _OPENMP
+      const int thread = omp_get_thread_num();
+#else
+      const int thread = 0;
+#endif
+      const int64_t per_thread = (n_rows + threads - 1) / threads;
+      const int64_t begin = std::min(n_rows, thread * per_thread);
+      const int64_t end = std::min(n_rows, begin + per_thread);
+      search_range(queries, n_queries, begin, end, partial[thread].data());
+    }
+    for (int64_t q = 0; q < n_queries; ++q)
+      for (int t = 0; t < threads; ++t) selectors[q].absorb(partial[t][q]);
+  }
+  for (int64_t q = 0; q < n_queries; ++q) selectors[q].finish(scores + q * k, ids + q * k);
+}
+
+void DocumentIndex::steps_of(const int64_t* ids, int64_t n, int32_t* steps) const {
+  std::shared_lock lock(mutex_);
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t row = map_.find(ids[i]);
+    if (row == IdMap::kEmpty) throw std::invalid_argument("steps_of: unknown id");
+    steps[i] = steps_[row];
+  }
+}
+
+void DocumentIndex::record_retrieved(const int64_t* ids, int64_t n) {
+  std::unique_lock lock(mutex_);
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] < 0) continue;
+    const uint32_t row = map_.find(ids[i]);
+    if (row != IdMap::kEmpty && retrieved_[row] != UINT32_MAX) ++retrieved_[row];
+  }
+}
+
+std::vector<int64_t> DocumentIndex::stale_ids(int64_t budget, const std::string& policy) const {
+  std::shared_lock lock(mutex_);
+  const bool hot = policy == "hot";
+  if (!hot && policy != "oldest") throw std::invalid_argument("policy must be 'oldest' or 'hot'");
+  std::vector<uint32_t> rows(row_ids_.size());
+  std::iota(rows.begin(), rows.end(), 0u);
+  auto before = [&](uint32_t a, uint32_t b) {
+    if (hot && retrieved_[a] != retrieved_[b]) return retrieved_[a] > retrieved_[b];
+    if (steps_[a] != steps_[b]) return steps_[a] < steps_[b];
+    return row_ids_[a] < row_ids_[b];
+  };
+  const int64_t taken = std::min<int64_t>(budget, static_cast<int64_t>(rows.size()));
+  std::partial_sort(rows.begin(), rows.begin() + taken, rows.end(), before);
+  std::vector<int64_t> out(static_cast<size_t>(taken));
+  for (int64_t i = 0; i < taken; ++i) out[i] = row_ids_[rows[i]];
+  return out;
+}
+
+std::pair<double, int64_t> DocumentIndex::drift(bool reset) {
+  std::unique_lock lock(mutex_);
+  const std::pair<double, int64_t> result(drift_count_ ? drift_sum_ / drift_count_ : 0.0, drift_count_);
+  if (reset) {
+    drift_sum_ = 0.0;
+    drift_count_ = 0;
+  }
+  return result;
+}
+
+void DocumentIndex::export_rows(int64_t start, int64_t count, int64_t* ids, int32_t* steps, uint32_t* retrieved,
+                                void* raw_vectors) const {
+  std::shared_lock lock(mutex_);
+  if (start < 0 || count < 0 || start + count > static_cast<int64_t>(row_ids_.size()))
+    throw std::out_of_range("export_rows: range outside the index");
+  char* out = static_cast<char*>(raw_vectors);
+  for (int64_t i = 0; i < count; ++i) {
+    ids[i] = row_ids_[start + i];
+    steps[i] = steps_[start + i];
+    retrieved[i] = retrieved_[start + i];
+    std::memcpy(out + i * row_bytes_, row_ptr(start + i), row_bytes_);
+  }
+}
+
+void DocumentIndex::append_raw(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved,
+                               const void* raw_vectors, int64_t n) {
+  std::unique_lock lock(mutex_);
+  const char* in = static_cast<const char*>(raw_vectors);
+  const int64_t start = static_cast<int64_t>(row_ids_.size());
+  ensure_capacity(start + n);
+  map_.reserve(static_cast<size_t>(start + n));
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t row = static_cast<uint32_t>(start + i);
+    std::memcpy(row_ptr(row), in + i * row_bytes_, row_bytes_);
+    row_ids_.push_back(ids[i]);
+    steps_.push_back(steps[i]);
+    retrieved_.push_back(retrieved[i]);
+    map_.insert(ids[i], row);
+  }
+}
+
+size_t DocumentIndex::memory_bytes() const {
+  std::shared_lock lock(mutex_);
+  return blocks_.size() * static_cast<size_t>(kBlockRows) * row_bytes_ + row_ids_.capacity() * sizeof(int64_t) +
+         steps_.capacity() * sizeof(int32_t) + retrieved_.capacity() * sizeof(uint32_t) + map_.memory_bytes();
+}
+
+}  // namespace atlas_fast

@@ -1,0 +1,84 @@
+// DocumentIndex: exact inner-product search over document embeddings that change.
+//
+// Rows live in fixed-size blocks (appending never moves a row, and the memory
+// overhead is at most one block), with an id -> row hash map. upsert overwrites a
+// row in place or appends one; remove moves the last row into the hole (O(1) per
+// id). Each row carries the training step it was embedded at and how often it was
+// retrieved since, which drive the refresh policies; overwriting a row records the
+// cosine between its old and new vector (the drift of the document encoder).
+//
+// Concurrency: searches share a reader lock; upsert, remove and bulk loads take the
+// writer lock, so a search sees every row either before or after an update.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <shared_mutex>
+#include <string>
+#include <vector>
+
+#include "id_map.h"
+#include "score_tiles.h"
+
+namespace atlas_fast {
+
+class DocumentIndex {
+ public:
+  static constexpr int64_t kBlockRows = 4096;
+
+  DocumentIndex(int64_t dim, StorageType type);
+
+  int64_t dim() const { return dim_; }
+  StorageType type() const { return type_; }
+  int64_t size() const;
+
+  // vectors: n x dim fp32. Later duplicates of an id win. Resets the retrieved count.
+  void upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step);
+  // Every id must be present (the Python wrapper checks first).
+  void remove(const int64_t* ids, int64_t n);
+  // rows[i] = row of ids[i], or -1.
+  void rows_of(const int64_t* ids, int64_t n, int64_t* rows) const;
+  // out: n x dim fp32 for present ids (the wrapper checks presence).
+  void get(const int64_t* ids, int64_t n, float* out) const;
+  std::vector<int64_t> ids() const;
+
+  // scores, ids: n_queries x k, sorted by score then id; -inf / -1 pad.
+  void search(const float* queries, int64_t n_queries, int64_t k, int n_threads, float* scores, int64_t* ids) const;
+
+  void steps_of(const int64_t* ids, int64_t n, int32_t* steps) const;
+  void record_retrieved(const int64_t* ids, int64_t n);
+  // Up to `budget` ids to re-embed next. policy "oldest": smallest step first;
+  // "hot": most retrieved first, then oldest; ties by smaller id.
+  std::vector<int64_t> stale_ids(int64_t budget, const std::string& policy) const;
+  // Mean cosine(old, new) over rows overwritten since the last reset, and their count.
+  std::pair<double, int64_t> drift(bool reset);
+
+  // Bulk state access for persistence: rows [start, start + count).
+  void export_rows(int64_t start, int64_t count, int64_t* ids, int32_t* steps, uint32_t* retrieved,
+                   void* raw_vectors) const;
+  // Appends rows whose ids are all new (the wrapper checks), raw vectors in the storage type.
+  void append_raw(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
+                  int64_t n);
+  size_t memory_bytes() const;
+
+ private:
+  char* row_ptr(int64_t row) const {
+    return blocks_[row / kBlockRows].get() + (row % kBlockRows) * row_bytes_;
+  }
+  void ensure_capacity(int64_t rows);
+  void search_range(const float* queries, int64_t n_queries, int64_t begin, int64_t end, class TopK* selectors) const;
+
+  int64_t dim_;
+  StorageType type_;
+  size_t row_bytes_;
+  std::vector<std::unique_ptr<char[]>> blocks_;
+  std::vector<int64_t> row_ids_;
+  std::vector<int32_t> steps_;
+  std::vector<uint32_t> retrieved_;
+  IdMap map_;
+  double drift_sum_ = 0.0;
+  int64_t drift_count_ = 0;
+  mutable std::shared_mutex mutex_;
+};
+
+}  // namespace atlas_fast

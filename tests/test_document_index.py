@@ -1,0 +1,309 @@
+"""DocumentIndex: a state machine against a numpy oracle, faiss parity, staleness, concurrency, persistence."""
+
+import os
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from atlas_fast.index import DocumentIndex, IndexFileError, from_faiss, to_faiss
+
+DIM = 6
+
+
+def oracle_search(vectors: dict, queries: np.ndarray, k: int):
+    """Exact search by a stable sort over (-score, id); vectors are small integers so scores are exact."""
+    ids = np.array(sorted(vectors), dtype=np.int64)
+    out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out_ids = np.full((len(queries), k), -1, dtype=np.int64)
+    if ids.size:
+        matrix = np.stack([vectors[i] for i in ids]).astype(np.float64)
+        for q, query in enumerate(queries.astype(np.float64)):
+            scores = matrix @ query
+            order = np.lexsort((ids, -scores))[:k]
+            out_scores[q, : order.size] = scores[order]
+            out_ids[q, : order.size] = ids[order]
+    return out_scores, out_ids
+
+
+small_vectors = st.lists(st.integers(-3, 3), min_size=DIM, max_size=DIM)
+
+
+class IndexMachine(RuleBasedStateMachine):
+    """Random upsert/remove/search sequences; ties are frequent, so the id tie-break is exercised."""
+
+    def __init__(self):
+        super().__init__()
+        self.index = DocumentIndex(DIM, "float32", n_threads=2)
+        self.oracle = {}
+
+    @rule(ids=st.lists(st.integers(0, 40), min_size=1, max_size=8), rows=st.data())
+    def upsert(self, ids, rows):
+        vectors = np.array([rows.draw(small_vectors) for _ in ids], dtype=np.float32)
+        self.index.upsert(ids, vectors, step=1)
+        for doc_id, vector in zip(ids, vectors, strict=True):  # the last duplicate wins
+            self.oracle[doc_id] = vector
+
+    @rule(data=st.data())
+    def remove(self, data):
+        if not self.oracle:
+            return
+        doomed = data.draw(st.lists(st.sampled_from(sorted(self.oracle)), min_size=1, max_size=5, unique=True))
+        self.index.remove(doomed)
+        for doc_id in doomed:
+            del self.oracle[doc_id]
+
+    @rule(doc_id=st.integers(41, 50))
+    def remove_unknown_is_refused(self, doc_id):
+        before = len(self.index)
+        with pytest.raises(KeyError):
+            self.index.remove([doc_id])
+        assert len(self.index) == before
+
+    @rule(queries=st.lists(small_vectors, min_size=1, max_size=4), k=st.integers(1, 12))
+    def search(self, queries, k):
+        queries = np.array(queries, dtype=np.float32)
+        got_scores, got_ids = self.index.search(queries, k)
+        want_scores, want_ids = oracle_search(self.oracle, queries, k)
+        np.testing.assert_array_equal(got_ids, want_ids)
+        np.testing.assert_array_equal(got_scores, want_scores)
+
+    @invariant()
+    def same_documents(self):
+        assert len(self.index) == len(self.oracle)
+        assert sorted(self.index.ids().tolist()) == sorted(self.oracle)
+
+
+IndexMachine.TestCase.settings = settings(max_examples=60, stateful_step_count=25, deadline=None)
+test_index_state_machine = IndexMachine.TestCase
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    rng = np.random.default_rng(0)
+    return rng.standard_normal((3000, 64)).astype(np.float32), rng.permutation(10**6)[:3000]
+
+
+@pytest.mark.parametrize("n_queries", [1, 5, 70, 200])  # the database-split and the query-split paths
+def test_matches_faiss_flat_ip(corpus, n_queries):
+    faiss = pytest.importorskip("faiss")
+    vectors, ids = corpus
+    index = DocumentIndex(64, n_threads=2)
+    index.upsert(ids, vectors)
+    reference = faiss.IndexIDMap2(faiss.IndexFlatIP(64))
+    reference.add_with_ids(vectors, ids)
+    queries = np.random.default_rng(1).standard_normal((n_queries, 64)).astype(np.float32)
+    got_scores, got_ids = index.search(queries, 50)
+    want_scores, want_ids = reference.search(queries, 50)
+    np.testing.assert_allclose(got_scores, want_scores, rtol=1e-5, atol=1e-4)
+    assert np.mean(got_ids == want_ids) > 0.999  # near-ties may swap under different summation orders
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_storage_scores_in_fp32(corpus, dtype):
+    vectors, ids = corpus
+    index = DocumentIndex(64, dtype)
+    index.upsert(ids, vectors)
+    stored = index.get(ids)
+    rounding = 2**-10 if dtype == "float16" else 2**-7
+    np.testing.assert_allclose(stored, vectors, rtol=rounding, atol=1e-4)
+    queries = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
+    scores, found = index.search(queries, 100)
+    # Exactly the fp32 inner products with the stored (rounded) vectors.
+    stored_found = index.get(found.reshape(-1)).reshape(4, 100, 64)
+    np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, stored_found), rtol=1e-5, atol=1e-4)
+    fp32 = DocumentIndex(64)
+    fp32.upsert(ids, vectors)
+    recall = np.mean([np.isin(found[q], fp32.search(queries, 100)[1][q]).mean() for q in range(4)])
+    assert recall >= 0.95
+
+
+def test_input_conventions(corpus):
+    vectors, ids = corpus
+    index = DocumentIndex(64)
+    index.upsert(ids[:10], vectors[:10].astype(np.float64))  # float64 is converted
+    index.upsert(ids[10:20], np.asfortranarray(vectors[10:20]))  # non-contiguous is converted
+    index.upsert([7, 7], np.stack([vectors[0], vectors[1]]))  # duplicates: the last wins
+    np.testing.assert_array_equal(index.get([7])[0], vectors[1])
+    assert len(index) == 21
+    empty = DocumentIndex(4)
+    scores, found = empty.search(np.ones((2, 4)), 3)
+    assert (found == -1).all() and np.isneginf(scores).all()
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda i: i.upsert([1], np.ones((1, 5))), ValueError, r"vectors must have shape \(n, 4\)"),
+        (lambda i: i.upsert([1, 2], np.ones((1, 4))), ValueError, "vectors has 1 rows but ids has 2"),
+        (lambda i: i.upsert([1], np.full((1, 4), np.nan)), ValueError, "NaN"),
+        (lambda i: i.upsert([-1], np.ones((1, 4))), ValueError, "-1"),
+        (lambda i: i.upsert([[1]], np.ones((1, 4))), ValueError, "ids must be a 1-D integer array"),
+        (lambda i: i.upsert([1], np.ones((1, 4)), step=-1), ValueError, "step must be"),
+        (lambda i: i.remove([99]), KeyError, "99"),
+        (lambda i: i.remove([0, 0]), ValueError, "distinct"),
+        (lambda i: i.search(np.ones((1, 4)), 0), ValueError, "k must be a positive integer"),
+        (lambda i: i.search(np.ones((1, 3)), 1), ValueError, r"queries must have shape"),
+        (lambda i: i.get([0, 99]), KeyError, "99"),
+        (lambda i: i.stale_ids(1, "newest"), ValueError, "policy must be one of"),
+        (lambda i: DocumentIndex(0), ValueError, "dim must be a positive integer"),
+        (lambda i: DocumentIndex(4, "int8"), ValueError, "dtype must be one of"),
+    ],
+)
+def test_bad_input_leaves_the_index_unchanged(call, error, message):
+    index = DocumentIndex(4)
+    index.upsert([0, 1, 2], np.arange(12, dtype=np.float32).reshape(3, 4))
+    before = index.get([0, 1, 2])
+    with pytest.raises(error, match=message):
+        call(index)
+    assert len(index) == 3
+    np.testing.assert_array_equal(index.get([0, 1, 2]), before)
+
+
+def test_staleness_policies_and_drift():
+    index = DocumentIndex(2)
+    index.upsert([10, 11, 12, 13], np.ones((4, 2)), step=0)
+    index.upsert([12], np.ones((1, 2)), step=5)
+    assert index.step_of([10, 12]).tolist() == [0, 5]
+    assert index.stale_ids(3, "oldest").tolist() == [10, 11, 13]  # step 0 first, ties by id
+    index.record_retrieved(np.array([[12, 13], [12, -1]]))  # -1 padding ignored
+    assert index.stale_ids(2, "hot").tolist() == [12, 13]
+    index.upsert([12], np.ones((1, 2)), step=6)  # re-embedding resets the count
+    assert index.stale_ids(1, "hot").tolist() == [13]
+    assert index.stale_ids(10).size == 4
+    index.drift(reset=True)
+    index.upsert([10, 11], np.array([[1.0, 1.0], [1.0, -1.0]]), step=7)  # cosine 1 and 0
+    mean, count = index.drift()
+    assert count == 2 and mean == pytest.approx(0.5)
+    assert index.drift() == (0.0, 0)
+
+
+def test_remove_moves_the_last_row_correctly():
+    index = DocumentIndex(3)
+    vectors = np.arange(30, dtype=np.float32).reshape(10, 3)
+    index.upsert(np.arange(10) * 7, vectors)
+    index.remove([0, 21])
+    np.testing.assert_array_equal(index.get([63]), vectors[9:10])
+    assert sorted(index.ids().tolist()) == [7, 14, 28, 35, 42, 49, 56, 63]
+
+
+def test_memory_stays_near_the_raw_vectors():
+    n, dim = 100_000, 32
+    index = DocumentIndex(dim)
+    index.upsert(np.arange(n), np.zeros((n, dim), dtype=np.float32))
+    assert index.memory_bytes() <= 1.05 * n * dim * 4 + 32 * n
+
+
+def test_search_during_upserts_sees_whole_rows():
+    """Rows flip between v and 2v while searches run: every score is s or 2s, never a mix."""
+    n, dim = 2000, 256
+    rng = np.random.default_rng(3)
+    base = rng.uniform(0.5, 1.0, (n, dim)).astype(np.float32)
+    index = DocumentIndex(dim, n_threads=1)
+    index.upsert(np.arange(n), base)
+    query = np.ones((1, dim), dtype=np.float32)
+    single = base.sum(1)
+    stop = time.monotonic() + 2.0
+    failures = []
+
+    def writer():
+        factor = 2.0
+        while time.monotonic() < stop:
+            index.upsert(np.arange(n), base * factor)
+            factor = 3.0 - factor
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    searches = 0
+    while time.monotonic() < stop:
+        scores, found = index.search(query, n)
+        ratio = scores[0] / single[found[0]]
+        if not (np.isclose(ratio, 1, rtol=1e-4) | np.isclose(ratio, 2, rtol=1e-4)).all():
+            failures.append(ratio)
+        searches += 1
+    thread.join()
+    assert searches > 3 and not failures
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("mmap", [True, False])
+def test_save_load_round_trip(tmp_path, dtype, mmap):
+    rng = np.random.default_rng(4)
+    index = DocumentIndex(16, dtype)
+    index.upsert(rng.permutation(1000)[:300], rng.standard_normal((300, 16)), step=3)
+    index.record_retrieved(index.ids()[:5])
+    path = tmp_path / "corpus.afi"
+    index.save(path)
+    loaded = DocumentIndex.load(path, mmap=mmap)
+    assert (loaded.dim, loaded.dtype, len(loaded)) == (16, dtype, 300)
+    np.testing.assert_array_equal(loaded.ids(), index.ids())
+    np.testing.assert_array_equal(loaded.get(index.ids()), index.get(index.ids()))
+    np.testing.assert_array_equal(loaded.step_of(index.ids()), index.step_of(index.ids()))
+    assert loaded.stale_ids(5, "hot").tolist() == index.stale_ids(5, "hot").tolist()
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.afi"]  # no temporary left behind
+
+
+def _saved(tmp_path):
+    index = DocumentIndex(8)
+    index.upsert(np.arange(50), np.random.default_rng(5).standard_normal((50, 8)))
+    path = tmp_path / "corpus.afi"
+    index.save(path)
+    return index, path
+
+
+def test_truncated_file_is_refused(tmp_path):
+    _, path = _saved(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(IndexFileError, match="truncated"):
+        DocumentIndex.load(path)
+
+
+def test_flipped_byte_is_refused(tmp_path):
+    _, path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match="checksum"):
+        DocumentIndex.load(path)
+
+
+def test_foreign_file_is_refused(tmp_path):
+    path = tmp_path / "not-an-index"
+    path.write_bytes(b"\x80\x04K\x01." * 10)  # a pickle, which is never read
+    with pytest.raises(IndexFileError, match="not an atlas_fast index"):
+        DocumentIndex.load(path)
+
+
+def test_crash_before_rename_keeps_the_previous_file(tmp_path, monkeypatch):
+    index, path = _saved(tmp_path)
+    before = path.read_bytes()
+    index.upsert([1000], np.ones((1, 8)))
+
+    def crash(*args):
+        raise OSError("simulated crash between write and rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(OSError, match="simulated crash"):
+        index.save(path)
+    monkeypatch.undo()
+    assert path.read_bytes() == before
+    assert len(DocumentIndex.load(path)) == 50
+    assert [p.name for p in tmp_path.iterdir()] == ["corpus.afi"]
+
+
+def test_faiss_round_trip(corpus):
+    pytest.importorskip("faiss")
+    vectors, ids = corpus
+    index = DocumentIndex(64)
+    index.upsert(ids[:500], vectors[:500])
+    exported = to_faiss(index)
+    queries = vectors[:3] + 0.01
+    np.testing.assert_array_equal(exported.search(queries, 10)[1], index.search(queries, 10)[1])
+    back = from_faiss(exported, dtype="float16")
+    assert len(back) == 500 and back.dtype == "float16"
+    np.testing.assert_allclose(back.get(ids[:500]), vectors[:500], rtol=2**-10, atol=1e-4)
