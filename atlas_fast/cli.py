@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from atlas_fast import _dispatch, info, losses
-from atlas_fast.index import merge_topk
+from atlas_fast.index import DocumentIndex, merge_topk
 
 
 def _check_merge_topk() -> str:
@@ -28,6 +30,26 @@ def _check_merge_topk() -> str:
     if not np.array_equal(scores, expected):
         raise AssertionError("merge_topk disagrees with a full sort")
     return f"merge_topk of 3 shards -> top-5 ids {merged_ids[0].tolist()}"
+
+
+def _check_document_index() -> str:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((5000, 64)).astype(np.float32)
+    index = DocumentIndex(64, "bfloat16")
+    index.upsert(np.arange(5000), vectors)
+    index.upsert(np.arange(100), vectors[:100] * 0.5, step=1)  # an in-place refresh
+    queries = rng.standard_normal((8, 64)).astype(np.float32)
+    _, found = index.search(queries, 10)
+    stored = index.get(np.arange(5000))
+    expected = np.argsort(-(queries @ stored.T), axis=1, kind="stable")[:, :10]
+    if not (found == expected).mean() > 0.99:
+        raise AssertionError("DocumentIndex.search disagrees with a numpy scan")
+    with tempfile.TemporaryDirectory() as directory:
+        index.save(Path(directory) / "index.afi")
+        reloaded = DocumentIndex.load(Path(directory) / "index.afi")
+    if not np.array_equal(reloaded.search(queries, 10)[1], found):
+        raise AssertionError("DocumentIndex save/load changed the results")
+    return f"5000 bf16 documents, search = numpy scan, save/load round trip, next stale: {index.stale_ids(3)}"
 
 
 def _check_losses() -> str:
@@ -47,6 +69,7 @@ def _check_losses() -> str:
 
 SMOKE_CHECKS: dict[str, Callable[[], str]] = {
     "index.merge_topk (C++)": _check_merge_topk,
+    "index.DocumentIndex (C++)": _check_document_index,
     "losses.kldivloss / emdr_loss": _check_losses,
 }
 

@@ -1,0 +1,157 @@
+"""Document index: DocumentIndex (fp32/fp16/bf16) vs faiss and torch, search and in-place updates.
+
+N = 1,000,000 documents of d = 768 by default (ATLAS_FAST_BENCH_INDEX_N overrides;
+the --benchmark-disable smoke run uses 100,000), k = 100. The same run measures
+the machine's limits, so the search figures can be read against them: memory
+read bandwidth (a sum over 1 GiB) and fp32 GEMM throughput (torch.mm).
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from harness import run_provider
+
+from atlas_fast.index import DocumentIndex
+
+faiss = pytest.importorskip("faiss")
+
+DIM, K = 768, 100
+CPU = torch.device("cpu")
+SEARCH_PROVIDERS = [
+    "faiss_flat_ip",
+    "faiss_sq_fp16",
+    "torch_matmul_topk",
+    "docindex_f32",
+    "docindex_f16",
+    "docindex_bf16",
+]
+
+
+@pytest.fixture(scope="module")
+def n_docs(request):
+    if request.config.getoption("benchmark_disable"):
+        return 100_000
+    return int(os.environ.get("ATLAS_FAST_BENCH_INDEX_N", 1_000_000))
+
+
+@pytest.fixture(scope="module")
+def corpus(n_docs):
+    rng = np.random.default_rng(0)
+    vectors = np.empty((n_docs, DIM), dtype=np.float32)
+    for start in range(0, n_docs, 100_000):  # chunked: no float64 temporary of the whole corpus
+        vectors[start : start + 100_000] = rng.standard_normal((min(100_000, n_docs - start), DIM), dtype=np.float32)
+    return np.arange(n_docs, dtype=np.int64), vectors
+
+
+@pytest.fixture(scope="module")
+def indexes(corpus):
+    ids, vectors = corpus
+    built = {}
+    for name, dtype in (("docindex_f32", "float32"), ("docindex_f16", "float16"), ("docindex_bf16", "bfloat16")):
+        built[name] = DocumentIndex(DIM, dtype)
+        built[name].upsert(ids, vectors)
+    built["faiss_flat_ip"] = faiss.IndexFlatIP(DIM)
+    built["faiss_flat_ip"].add(vectors)
+    built["faiss_sq_fp16"] = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
+    built["faiss_sq_fp16"].add(vectors)
+    built["torch_matmul_topk"] = torch.from_numpy(vectors)
+    return built
+
+
+@pytest.mark.parametrize("provider", SEARCH_PROVIDERS)
+@pytest.mark.parametrize("batch", [1, 8, 32, 256])
+def test_search(benchmark, indexes, n_docs, provider, batch):
+    queries = np.random.default_rng(batch).standard_normal((batch, DIM), dtype=np.float32)
+    index = indexes[provider]
+    if provider.startswith("docindex"):
+
+        def fn():
+            return index.search(queries, K)
+
+        benchmark.extra_info["index_bytes"] = index.memory_bytes()
+    elif provider.startswith("faiss"):
+
+        def fn():
+            return index.search(queries, K)
+
+    else:
+        query_tensor = torch.from_numpy(queries)
+
+        def fn():
+            return (query_tensor @ index.T).topk(K, dim=1)
+
+    run_provider(
+        benchmark,
+        fn,
+        op="index_search",
+        shape=f"N={n_docs} d={DIM} k={K} batch={batch}",
+        mode="forward",
+        provider=provider,
+        baseline="faiss_flat_ip",
+        device=CPU,
+    )
+
+
+@pytest.mark.parametrize("provider", ["faiss_idmap2_remove_add", "docindex_f32"])
+@pytest.mark.parametrize("fraction", [0.01, 0.10])
+def test_update(benchmark, corpus, n_docs, provider, fraction):
+    ids, vectors = corpus
+    changed = np.random.default_rng(7).choice(n_docs, int(n_docs * fraction), replace=False)
+    new_vectors = vectors[changed] * 0.5
+    if provider == "docindex_f32":
+        index = DocumentIndex(DIM)
+        index.upsert(ids, vectors)
+
+        def fn():
+            index.upsert(changed, new_vectors, step=1)
+
+    else:
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+        index.add_with_ids(vectors, ids)
+        selector = faiss.IDSelectorBatch(changed)
+
+        def fn():
+            index.remove_ids(selector)
+            index.add_with_ids(new_vectors, changed)
+
+    run_provider(
+        benchmark,
+        fn,
+        op="index_update",
+        shape=f"N={n_docs} d={DIM} rows={fraction:.0%}",
+        mode="upsert",
+        provider=provider,
+        baseline="faiss_idmap2_remove_add",
+        device=CPU,
+    )
+
+
+@pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096"])
+def test_machine_limits(benchmark, provider):
+    if provider == "memory_read_1GiB":
+        data = torch.ones(2**28, dtype=torch.float32)
+
+        def fn():
+            return data.sum()
+
+        work = f"{data.numel() * 4 / 1e9:.3f} GB"
+    else:
+        a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+
+        def fn():
+            return a @ b
+
+        work = f"{2 * 4096**3 / 1e9:.1f} GFLOP"
+    benchmark.extra_info["work"] = work
+    run_provider(
+        benchmark,
+        fn,
+        op="machine_limits",
+        shape=work,
+        mode="forward",
+        provider=provider,
+        baseline=provider,
+        device=CPU,
+    )
