@@ -33,14 +33,14 @@ def _compute_dtype(tensor: torch.Tensor) -> torch.dtype:
     return torch.float64 if tensor.dtype == torch.float64 else torch.float32
 
 
-def _masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Logits with masked passages at -inf, and (B, K) validity.
+def _masked_logits(logits: torch.Tensor, mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logits with masked passages at -inf, and (B, K) validity (None without a mask).
 
     A fully masked row gets all-zero logits instead of all -inf so that its
     softmax stays finite; it is invalid everywhere and drops out downstream.
     """
     if mask is None:
-        return logits, torch.ones_like(logits, dtype=torch.bool)
+        return logits, None
     row_has_passage = mask.any(dim=-1, keepdim=True)
     filler = torch.where(row_has_passage, float("-inf"), 0.0).to(logits.dtype)
     valid = mask & row_has_passage
@@ -75,19 +75,21 @@ def kldivloss_ref(
     score_logits, valid = _masked_logits(scores.to(dtype) / temperature_score, mask)
     gold_logits, _ = _masked_logits(gold_scores.detach().to(dtype) / temperature_gold, mask)
     log_q = F.log_softmax(score_logits, dim=-1)
-    log_t = F.log_softmax(gold_logits, dim=-1)
-    target = log_t.exp()
-    contributes = valid & (target > 0)
-    # Masked and underflowed entries are replaced before the product so that no
-    # -inf - -inf ever forms, in the forward or the backward.
-    pointwise = torch.where(
-        contributes, target * (log_t - torch.where(contributes, log_q, 0.0)), torch.zeros((), dtype=dtype)
-    )
+    target = F.softmax(gold_logits, dim=-1)
+    if mask is not None:
+        # Masked entries become (target 0, log q 0): kl_div's xlogy makes them contribute exactly 0,
+        # with no -inf in the forward or the backward. Fully masked rows vanish the same way.
+        log_q = torch.where(valid, log_q, 0.0)
+        target = torch.where(valid, target, 0.0)
     if reduction == "none":
-        return pointwise
-    total = pointwise.sum()
+        return F.kl_div(log_q, target, reduction="none")
+    # torch's kl_div: Σ target · (log target − log q), targets of exactly 0 contributing 0, as in Atlas.
+    total = F.kl_div(log_q, target, reduction="sum")
     if reduction == "sum":
         return total
+    if mask is None:
+        count = scores.numel() if reduction == "mean" else scores.shape[0]
+        return total / max(count, 1)
     count = valid.sum() if reduction == "mean" else valid.any(dim=-1).sum()
     return total / count.clamp_min(1)
 
@@ -120,6 +122,8 @@ def emdr_loss_ref(
     log_q = F.log_softmax(score_logits, dim=-1)
     joint = token_logprobs.detach().to(dtype) + log_q.unsqueeze(-1)
     token_loglik = torch.logsumexp(joint, dim=1)  # (B, T)
-    counted = (labels != -100) & valid.any(dim=-1, keepdim=True)
+    counted = labels != -100
+    if valid is not None:
+        counted = counted & valid.any(dim=-1, keepdim=True)
     total = torch.where(counted, token_loglik, torch.zeros((), dtype=dtype)).sum()
     return -total / counted.sum().clamp_min(1)
