@@ -58,11 +58,44 @@ void DocumentIndex::ensure_capacity(int64_t rows) {
   }
 }
 
-void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step) {
-  std::unique_lock lock(mutex_);
-  std::vector<float> old_vector(static_cast<size_t>(dim_));
+namespace {
+
+// NaN or ±inf anywhere in n floats (exponent bits all ones); a plain loop that vectorises.
+bool any_non_finite(const float* values, int64_t n, int threads) {
+  int bad = 0;
+#ifdef _OPENMP
+#pragma omp parallel for simd reduction(| : bad) num_threads(threads) schedule(static)
+#endif
   for (int64_t i = 0; i < n; ++i) {
-    const float* vector = vectors + i * dim_;
+    uint32_t bits;
+    std::memcpy(&bits, values + i, sizeof bits);
+    bad |= (bits & 0x7f800000u) == 0x7f800000u;
+  }
+  return bad != 0;
+}
+
+float cosine(const float* a, const float* b, int64_t n) {
+  float dot = 0.f, norm_a = 0.f, norm_b = 0.f;
+#pragma omp simd reduction(+ : dot, norm_a, norm_b)
+  for (int64_t j = 0; j < n; ++j) {
+    dot += a[j] * b[j];
+    norm_a += a[j] * a[j];
+    norm_b += b[j] * b[j];
+  }
+  return (norm_a > 0.f && norm_b > 0.f) ? dot / std::sqrt(norm_a * norm_b) : 1.f;
+}
+
+}  // namespace
+
+void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step, int n_threads) {
+  const int threads = resolve_threads(n_threads);
+  // Refused before anything changes.
+  if (any_non_finite(vectors, n * dim_, threads)) throw std::invalid_argument("vectors contains NaN or infinite values");
+  std::unique_lock lock(mutex_);
+  const int64_t rows_before = static_cast<int64_t>(row_ids_.size());
+  // 1. Serial: the row of every input (new ids appended), metadata updated.
+  std::vector<std::pair<uint32_t, int64_t>> writes(static_cast<size_t>(n));
+  for (int64_t i = 0; i < n; ++i) {
     uint32_t row = map_.find(ids[i]);
     if (row == IdMap::kEmpty) {
       row = static_cast<uint32_t>(row_ids_.size());
@@ -72,22 +105,42 @@ void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, 
       retrieved_.push_back(0);
       map_.insert(ids[i], row);
     } else {
-      convert_to_float(type_, row_ptr(row), old_vector.data(), dim_);
-      double dot = 0, old_norm = 0, new_norm = 0;
-      for (int64_t j = 0; j < dim_; ++j) {
-        dot += static_cast<double>(old_vector[j]) * vector[j];
-        old_norm += static_cast<double>(old_vector[j]) * old_vector[j];
-        new_norm += static_cast<double>(vector[j]) * vector[j];
-      }
-      if (old_norm > 0 && new_norm > 0) {
-        drift_sum_ += dot / std::sqrt(old_norm * new_norm);
-        ++drift_count_;
-      }
       steps_[row] = step;
       retrieved_[row] = 0;
     }
-    convert_from_float(type_, vector, row_ptr(row), dim_);
+    writes[i] = {row, i};
   }
+  // 2. Duplicate ids in one call: only the last occurrence writes its row (sorted by row, then input order).
+  std::sort(writes.begin(), writes.end());
+  size_t kept = 0;
+  for (size_t w = 0; w < writes.size(); ++w)
+    if (w + 1 == writes.size() || writes[w + 1].first != writes[w].first) writes[kept++] = writes[w];
+  writes.resize(kept);
+  // 3. Parallel: drift of overwritten rows, then the row itself.
+  double drift_sum = 0.0;
+  int64_t drift_count = 0;
+  const int64_t n_writes = static_cast<int64_t>(writes.size());
+#ifdef _OPENMP
+#pragma omp parallel num_threads(threads) reduction(+ : drift_sum, drift_count)
+#endif
+  {
+    std::vector<float> old_vector(static_cast<size_t>(dim_));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t w = 0; w < n_writes; ++w) {
+      const uint32_t row = writes[w].first;
+      const float* vector = vectors + writes[w].second * dim_;
+      if (static_cast<int64_t>(row) < rows_before) {
+        convert_to_float(type_, row_ptr(row), old_vector.data(), dim_);
+        drift_sum += cosine(old_vector.data(), vector, dim_);
+        ++drift_count;
+      }
+      convert_from_float(type_, vector, row_ptr(row), dim_);
+    }
+  }
+  drift_sum_ += drift_sum;
+  drift_count_ += drift_count;
 }
 
 void DocumentIndex::remove(const int64_t* ids, int64_t n) {

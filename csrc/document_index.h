@@ -32,8 +32,9 @@ class DocumentIndex {
   StorageType type() const { return type_; }
   int64_t size() const;
 
-  // vectors: n x dim fp32. Later duplicates of an id win. Resets the retrieved count.
-  void upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step);
+  // vectors: n x dim fp32, all finite (else invalid_argument, nothing changed). Later duplicates of an
+  // id win. Resets the retrieved count. Rows are written by n_threads threads.
+  void upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step, int n_threads);
   // Every id must be present (the Python wrapper checks first).
   void remove(const int64_t* ids, int64_t n);
   // rows[i] = row of ids[i], or -1.

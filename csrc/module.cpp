@@ -68,12 +68,12 @@ void bind_document_index(py::module_& m) {
       .def("__len__", &DocumentIndex::size)
       .def(
           "upsert",
-          [](DocumentIndex& self, IdArray ids, FloatArray vectors, int32_t step) {
+          [](DocumentIndex& self, IdArray ids, FloatArray vectors, int32_t step, int n_threads) {
             require_rows(vectors, ids.size(), self.dim(), "vectors");
             py::gil_scoped_release release;
-            self.upsert(ids.data(), vectors.data(), ids.size(), step);
+            self.upsert(ids.data(), vectors.data(), ids.size(), step, n_threads);
           },
-          py::arg("ids"), py::arg("vectors"), py::arg("step"))
+          py::arg("ids"), py::arg("vectors"), py::arg("step"), py::arg("n_threads") = 0)
       .def(
           "remove",
           [](DocumentIndex& self, IdArray ids) {

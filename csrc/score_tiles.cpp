@@ -2,6 +2,7 @@
 
 #include <immintrin.h>
 
+#include <cstdlib>
 #include <cstring>
 
 namespace atlas_fast {
@@ -65,10 +66,10 @@ inline uint16_t float_to_fp16(float value) {
   // Subnormal half: shift the implicit-one mantissa into place, round to nearest even.
   const uint32_t exponent = magnitude >> 23;
   const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126 - exponent;
-  uint32_t half = mantissa >> (shift + 1);
-  const uint32_t remainder = mantissa & ((1u << (shift + 1)) - 1);
-  const uint32_t halfway = 1u << shift;
+  const uint32_t shift = 126 - exponent;  // value = mantissa * 2^(exponent - 150), half unit = 2^-24
+  uint32_t half = mantissa >> shift;
+  const uint32_t remainder = mantissa & ((1u << shift) - 1);
+  const uint32_t halfway = 1u << (shift - 1);
   if (remainder > halfway || (remainder == halfway && (half & 1u))) ++half;
   return sign | static_cast<uint16_t>(half);
 }
@@ -106,25 +107,36 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline __m512 load
   }
 }
 
-// One block of RB rows x QB queries, 16 lanes at a time, masked tail.
+// One block of RB rows x QB queries: full 16-lane steps, then one masked tail step.
+// The loops over the block are unrolled first (the pragmas) so that gcc keeps the
+// RB x QB accumulators in registers; left as an indexed array it spills them every step.
 template <StorageType T, int RB, int QB>
-__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline void block_avx512(const float* queries, const void* rows,
-                                                                             int64_t dim, float* out,
-                                                                             int64_t out_stride) {
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline void block_avx512(const float* queries,
+                                                                                      const void* rows,
+                                                                                      int64_t dim, float* out,
+                                                                                      int64_t out_stride) {
   __m512 acc[QB][RB];
+#pragma GCC unroll 16
   for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_setzero_ps();
-  for (int64_t k = 0; k < dim; k += 16) {
-    const int64_t left = dim - k;
-    const __mmask16 mask = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+  const int64_t body = dim - dim % 16;
+  for (int64_t k = 0; k <= body; k += 16) {
+    if (k == dim) break;
+    const __mmask16 mask = k < body ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (dim - k)) - 1);
     __m512 row[RB];
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) row[r] = load16_avx512<T>(rows, r * dim + k, mask);
+#pragma GCC unroll 16
     for (int q = 0; q < QB; ++q) {
       const __m512 query = _mm512_maskz_loadu_ps(mask, queries + q * dim + k);
+#pragma GCC unroll 16
       for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_fmadd_ps(query, row[r], acc[q][r]);
     }
   }
+#pragma GCC unroll 16
   for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
 }
 
@@ -169,18 +181,24 @@ __attribute__((target("avx2,fma"))) inline float hsum_avx2(__m256 v) {
   return _mm_cvtss_f32(sum);
 }
 
+// As block_avx512 (the unroll pragmas keep the accumulators in registers); the tail is scalar.
 template <StorageType T, int RB, int QB>
 __attribute__((target("avx2,f16c,fma"))) inline void block_avx2(const float* queries, const void* rows, int64_t dim,
                                                                 float* out, int64_t out_stride) {
   __m256 acc[QB][RB];
+#pragma GCC unroll 16
   for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) acc[q][r] = _mm256_setzero_ps();
   const int64_t body = dim - dim % 8;
   for (int64_t k = 0; k < body; k += 8) {
     __m256 row[RB];
+#pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) row[r] = load8_avx2<T>(rows, r * dim + k);
+#pragma GCC unroll 16
     for (int q = 0; q < QB; ++q) {
       const __m256 query = _mm256_loadu_ps(queries + q * dim + k);
+#pragma GCC unroll 16
       for (int r = 0; r < RB; ++r) acc[q][r] = _mm256_fmadd_ps(query, row[r], acc[q][r]);
     }
   }
@@ -215,8 +233,13 @@ __attribute__((target("avx2,f16c,fma"))) void score_tile_avx2(const float* queri
 enum class SimdLevel { kPortable, kAvx2, kAvx512 };
 
 SimdLevel detect_simd() {
+  // ATLAS_FAST_SIMD=avx2|portable caps the level: how the tests exercise the other paths on one CPU.
+  const char* cap = std::getenv("ATLAS_FAST_SIMD");
+  if (cap != nullptr && std::strcmp(cap, "portable") == 0) return SimdLevel::kPortable;
+  const bool allow_avx512 = cap == nullptr || std::strcmp(cap, "avx2") != 0;
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+  if (allow_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512vl"))
     return SimdLevel::kAvx512;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     return SimdLevel::kAvx2;

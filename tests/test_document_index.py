@@ -307,3 +307,69 @@ def test_faiss_round_trip(corpus):
     back = from_faiss(exported, dtype="float16")
     assert len(back) == 500 and back.dtype == "float16"
     np.testing.assert_allclose(back.get(ids[:500]), vectors[:500], rtol=2**-10, atol=1e-4)
+
+
+SIMD_CHECK = """
+import numpy as np
+from atlas_fast import _ext
+from atlas_fast.index import DocumentIndex
+rng = np.random.default_rng(0)
+vectors = rng.integers(-3, 4, (700, 37)).astype(np.float32)  # odd d: every tail path; exact integer scores
+queries = rng.integers(-3, 4, (70, 37)).astype(np.float32)
+for dtype in ("float32", "float16", "bfloat16"):
+    index = DocumentIndex(37, dtype, n_threads=2)
+    index.upsert(np.arange(700), vectors)
+    scores, ids = index.search(queries, 25)
+    np.save(f"{OUT}/{dtype}-scores.npy", scores)
+    np.save(f"{OUT}/{dtype}-ids.npy", ids)
+print(_ext.build_info()["simd"])
+"""
+
+
+@pytest.mark.parametrize("level", ["avx2", "portable"])
+def test_every_simd_path_gives_the_same_results(tmp_path, level):
+    """The AVX2 and portable kernels (forced with ATLAS_FAST_SIMD) agree exactly with the default one."""
+    import subprocess
+    import sys
+
+    outputs = {}
+    for name, env_level in (("default", None), (level, level)):
+        out = tmp_path / name
+        out.mkdir()
+        env = {k: v for k, v in os.environ.items() if k != "ATLAS_FAST_SIMD"}
+        if env_level:
+            env["ATLAS_FAST_SIMD"] = env_level
+        code = f"OUT = {str(out)!r}\n" + SIMD_CHECK
+        chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+        outputs[name] = out
+        if env_level:
+            assert chosen.stdout.strip() == level
+    for dtype in ("float32", "float16", "bfloat16"):
+        for kind in ("scores", "ids"):
+            np.testing.assert_array_equal(
+                np.load(outputs["default"] / f"{dtype}-{kind}.npy"), np.load(outputs[level] / f"{dtype}-{kind}.npy")
+            )
+
+
+def test_storage_rounding_matches_numpy_and_torch():
+    """fp16 storage rounds as numpy's float16, bf16 as torch's bfloat16 (round to nearest even)."""
+    import torch
+
+    rng = np.random.default_rng(6)
+    values = np.concatenate(
+        [
+            rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 5, 4000),  # normals, fp16 subnormals, overflow
+            [0.0, -0.0, 65504.0, 65520.0, 1e-8, 5.96e-8, 2.98e-8, 1 + 2**-11, 1 + 3 * 2**-11],
+        ]
+    ).astype(np.float32)
+    vectors = values[: len(values) // 7 * 7].reshape(-1, 7)
+    ids = np.arange(vectors.shape[0])
+    with np.errstate(over="ignore"):  # values beyond 65504 become inf in both
+        as_float16 = vectors.astype(np.float16).astype(np.float32)
+    for dtype, expected in (
+        ("float16", as_float16),
+        ("bfloat16", torch.from_numpy(vectors).bfloat16().float().numpy()),
+    ):
+        index = DocumentIndex(7, dtype)
+        index.upsert(ids, vectors)
+        np.testing.assert_array_equal(index.get(ids), expected)

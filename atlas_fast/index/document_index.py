@@ -45,14 +45,14 @@ def _as_ids(name: str, ids) -> np.ndarray:
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
-def _as_matrix(name: str, values, dim: int) -> np.ndarray:
+def _as_matrix(name: str, values, dim: int, check_finite: bool = True) -> np.ndarray:
     array = np.asarray(values.detach().cpu().float() if hasattr(values, "detach") else values)
     if array.ndim != 2 or array.shape[1] != dim:
         raise ValueError(f"{name} must have shape (n, {dim}); got {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name} must hold floats; got dtype {array.dtype}")
     array = np.ascontiguousarray(array, dtype=np.float32)
-    if not np.isfinite(array).all():
+    if check_finite and not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return array
 
@@ -110,14 +110,15 @@ class DocumentIndex:
             step: the training step they were embedded at (for staleness), 0 ≤ step < 2³¹.
         """
         ids = _as_ids("ids", ids)
-        vectors = _as_matrix("vectors", vectors, self.dim)
+        # Finiteness is checked by the C++ core, in parallel, before it changes anything.
+        vectors = _as_matrix("vectors", vectors, self.dim, check_finite=False)
         if vectors.shape[0] != ids.shape[0]:
             raise ValueError(f"vectors has {vectors.shape[0]} rows but ids has {ids.shape[0]}")
         if (ids == -1).any():
             raise ValueError("ids must not contain -1, which marks padding in search results")
         if not 0 <= step < 2**31:
             raise ValueError(f"step must be in [0, 2**31); got {step}")
-        self._core.upsert(ids, vectors, int(step))
+        self._core.upsert(ids, vectors, int(step), self._threads())  # C++ invalid_argument -> ValueError
 
     def remove(self, ids) -> None:
         """Remove documents (O(1) each); every id must be present (KeyError otherwise, nothing removed)."""
