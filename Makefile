@@ -35,7 +35,8 @@ lint: install
 # Full benchmark run: JSON results, then BENCHMARKS.md rendered from them.
 bench: install
 	$(PY) -m pytest benchmarks --benchmark-json=$(BENCH_JSON) $(BENCH_ARGS)
-	$(PY) benchmarks/render.py $(BENCH_JSON) --output BENCHMARKS.md --command "make bench $(BENCH_ARGS)"
+	$(PY) benchmarks/render.py $(BENCH_JSON) --output BENCHMARKS.md --command "make bench BENCH_ARGS='$(BENCH_ARGS)'" \
+		--notes benchmarks/notes.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info atlas_fast/_C*.so
