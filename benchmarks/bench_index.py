@@ -71,6 +71,12 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
             return index.search(queries, K)
 
         benchmark.extra_info["index_bytes"] = index.memory_bytes()
+        # Recall@k of the stored precision against exact fp32 search (faiss IndexFlatIP), outside the timing.
+        exact = indexes["faiss_flat_ip"].search(queries, K)[1]
+        found = index.search(queries, K)[1]
+        benchmark.extra_info["recall_vs_fp32"] = float(
+            np.mean([np.isin(found[q], exact[q]).mean() for q in range(batch)])
+        )
     elif provider.startswith("faiss"):
 
         def fn():
