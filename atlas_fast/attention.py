@@ -1,0 +1,73 @@
+"""FiD cross-attention with the per-passage attention signal (ADist).
+
+`fid_cross_attention` is the op; on every device it runs the PyTorch reference
+today (atlas_fast/reference/attention.py). The fused Triton kernel of the design
+(online softmax with a per-passage accumulator, backward for q, k, v) and the T5
+integration are not built yet; `python -m atlas_fast.info` does not list this op
+among the kernels.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from atlas_fast import _validation
+from atlas_fast.reference.attention import fid_cross_attention_ref
+
+__all__ = ["PASSAGE_MASS_KINDS", "fid_cross_attention"]
+
+PASSAGE_MASS_KINDS = (None, "prob", "vnorm")
+
+
+def fid_cross_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    attention_mask: torch.Tensor,
+    n_passages: int,
+    scale: float = 1.0,
+    passage_mass: str | None = None,
+):
+    """Softmax attention of T decoder positions over K passages of L encoder tokens each.
+
+    Exact (fp32 softmax, Hugging Face's additive padding mask). With ``passage_mass``
+    it also returns, per head, target token and passage, the attention the passage
+    received: "prob" = Σ_{j∈passage} α_j, "vnorm" = Σ_{j∈passage} α_j·‖v_j‖ (Atlas's
+    ADist quantity, before the head mean); padded keys carry none. The mass is a
+    detached by-product; `out` is differentiable in q, k and v.
+
+    Args:
+        q: (B, NH, T, Dh).
+        k, v: (B, NH, K·L, Dh), same dtype and device as q.
+        attention_mask: (B, K·L) bool or integer, True/1 = a real token.
+        n_passages: K; K·L must be a multiple of it.
+        scale: multiplies q·k; T5 uses 1.0.
+        passage_mass: None, "prob" or "vnorm".
+
+    Returns:
+        out (B, NH, T, Dh) in q's dtype; with passage_mass, (out, mass (B, NH, T, K) float32).
+    """
+    _validation.float_tensor("q", q, 4)
+    _validation.float_tensor("k", k, 4)
+    _validation.float_tensor("v", v, 4)
+    B, NH, _, Dh = q.shape
+    if k.shape[:2] != (B, NH) or k.shape[3] != Dh:
+        raise ValueError(f"k must have shape (B, NH, K·L, Dh) with B={B}, NH={NH}, Dh={Dh}; got {tuple(k.shape)}")
+    _validation.shape("v", v, tuple(k.shape), "(B, NH, K·L, Dh) like k")
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        raise ValueError(f"q, k and v must share one dtype; got {q.dtype}, {k.dtype}, {v.dtype}")
+    if isinstance(n_passages, bool) or not isinstance(n_passages, int) or n_passages <= 0:
+        raise ValueError(f"n_passages must be a positive integer; got {n_passages!r}")
+    if k.shape[2] % n_passages:
+        raise ValueError(f"the K·L = {k.shape[2]} keys do not split into n_passages = {n_passages} passages")
+    if not isinstance(attention_mask, torch.Tensor) or attention_mask.is_floating_point():
+        raise ValueError("attention_mask must be a bool or integer tensor (True/1 = real token)")
+    _validation.shape("attention_mask", attention_mask, (B, k.shape[2]), "(B, K·L)")
+    _validation.same_device(q=q, k=k, v=v, attention_mask=attention_mask)
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale) or scale <= 0:
+        raise ValueError(f"scale must be a finite number > 0; got {scale!r}")
+    if passage_mass not in PASSAGE_MASS_KINDS:
+        raise ValueError(f"passage_mass must be one of None, 'prob', 'vnorm'; got {passage_mass!r}")
+    return fid_cross_attention_ref(q, k, v, attention_mask, n_passages, float(scale), passage_mass)
