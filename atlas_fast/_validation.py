@@ -58,6 +58,12 @@ def labels(value: object, expected: tuple[int, ...]) -> torch.Tensor:
     return value
 
 
+def every_row_has_a_target(labels: torch.Tensor) -> None:
+    """Each row of (B, T) labels needs a token that is not -100 (a mean over none is undefined)."""
+    if bool(((labels != -100).sum(-1) == 0).any()):
+        raise ValueError("labels has a row with no valid target token (all -100); its gold score is undefined")
+
+
 def temperature(name: str, value: float) -> float:
     """A temperature must be a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:

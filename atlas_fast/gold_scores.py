@@ -95,8 +95,7 @@ def pdist_gold_scores(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels
         (B, K) float32.
     """
     _validate_lm_head_inputs(hidden, lm_head_weight, labels)
-    if bool(((labels != -100).sum(-1) == 0).any()):
-        raise ValueError("labels has a row with no valid target token (all -100); its gold score is undefined")
+    _validation.every_row_has_a_target(labels)
     return masked_token_mean(_token_logprobs(hidden, lm_head_weight, labels, 1.0, "pdist_gold_scores"), labels)
 
 
@@ -140,7 +139,6 @@ def adist_gold_scores(passage_vnorm_mass: torch.Tensor, labels: torch.Tensor, n_
     _validation.same_device(passage_vnorm_mass=passage_vnorm_mass, labels=labels)
     if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
         raise ValueError(f"n_layers must be a positive integer; got {n_layers!r}")
-    if bool(((labels != -100).sum(-1) == 0).any()):
-        raise ValueError("labels has a row with no valid target token (all -100); its gold score is undefined")
+    _validation.every_row_has_a_target(labels)
     _validation.finite("passage_vnorm_mass", passage_vnorm_mass)
     return adist_gold_scores_ref(passage_vnorm_mass.detach(), labels, n_layers)
