@@ -35,7 +35,13 @@ BACKEND_ENV = "ATLAS_FAST_BACKEND"
 _CHOICES = ("auto", "triton", "reference")
 
 # Public ops that have a Triton kernel in kernels/ (reported by `python -m atlas_fast.info`).
-KERNEL_OPS: tuple[str, ...] = ("kldivloss", "emdr_loss", "pdist_gold_scores", "emdr_token_logprobs")
+KERNEL_OPS: tuple[str, ...] = (
+    "kldivloss",
+    "emdr_loss",
+    "pdist_gold_scores",
+    "emdr_token_logprobs",
+    "fid_cross_attention",  # the no-grad path with passage mass
+)
 
 
 class TritonUnavailable(RuntimeError):

@@ -1,10 +1,10 @@
 """FiD cross-attention with the per-passage attention signal (ADist).
 
-`fid_cross_attention` is the op; on every device it runs the PyTorch reference
-today (atlas_fast/reference/attention.py). The fused Triton kernel of the design
-(online softmax with a per-passage accumulator, backward for q, k, v) and the T5
-integration are not built yet; `python -m atlas_fast.info` does not list this op
-among the kernels.
+`fid_cross_attention` is the op. When the mass is asked for and no gradient is
+needed (the ADist gold-score pass), it runs the fused forward kernel
+(kernels/fid_attention.py) where Triton can run; otherwise the PyTorch reference
+(atlas_fast/reference/attention.py): SDPA without mass, a passage-chunked exact
+computation with it. A backward kernel and the T5 integration are not built yet.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from atlas_fast import _validation
+from atlas_fast import _dispatch, _validation
 from atlas_fast.reference.attention import fid_cross_attention_ref
 
 __all__ = ["PASSAGE_MASS_KINDS", "fid_cross_attention"]
@@ -70,4 +70,15 @@ def fid_cross_attention(
         raise ValueError(f"scale must be a finite number > 0; got {scale!r}")
     if passage_mass not in PASSAGE_MASS_KINDS:
         raise ValueError(f"passage_mass must be one of None, 'prob', 'vnorm'; got {passage_mass!r}")
+    if passage_mass is not None:
+        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
+        unsupported = None
+        if needs_grad:
+            unsupported = "the fused kernel has no backward yet; gradients go through the reference"
+        elif q.dtype == torch.float64:
+            unsupported = "the fused kernel computes in float32; float64 uses the reference"
+        if _dispatch.choose_backend("fid_cross_attention", q.device, unsupported) == "triton":
+            from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+
+            return fid_cross_attention_triton(q, k, v, attention_mask, n_passages, float(scale), passage_mass)
     return fid_cross_attention_ref(q, k, v, attention_mask, n_passages, float(scale), passage_mass)

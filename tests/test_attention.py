@@ -7,7 +7,7 @@ from atlas_fast import losses
 from atlas_fast.attention import fid_cross_attention
 from atlas_fast.reference.atlas import atlas_normssum
 from atlas_fast.reference.attention import fid_cross_attention_naive, fid_cross_attention_ref
-from atlas_fast.testing import assert_close
+from atlas_fast.testing import assert_close, kernel_device
 
 
 def _inputs(B=2, NH=3, T=5, K=5, L=7, Dh=8, dtype=torch.float32):
@@ -111,3 +111,36 @@ def test_bad_input_is_a_clear_value_error(kwargs, message):
     arguments.update(kwargs)
     with pytest.raises(ValueError, match=message):
         fid_cross_attention(**arguments)
+
+
+@pytest.mark.interpret
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, pytest.param(torch.bfloat16, marks=pytest.mark.gpu)])
+@pytest.mark.parametrize(("T", "K", "L", "Dh"), [(5, 5, 7, 8), (17, 3, 70, 20), (1, 1, 16, 16)])
+@pytest.mark.parametrize("passage_mass", ["prob", "vnorm"])
+def test_fused_kernel_matches_reference(dtype, T, K, L, Dh, passage_mass):
+    from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+
+    device = kernel_device()
+    q, k, v, mask = (t.detach().to(device) for t in _inputs(B=2, NH=2, T=T, K=K, L=L, Dh=Dh))
+    q, k, v = (t.to(dtype) for t in (q, k, v))
+    mask[1] = False  # a row with no real key: uniform, as T5
+    out, mass = fid_cross_attention_triton(q, k, v, mask, K, 0.5, passage_mass)
+    want_out, want_mass = fid_cross_attention_naive(q, k, v, mask, K, 0.5, passage_mass)
+    assert out.dtype == dtype and mass.dtype == torch.float32
+    assert_close(out, want_out, dtype=dtype)
+    assert_close(mass, want_mass, dtype=dtype)
+
+
+@pytest.mark.interpret
+def test_public_op_uses_the_kernel_without_grad_and_the_reference_with_it(monkeypatch):
+    from atlas_fast._dispatch import TritonUnavailable
+
+    monkeypatch.setenv("ATLAS_FAST_BACKEND", "triton")
+    q, k, v, mask = (t.to(kernel_device()) for t in _inputs())
+    with torch.no_grad():
+        out, mass = fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm")
+    want_out, want_mass = fid_cross_attention_naive(q, k, v, mask, 5, passage_mass="vnorm")
+    assert_close(out, want_out)
+    assert_close(mass, want_mass)
+    with pytest.raises(TritonUnavailable, match="no backward"):
+        fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm")
