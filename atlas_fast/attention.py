@@ -4,7 +4,8 @@
 needed (the ADist gold-score pass), it runs the fused forward kernel
 (kernels/fid_attention.py) where Triton can run; otherwise the PyTorch reference
 (atlas_fast/reference/attention.py): SDPA without mass, a passage-chunked exact
-computation with it. A backward kernel and the T5 integration are not built yet.
+computation with it. A backward kernel is not built yet. atlas_fast.t5_fid routes a
+Hugging Face T5's decoder cross-attention through this op.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def fid_cross_attention(
     n_passages: int,
     scale: float = 1.0,
     passage_mass: str | None = None,
+    dropout_p: float = 0.0,
 ):
     """Softmax attention of T decoder positions over K passages of L encoder tokens each.
 
@@ -45,6 +47,7 @@ def fid_cross_attention(
         n_passages: K; K·L must be a multiple of it.
         scale: multiplies q·k; T5 uses 1.0.
         passage_mass: None, "prob" or "vnorm".
+        dropout_p: dropout on the attention weights (T5 in training); the mass is taken before it.
 
     Returns:
         out (B, NH, T, Dh) in q's dtype; with passage_mass, (out, mass (B, NH, T, K) float32).
@@ -70,6 +73,8 @@ def fid_cross_attention(
         raise ValueError(f"scale must be a finite number > 0; got {scale!r}")
     if passage_mass not in PASSAGE_MASS_KINDS:
         raise ValueError(f"passage_mass must be one of None, 'prob', 'vnorm'; got {passage_mass!r}")
+    if not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
+        raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p!r}")
     if passage_mass is not None:
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         unsupported = None
@@ -77,8 +82,12 @@ def fid_cross_attention(
             unsupported = "the fused kernel has no backward yet; gradients go through the reference"
         elif q.dtype == torch.float64:
             unsupported = "the fused kernel computes in float32; float64 uses the reference"
+        elif dropout_p > 0:
+            unsupported = "the fused kernel has no dropout; it serves the no-grad gold-score pass"
         if _dispatch.choose_backend("fid_cross_attention", q.device, unsupported) == "triton":
             from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
 
             return fid_cross_attention_triton(q, k, v, attention_mask, n_passages, float(scale), passage_mass)
-    return fid_cross_attention_ref(q, k, v, attention_mask, n_passages, float(scale), passage_mass)
+    return fid_cross_attention_ref(
+        q, k, v, attention_mask, n_passages, float(scale), passage_mass, dropout_p=float(dropout_p)
+    )

@@ -58,6 +58,7 @@ def fid_cross_attention_ref(
     scale: float = 1.0,
     passage_mass: str | None = None,
     passages_per_chunk: int = DEFAULT_PASSAGES_PER_CHUNK,
+    dropout_p: float = 0.0,
 ):
     """Exact FiD cross-attention; with ``passage_mass``, memory O(B·NH·T·chunk·L) beyond the inputs.
 
@@ -69,6 +70,8 @@ def fid_cross_attention_ref(
         scale: multiplies q·k (T5: 1.0; BERT-style decoders: 1/√Dh).
         passage_mass: None, "prob" (Σ over the passage's keys of α) or "vnorm" (Σ α·‖v‖).
         passages_per_chunk: passages whose logits are held at once (mass path only).
+        dropout_p: dropout on the attention weights, as T5 applies it in training; the mass
+            is taken before it.
 
     Returns:
         out (B, NH, T, Dh) in q's dtype, differentiable in q, k, v; with passage_mass also
@@ -77,7 +80,7 @@ def fid_cross_attention_ref(
     if passage_mass is None:
         # SDPA's math on fp32 copies: fp32 softmax as T5, the same additive mask.
         out = F.scaled_dot_product_attention(
-            q.float(), k.float(), v.float(), attn_mask=_additive_mask(attention_mask), scale=scale
+            q.float(), k.float(), v.float(), attn_mask=_additive_mask(attention_mask), scale=scale, dropout_p=dropout_p
         )
         return out.to(q.dtype)
     B, NH, T, _ = q.shape
@@ -99,7 +102,8 @@ def fid_cross_attention_ref(
         lse = torch.logsumexp(logits, dim=-1, keepdim=True)  # (B, NH, T, 1)
         probs = torch.exp(logits - lse)  # normalised within the chunk
         chunk_lse.append(lse)
-        chunk_out.append(torch.matmul(probs, v_chunk))
+        dropped = F.dropout(probs, dropout_p) if dropout_p > 0 else probs  # dropout commutes with the rescale
+        chunk_out.append(torch.matmul(dropped, v_chunk))
         weighted = probs.detach() * weight_chunk[:, :, None, :]
         chunk_mass.append(weighted.view(B, NH, T, -1, L).sum(-1))
     # Rescale every chunk by its share of the global softmax normaliser.

@@ -1,0 +1,121 @@
+"""Route a Hugging Face T5's decoder cross-attention through `fid_cross_attention`.
+
+`patch_t5_for_fid(model, n_passages)` registers an attention implementation with
+transformers' attention-function registry (T5 routes every attention call through
+it) and switches the model to it. Decoder cross-attention modules then run the
+FiD op, which also yields the per-passage value-norm mass that ADist needs;
+every other attention (encoder, decoder self-attention) runs Hugging Face's eager
+implementation, so the model's outputs equal the unpatched model's to fp32
+tolerance. After each decoder forward, `patch.passage_mass()` is that mass summed
+over the decoder layers, head-averaged, (B, T, K): the input of
+`losses.adist_gold_scores` (with `n_layers=patch.n_layers`).
+
+The model sees FiD inputs: encoder states of the K passages of each example
+concatenated to (B, K·L, H) with their (B, K·L) attention mask, e.g. through
+``model(encoder_outputs=..., attention_mask=..., labels=...)``. Set
+`patch.n_passages` when K changes. `patch.unpatch()` restores the model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from atlas_fast.attention import fid_cross_attention
+
+__all__ = ["FiDPatch", "patch_t5_for_fid"]
+
+IMPLEMENTATION = "atlas_fast_fid"
+
+
+def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs):
+    """The registered attention function: FiD for marked cross-attention modules, eager otherwise."""
+    from transformers.models.t5.modeling_t5 import eager_attention_forward
+
+    patch = getattr(module, "_atlas_fast_fid", None)
+    if patch is None:
+        return eager_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
+            position_bias=position_bias, **kwargs,
+        )  # fmt: skip
+    # Eager masks are additive: 0 for a real key, the most negative float for padding.
+    if attention_mask is None:
+        real = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
+    else:
+        real = attention_mask[:, 0, 0, :] == 0
+        real = real.expand(key.shape[0], -1)
+    scale = 1.0 if scaling is None else scaling
+    dropout_p = dropout if module.training else 0.0
+    if patch.collect_mass:
+        out, mass = fid_cross_attention(query, key, value, real, patch.n_passages, scale, "vnorm", dropout_p)
+        patch._add_layer_mass(mass.mean(dim=1))  # head mean, (B, T, K)
+    else:
+        out = fid_cross_attention(query, key, value, real, patch.n_passages, scale, dropout_p=dropout_p)
+    return out.transpose(1, 2).contiguous(), None
+
+
+class FiDPatch:
+    """The handle `patch_t5_for_fid` returns.
+
+    Attributes:
+        n_passages: K of the next forward.
+        collect_mass: compute the per-passage mass (costs an extra pass over values); on by default.
+        n_layers: decoder layers whose mass is summed.
+    """
+
+    def __init__(self, model, n_passages: int, collect_mass: bool, previous_implementation: str):
+        self.model = model
+        self.n_passages = n_passages
+        self.collect_mass = collect_mass
+        self._previous = previous_implementation
+        self._modules = [block.layer[1].EncDecAttention for block in model.decoder.block]
+        self.n_layers = len(self._modules)
+        self._mass: torch.Tensor | None = None
+        for module in self._modules:
+            module._atlas_fast_fid = self
+        self._hook = model.decoder.register_forward_pre_hook(self._reset)
+
+    def _reset(self, *_):
+        self._mass = None
+
+    def _add_layer_mass(self, mass: torch.Tensor) -> None:
+        self._mass = mass if self._mass is None else self._mass + mass
+
+    def passage_mass(self) -> torch.Tensor:
+        """(B, T, K) float32 Σ over decoder layers of the head-mean α·‖v‖ per passage, from the last forward."""
+        if self._mass is None:
+            raise RuntimeError("no mass yet: run a forward pass with collect_mass=True first")
+        return self._mass
+
+    def unpatch(self) -> None:
+        """Restore the model's own attention implementation and remove every trace of the patch."""
+        for module in self._modules:
+            del module._atlas_fast_fid
+        self._hook.remove()
+        self.model.set_attn_implementation(self._previous)
+
+
+def patch_t5_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPatch:
+    """Make ``model`` (a transformers T5ForConditionalGeneration) a FiD reader on atlas_fast's attention.
+
+    Args:
+        model: the T5 model; its decoder cross-attention must have no relative position bias (T5's never does).
+        n_passages: K, passages per example in the next forward (settable on the returned patch).
+        collect_mass: compute the ADist mass on every forward.
+
+    Returns:
+        The FiDPatch handle.
+    """
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, eager_mask
+
+    if not hasattr(model, "decoder") or not hasattr(model.decoder, "block"):
+        raise ValueError("model must be a transformers T5ForConditionalGeneration (it has no T5 decoder blocks)")
+    if any(getattr(block.layer[1].EncDecAttention, "_atlas_fast_fid", None) for block in model.decoder.block):
+        raise ValueError("model is already patched; call unpatch() on its FiDPatch first")
+    if any(block.layer[1].EncDecAttention.has_relative_attention_bias for block in model.decoder.block):
+        raise ValueError("cross-attention with a relative position bias is not supported")
+    AttentionInterface.register(IMPLEMENTATION, _attention)
+    AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)  # additive masks, as eager attention takes
+    previous = model.config._attn_implementation
+    model.set_attn_implementation(IMPLEMENTATION)
+    return FiDPatch(model, n_passages, collect_mass, previous)
