@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
+from tiny_t5 import VOCAB, tiny_t5
 
 from atlas_fast import losses
 from atlas_fast.reference import token_logprobs_naive, token_logprobs_ref
@@ -43,27 +43,10 @@ def test_chunk_budget_bounds_memory():
     assert peak <= 3 * budget < naive_logits_bytes / 2
 
 
-def _tiny_t5(tie_word_embeddings):
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=97,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        tie_word_embeddings=tie_word_embeddings,
-    )
-    return T5ForConditionalGeneration(config).eval()
-
-
 def _single_passage_pass(model, B, K, T):
     """Atlas's PDist reader pass: B·K single-passage inputs, targets repeated K times."""
-    input_ids = torch.randint(1, 97, (B * K, 12))
-    labels = torch.randint(1, 97, (B, T))
+    input_ids = torch.randint(1, VOCAB, (B * K, 12))
+    labels = torch.randint(1, VOCAB, (B, T))
     labels[0, -2:] = -100
     labels[1, 1:] = -100  # a row with a single valid token
     repeated = torch.repeat_interleave(labels, K, dim=0)
@@ -75,7 +58,7 @@ def _single_passage_pass(model, B, K, T):
 
 @pytest.mark.parametrize("tied", [True, False])
 def test_pdist_matches_atlas_perplexity_score_on_t5(tied):
-    model = _tiny_t5(tied)
+    model = tiny_t5(tied).eval()
     B, K, T = 3, 4, 5
     logits, hidden, labels = _single_passage_pass(model, B, K, T)
     want = atlas_perplexity_score(logits, labels, K)
@@ -85,7 +68,7 @@ def test_pdist_matches_atlas_perplexity_score_on_t5(tied):
 
 
 def test_emdr_token_logprobs_match_atlas_on_t5():
-    model = _tiny_t5(True)
+    model = tiny_t5(True).eval()
     B, K, T = 2, 3, 4
     logits, hidden, labels = _single_passage_pass(model, B, K, T)
     want = atlas_gold_log_probs(logits, labels, K, 0.01)

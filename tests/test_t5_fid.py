@@ -2,53 +2,17 @@
 
 import pytest
 import torch
-from transformers import T5Config, T5ForConditionalGeneration
-from transformers.modeling_outputs import BaseModelOutput
+from tiny_t5 import B, K, L, T, fid_inputs, tiny_t5
 
 from atlas_fast import losses
 from atlas_fast.reference.atlas import atlas_normssum
 from atlas_fast.t5_fid import patch_t5_for_fid
 from atlas_fast.testing import assert_close
 
-B, K, L, T, VOCAB = 2, 3, 6, 4, 61
-
-
-def _model(dropout_rate=0.0):
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=VOCAB,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_decoder_layers=2,
-        num_heads=4,
-        dropout_rate=dropout_rate,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-    )
-    return T5ForConditionalGeneration(config)
-
-
-def _fid_inputs(model):
-    """Encode the B·K passages separately, then concatenate each example's K passages: FiD."""
-    torch.manual_seed(1)
-    passages = torch.randint(1, VOCAB, (B * K, L))
-    mask = torch.ones(B * K, L, dtype=torch.long)
-    mask[1, 3:] = 0
-    mask[4, :] = 0  # a fully padded passage
-    mask[4, 0] = 1
-    with torch.no_grad():
-        states = model.encoder(input_ids=passages, attention_mask=mask).last_hidden_state
-    encoder_outputs = BaseModelOutput(last_hidden_state=states.reshape(B, K * L, -1))
-    labels = torch.randint(1, VOCAB, (B, T))
-    labels[1, -1] = -100
-    return encoder_outputs, mask.reshape(B, K * L), labels
-
 
 def test_patched_model_equals_unpatched_and_unpatch_restores():
-    model = _model().eval()
-    encoder_outputs, mask, labels = _fid_inputs(model)
+    model = tiny_t5().eval()
+    encoder_outputs, mask, labels = fid_inputs(model)
     with torch.no_grad():
         want = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
         patch = patch_t5_for_fid(model, n_passages=K)
@@ -64,9 +28,9 @@ def test_patched_model_equals_unpatched_and_unpatch_restores():
 
 
 def test_mass_gives_atlas_adist_gold_scores():
-    model = _model().eval()
+    model = tiny_t5().eval()
     model.set_attn_implementation("eager")  # the only implementation that returns attention maps
-    encoder_outputs, mask, labels = _fid_inputs(model)
+    encoder_outputs, mask, labels = fid_inputs(model)
     with torch.no_grad():
         reference = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels, output_attentions=True)
         # Atlas's path: materialised cross-attention maps times per-head value norms, head mean per layer.
@@ -84,8 +48,8 @@ def test_mass_gives_atlas_adist_gold_scores():
 
 
 def test_generate_with_cache_matches_unpatched():
-    model = _model().eval()
-    encoder_outputs, mask, _ = _fid_inputs(model)
+    model = tiny_t5().eval()
+    encoder_outputs, mask, _ = fid_inputs(model)
     kwargs = {"encoder_outputs": encoder_outputs, "attention_mask": mask, "max_new_tokens": 5, "do_sample": False}
     want = model.generate(**kwargs)
     patch = patch_t5_for_fid(model, n_passages=K)
@@ -96,8 +60,8 @@ def test_generate_with_cache_matches_unpatched():
 
 
 def test_patched_model_trains():
-    model = _model(dropout_rate=0.1).train()
-    encoder_outputs, mask, labels = _fid_inputs(model)
+    model = tiny_t5(dropout_rate=0.1).train()
+    encoder_outputs, mask, labels = fid_inputs(model)
     patch_t5_for_fid(model, n_passages=K, collect_mass=False)
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=3e-3)
     losses_seen = []

@@ -7,7 +7,14 @@ intermediate and know no mask.
 
 import torch
 
-__all__ = ["atlas_gold_log_probs", "atlas_kldivloss", "atlas_logprob", "atlas_normssum", "atlas_perplexity_score"]
+__all__ = [
+    "atlas_gold_log_probs",
+    "atlas_kldivloss",
+    "atlas_logprob",
+    "atlas_loop_score",
+    "atlas_normssum",
+    "atlas_perplexity_score",
+]
 
 IGNORE_INDEX = -100
 
@@ -66,3 +73,26 @@ def atlas_normssum(norm_scores, context_mask, labels, n_passages):
     scores = scores.masked_fill((labels == IGNORE_INDEX)[None, :, :, None, None], 0.0)
     ntokens_sum = 256 * n_layers * (~(labels == IGNORE_INDEX)).sum(dim=[1])
     return scores.sum(dim=[0, 2, 4]) / ntokens_sum[:, None]
+
+
+def atlas_loop_score(reader, encoder_hidden_state, reader_mask, labels):
+    """`Atlas.loop_score` after its encoder pass: one decoder pass per left-out passage.
+
+    encoder_hidden_state (B, K·L, H); reader_mask (B, K, L) bool; labels (B, T). Returns (B, K),
+    +mean token NLL of the target without passage k.
+    """
+    bsz, total_context = reader_mask.shape[:2]
+    gold_scores = []
+    for loo_index in range(total_context):
+        reader_mask_loo = reader_mask.clone()
+        reader_mask_loo[:, loo_index] = False
+        reader_mask_loo = reader_mask_loo.view(reader_mask.size(0), -1)
+        reader_output_loo = reader(
+            encoder_outputs=[encoder_hidden_state], attention_mask=reader_mask_loo, labels=labels, use_cache=False
+        )
+        token_loss = torch.nn.functional.cross_entropy(
+            reader_output_loo.logits.view(-1, reader_output_loo.logits.size(-1)), labels.view(-1), reduction="none"
+        )
+        mean_loss = token_loss.view(bsz, labels.shape[-1]).sum(dim=-1) / (labels > -1).sum(-1)
+        gold_scores.append(mean_loss)
+    return torch.stack(gold_scores, dim=1)
