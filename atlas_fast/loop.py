@@ -3,10 +3,10 @@
 Atlas (`loop_score`) encodes once, then runs the decoder K times, each time with
 one passage masked out, recomputing every layer's cross-attention key and value
 projections of all K·L encoder states on every pass. Here the decoder runs over
-a batch of B·k' leave-one-out copies at once (k' = `passes_per_batch`, K by
-default) and each layer's cross-attention keys and values are projected once per
-example and reused by every copy: the K-fold projection work, usually the bulk
-of the decoder's cost when K·L >> T, is done once.
+a batch of k' leave-one-out copies of one example at once (k' = `passes_per_batch`,
+K by default) and each layer's cross-attention keys and values are projected once
+per example and broadcast to every copy without copying: the K-fold projection
+work, usually the bulk of the decoder's cost when K·L >> T, is done once.
 """
 
 from __future__ import annotations
@@ -33,15 +33,16 @@ class _Projected(nn.Module):
 
 
 @contextlib.contextmanager
-def _cached_cross_projections(model, encoder_states: torch.Tensor, copies: int):
-    """Inside the block, each decoder layer's cross-attention k/v return their projection of
-    ``encoder_states`` (B, K·L, H), computed once and repeated ``copies`` times along the batch."""
+def _cached_cross_projections(model, example_states: torch.Tensor, copies: int):
+    """Inside the block, each decoder layer's cross-attention k/v return their projection of one
+    example's ``example_states`` (1, K·L, H), computed once and broadcast (a view, no copy) to
+    ``copies`` leave-one-out copies."""
     modules = [block.layer[1].EncDecAttention for block in model.decoder.block]
     originals = [(module.k, module.v) for module in modules]
     try:
         for module, (key, value) in zip(modules, originals, strict=True):
-            module.k = _Projected(key(encoder_states).repeat_interleave(copies, dim=0))
-            module.v = _Projected(value(encoder_states).repeat_interleave(copies, dim=0))
+            module.k = _Projected(key(example_states).expand(copies, -1, -1))
+            module.v = _Projected(value(example_states).expand(copies, -1, -1))
         yield
     finally:
         for module, (key, value) in zip(modules, originals, strict=True):
@@ -91,20 +92,25 @@ def loop_gold_scores(
     valid_tokens = (labels != -100).sum(-1)
     scores = []
     with torch.no_grad():
-        for first in range(0, n_passages, per_batch):
-            left_out = torch.arange(first, min(first + per_batch, n_passages), device=attention_mask.device)
-            copies = left_out.numel()
-            # (B·copies, K·L): example b, copy c masks the keys of passage left_out[c].
-            masks = attention_mask.bool()[:, None, :] & (passage_of_key[None, None, :] != left_out[None, :, None])
-            with _cached_cross_projections(model, encoder_states, copies):
-                logits = model(
-                    encoder_outputs=BaseModelOutput(last_hidden_state=encoder_states.repeat_interleave(copies, 0)),
-                    attention_mask=masks.reshape(B * copies, KL),
-                    labels=labels.repeat_interleave(copies, 0),
-                    use_cache=False,
-                ).logits
-            token_nll = nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), labels.repeat_interleave(copies, 0).flatten(), reduction="none"
-            )
-            scores.append(token_nll.view(B, copies, -1).sum(-1) / valid_tokens[:, None])
-    return torch.cat(scores, dim=1)
+        for b in range(B):
+            example_states = encoder_states[b : b + 1]
+            example_scores = []
+            for first in range(0, n_passages, per_batch):
+                left_out = torch.arange(first, min(first + per_batch, n_passages), device=attention_mask.device)
+                copies = left_out.numel()
+                # (copies, K·L): copy c masks the keys of passage left_out[c].
+                masks = attention_mask[b].bool()[None, :] & (passage_of_key[None, :] != left_out[:, None])
+                copy_labels = labels[b : b + 1].expand(copies, -1).contiguous()
+                with _cached_cross_projections(model, example_states, copies):
+                    logits = model(
+                        encoder_outputs=BaseModelOutput(last_hidden_state=example_states.expand(copies, -1, -1)),
+                        attention_mask=masks,
+                        labels=copy_labels,
+                        use_cache=False,
+                    ).logits
+                token_nll = nn.functional.cross_entropy(
+                    logits.float().flatten(0, 1), copy_labels.flatten(), reduction="none"
+                )
+                example_scores.append(token_nll.view(copies, -1).sum(-1) / valid_tokens[b])
+            scores.append(torch.cat(example_scores))
+    return torch.stack(scores)

@@ -55,3 +55,44 @@ def test_pdist_gold_scores(benchmark, monkeypatch, provider, hidden_size, n_pair
         baseline="atlas_naive",
         device=DEVICE,
     )
+
+
+@pytest.mark.parametrize("provider", ["atlas_k_passes", "batched_cached_projections"])
+def test_loop_gold_scores(benchmark, provider):
+    """LOOP on a T5-small-sized random reader (6+6 layers, d_model 512): B=2, K=20 passages of L=128, T=16."""
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    from atlas_fast.loop import loop_gold_scores
+    from atlas_fast.reference.atlas import atlas_loop_score
+
+    B, K, L, T = 2, 20, 128, 16
+    if benchmark.disabled:
+        B, K, L = 1, 4, 16
+    torch.manual_seed(0)
+    config = T5Config(d_model=512, d_kv=64, d_ff=2048, num_layers=6, num_heads=8, decoder_start_token_id=0)
+    model = T5ForConditionalGeneration(config).eval().to(DEVICE)
+    states = torch.randn(B, K * L, 512, device=DEVICE)
+    mask = torch.rand(B, K * L, device=DEVICE) > 0.1
+    labels = torch.randint(0, config.vocab_size, (B, T), device=DEVICE)
+
+    if provider == "atlas_k_passes":
+
+        def fn():
+            with torch.no_grad():
+                return atlas_loop_score(model, states, mask.view(B, K, L), labels)
+
+    else:
+
+        def fn():
+            return loop_gold_scores(model, states, mask, labels, K)
+
+    run_provider(
+        benchmark,
+        fn,
+        op="loop_gold_scores",
+        shape=f"T5-small-sized B={B} K={K} L={L} T={T}",
+        mode="forward",
+        provider=provider,
+        baseline="atlas_k_passes",
+        device=DEVICE,
+    )
