@@ -1,10 +1,10 @@
 """FiD cross-attention with the per-passage attention signal (ADist).
 
-`fid_cross_attention` is the op. When the mass is asked for and no gradient is
-needed (the ADist gold-score pass), it runs the fused forward kernel
-(kernels/fid_attention.py) where Triton can run; otherwise the PyTorch reference
-(atlas_fast/reference/attention.py): SDPA without mass, a passage-chunked exact
-computation with it. A backward kernel is not built yet. atlas_fast.t5_fid routes a
+`fid_cross_attention` is the op. When the mass is asked for, it runs the fused
+kernels (kernels/fid_attention.py: forward with the per-passage accumulator,
+backward for q, k, v) where Triton can run, unless attention dropout is on;
+otherwise the PyTorch reference (atlas_fast/reference/attention.py): SDPA without
+mass, a passage-chunked exact computation with it. atlas_fast.t5_fid routes a
 Hugging Face T5's decoder cross-attention through this op.
 """
 
@@ -76,14 +76,11 @@ def fid_cross_attention(
     if not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p!r}")
     if passage_mass is not None:
-        needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         unsupported = None
-        if needs_grad:
-            unsupported = "the fused kernel has no backward yet; gradients go through the reference"
-        elif q.dtype == torch.float64:
+        if q.dtype == torch.float64:
             unsupported = "the fused kernel computes in float32; float64 uses the reference"
         elif dropout_p > 0:
-            unsupported = "the fused kernel has no dropout; it serves the no-grad gold-score pass"
+            unsupported = "the fused kernel has no attention dropout yet; training with dropout uses the reference"
         if _dispatch.choose_backend("fid_cross_attention", q.device, unsupported) == "triton":
             from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
 

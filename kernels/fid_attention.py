@@ -12,8 +12,9 @@ passages turns them into the mass u·exp(m_p − m_final)/l_final. So the
 Semantics match atlas_fast.reference.fid_cross_attention_ref: logits·scale, padded
 keys set to the most negative float (Hugging Face's additive mask: a row with no
 real key attends uniformly), fp32 softmax and accumulation; fp32 inputs use IEEE
-dot products. Forward only: atlas_fast uses it where no gradient is needed (the
-ADist gold-score pass); training goes through the differentiable reference.
+dot products. The backward recomputes the probabilities block by block from the
+forward's per-row max and sum (flash attention's recomputation): one kernel over key
+blocks for dk and dv, one over target rows for dq; padded keys get no gradient.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ _FLOAT32_MIN = -3.4028234663852886e38
 
 @triton.jit
 def _fid_attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, mass_ptr, max_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, mass_ptr, max_ptr, row_max_ptr, row_sum_ptr,
     NH, T, L, K, D, scale,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kj, stride_mb,
     stride_ob, stride_oh, stride_ot, stride_sb, stride_sh, stride_st,
@@ -85,6 +86,11 @@ def _fid_attention_fwd_kernel(
         tl.store(mass_base + passage, passage_mass, mask=row_ok)
         tl.store(max_base + passage, running_max, mask=row_ok)
     out = acc / running_sum[:, None]
+    # The backward recomputes probabilities as exp(s - max) / sum: exact even for a row with no real
+    # key, whose log-sum-exp would lose its log(count) next to the most negative float.
+    row_stats = batch_head * T + rows
+    tl.store(row_max_ptr + row_stats, running_max, mask=row_ok)
+    tl.store(row_sum_ptr + row_stats, running_sum, mask=row_ok)
     tl.store(
         out_ptr + b * stride_ob + h * stride_oh + rows[:, None] * stride_ot + dims[None, :],
         out.to(out_ptr.dtype.element_ty),
@@ -98,35 +104,155 @@ def _fid_attention_fwd_kernel(
         tl.store(mass_base + passage, unscaled * tl.exp(shift) / running_sum, mask=row_ok)
 
 
+@triton.jit
+def _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32: tl.constexpr):
+    """(BLOCK_T, BLOCK_N) attention probabilities recomputed from the forward's row statistics."""
+    logits = tl.dot(q, tl.trans(k), input_precision="ieee") if IEEE_FP32 else tl.dot(q, tl.trans(k))
+    logits = tl.where(real[None, :], logits * scale, _FLOAT32_MIN)
+    probs = tl.exp(logits - row_max[:, None]) / row_sum[:, None]
+    return tl.where(key_ok[None, :], probs, 0.0)
+
+
+@triton.jit
+def _fid_attention_bwd_dkdv_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_k_ptr, grad_v_ptr,
+    NH, T, KL, D, scale,
+    IEEE_FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One block of keys: dv = Σ_t pᵀ·do, dk = Σ_t dsᵀ·q·scale with ds = p·(do·vᵀ − δ); padded keys get 0."""
+    batch_head = tl.program_id(0)
+    b = batch_head // NH
+    keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    dims = tl.arange(0, BLOCK_D)
+    key_ok = keys < KL
+    dim_ok = dims < D
+    real = tl.load(mask_ptr + b * KL + keys, mask=key_ok, other=0) != 0
+    kv_offsets = batch_head * KL * D + keys[:, None] * D + dims[None, :]
+    kv_mask = key_ok[:, None] & dim_ok[None, :]
+    k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    grad_k = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    grad_v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
+    for start in range(0, T, BLOCK_T):
+        rows = start + tl.arange(0, BLOCK_T)
+        row_ok = rows < T
+        row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
+        row_mask = row_ok[:, None] & dim_ok[None, :]
+        q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
+        grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0).to(tl.float32)
+        row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+        row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
+        delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+        probs = _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32)
+        probs = tl.where(row_ok[:, None], probs, 0.0)
+        grad_v += tl.dot(tl.trans(probs), grad_out, input_precision="ieee")
+        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee")
+        grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
+        grad_k += tl.dot(tl.trans(grad_logits), q.to(tl.float32), input_precision="ieee") * scale
+    tl.store(grad_k_ptr + kv_offsets, grad_k.to(grad_k_ptr.dtype.element_ty), mask=kv_mask)
+    tl.store(grad_v_ptr + kv_offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=kv_mask)
+
+
+@triton.jit
+def _fid_attention_bwd_dq_kernel(
+    q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_q_ptr,
+    NH, T, KL, D, scale,
+    IEEE_FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """One block of target rows: dq = Σ_keys ds·k·scale."""
+    batch_head = tl.program_id(0)
+    b = batch_head // NH
+    rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    dims = tl.arange(0, BLOCK_D)
+    row_ok = rows < T
+    dim_ok = dims < D
+    row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
+    row_mask = row_ok[:, None] & dim_ok[None, :]
+    q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
+    grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0).to(tl.float32)
+    row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+    row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
+    delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+    grad_q = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
+    for start in range(0, KL, BLOCK_N):
+        keys = start + tl.arange(0, BLOCK_N)
+        key_ok = keys < KL
+        real = tl.load(mask_ptr + b * KL + keys, mask=key_ok, other=0) != 0
+        kv_offsets = batch_head * KL * D + keys[:, None] * D + dims[None, :]
+        kv_mask = key_ok[:, None] & dim_ok[None, :]
+        k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        probs = _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32)
+        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee")
+        grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
+        grad_q += tl.dot(grad_logits, k.to(tl.float32), input_precision="ieee") * scale
+    tl.store(grad_q_ptr + row_offsets, grad_q.to(grad_q_ptr.dtype.element_ty), mask=row_mask)
+
+
+def _blocks(T: int, L: int, D: int) -> tuple[int, int, int]:
+    return (
+        max(16, min(64, triton.next_power_of_2(T))),
+        max(16, min(64, triton.next_power_of_2(L))),
+        max(16, triton.next_power_of_2(D)),
+    )
+
+
+class FiDAttentionFunction(torch.autograd.Function):
+    """Fused forward (output, mass, row statistics) and backward (dq, dk, dv); the mass gets no gradient."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, attention_mask, n_passages, scale, passage_mass):
+        B, NH, T, D = q.shape
+        KL = k.shape[2]
+        L = KL // n_passages
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+        mask = attention_mask.to(torch.int8).contiguous()
+        out = torch.empty_like(q)
+        mass = torch.empty((B, NH, T, n_passages), device=q.device, dtype=torch.float32)
+        passage_max = torch.empty_like(mass)
+        row_max = torch.empty((B, NH, T), device=q.device, dtype=torch.float32)
+        row_sum = torch.empty_like(row_max)
+        block_t, block_l, block_d = _blocks(T, L, D)
+        _fid_attention_fwd_kernel[(B * NH, triton.cdiv(T, block_t))](
+            q, k, v, mask, out, mass, passage_max, row_max, row_sum,
+            NH, T, L, n_passages, D, scale,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
+            out.stride(0), out.stride(1), out.stride(2), mass.stride(0), mass.stride(1), mass.stride(2),
+            MASS_KIND=_MASS_VNORM if passage_mass == "vnorm" else _MASS_PROB, IEEE_FP32=q.dtype == torch.float32,
+            BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
+        )  # fmt: skip
+        ctx.save_for_backward(q, k, v, mask, out, row_max, row_sum)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(mass)
+        return out, mass
+
+    @staticmethod
+    def backward(ctx, grad_out, _grad_mass):
+        q, k, v, mask, out, row_max, row_sum = ctx.saved_tensors
+        B, NH, T, D = q.shape
+        KL = k.shape[2]
+        grad_out = grad_out.contiguous()
+        delta = (grad_out.float() * out.float()).sum(-1)  # δ_t = Σ_d do·o, (B, NH, T)
+        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+        block_t, block_n, block_d = _blocks(T, 64, D)
+        common = dict(IEEE_FP32=q.dtype == torch.float32, BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d)
+        _fid_attention_bwd_dkdv_kernel[(B * NH, triton.cdiv(KL, block_n))](
+            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_k, grad_v, NH, T, KL, D, ctx.scale, **common
+        )
+        _fid_attention_bwd_dq_kernel[(B * NH, triton.cdiv(T, block_t))](
+            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_q, NH, T, KL, D, ctx.scale, **common
+        )
+        return grad_q, grad_k, grad_v, None, None, None, None
+
+
 def fid_cross_attention_triton(q, k, v, attention_mask, n_passages, scale=1.0, passage_mass="vnorm"):
-    """Forward-only fused FiD cross-attention with mass; the contract of the reference with passage_mass set.
+    """Fused FiD cross-attention with mass; the contract of the reference with passage_mass set.
 
     Args:
         q: (B, NH, T, Dh); k, v: (B, NH, K·L, Dh); attention_mask: (B, K·L), True/1 = real token.
         n_passages: K. scale: multiplies q·k. passage_mass: "prob" or "vnorm".
 
     Returns:
-        out (B, NH, T, Dh) in q's dtype and mass (B, NH, T, K) float32.
+        out (B, NH, T, Dh) in q's dtype, differentiable in q, k, v; mass (B, NH, T, K) float32, no gradient.
     """
-    B, NH, T, D = q.shape
-    L = k.shape[2] // n_passages
-    q = q.contiguous()
-    k = k.contiguous()
-    v = v.contiguous()
-    mask = attention_mask.to(torch.int8).contiguous()
-    out = torch.empty_like(q)
-    mass = torch.empty((B, NH, T, n_passages), device=q.device, dtype=torch.float32)
-    passage_max = torch.empty_like(mass)
-    block_t = max(16, min(64, triton.next_power_of_2(T)))
-    block_l = max(16, min(64, triton.next_power_of_2(L)))
-    block_d = max(16, triton.next_power_of_2(D))
-    grid = (B * NH, triton.cdiv(T, block_t))
-    _fid_attention_fwd_kernel[grid](
-        q, k, v, mask, out, mass, passage_max,
-        NH, T, L, n_passages, D, scale,
-        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
-        out.stride(0), out.stride(1), out.stride(2), mass.stride(0), mass.stride(1), mass.stride(2),
-        MASS_KIND=_MASS_VNORM if passage_mass == "vnorm" else _MASS_PROB, IEEE_FP32=q.dtype == torch.float32,
-        BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
-    )  # fmt: skip
-    return out, mass
+    return FiDAttentionFunction.apply(q, k, v, attention_mask, n_passages, scale, passage_mass)

@@ -120,27 +120,32 @@ def test_bad_input_is_a_clear_value_error(kwargs, message):
 def test_fused_kernel_matches_reference(dtype, T, K, L, Dh, passage_mass):
     from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
 
-    device = kernel_device()
-    q, k, v, mask = (t.detach().to(device) for t in _inputs(B=2, NH=2, T=T, K=K, L=L, Dh=Dh))
-    q, k, v = (t.to(dtype) for t in (q, k, v))
+    q, k, v, mask = (t.detach().to(kernel_device()) for t in _inputs(B=2, NH=2, T=T, K=K, L=L, Dh=Dh))
+    q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
     mask[1] = False  # a row with no real key: uniform, as T5
     out, mass = fid_cross_attention_triton(q, k, v, mask, K, 0.5, passage_mass)
-    want_out, want_mass = fid_cross_attention_naive(q, k, v, mask, K, 0.5, passage_mass)
-    assert out.dtype == dtype and mass.dtype == torch.float32
+    want_out, want_mass = fid_cross_attention_ref(q, k, v, mask, K, 0.5, passage_mass)
+    assert out.dtype == dtype and mass.dtype == torch.float32 and not mass.requires_grad
     assert_close(out, want_out, dtype=dtype)
     assert_close(mass, want_mass, dtype=dtype)
+    upstream = 2.0 * torch.randn_like(out)
+    got_grads = torch.autograd.grad(out, (q, k, v), upstream)
+    want_grads = torch.autograd.grad(want_out, (q, k, v), upstream)
+    for got_grad, want_grad in zip(got_grads, want_grads, strict=True):
+        assert got_grad.dtype == dtype
+        assert_close(got_grad, want_grad, dtype=dtype)
 
 
 @pytest.mark.interpret
-def test_public_op_uses_the_kernel_without_grad_and_the_reference_with_it(monkeypatch):
+def test_public_op_uses_the_kernel_unless_dropout_is_on(monkeypatch):
     from atlas_fast._dispatch import TritonUnavailable
 
     monkeypatch.setenv("ATLAS_FAST_BACKEND", "triton")
     q, k, v, mask = (t.to(kernel_device()) for t in _inputs())
-    with torch.no_grad():
-        out, mass = fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm")
+    out, mass = fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm")
     want_out, want_mass = fid_cross_attention_naive(q, k, v, mask, 5, passage_mass="vnorm")
     assert_close(out, want_out)
     assert_close(mass, want_mass)
-    with pytest.raises(TritonUnavailable, match="no backward"):
-        fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm")
+    assert_close(torch.autograd.grad(out.sum(), q)[0], torch.autograd.grad(want_out.sum(), q)[0])
+    with pytest.raises(TritonUnavailable, match="no attention dropout"):
+        fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm", dropout_p=0.1)
