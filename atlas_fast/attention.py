@@ -2,8 +2,8 @@
 
 `fid_cross_attention` is the op. When the mass is asked for, it runs the fused
 kernels (kernels/fid_attention.py: forward with the per-passage accumulator,
-backward for q, k, v) where Triton can run, unless attention dropout is on;
-otherwise the PyTorch reference (atlas_fast/reference/attention.py): SDPA without
+backward for q, k, v, Philox attention dropout) where Triton can run; otherwise
+the PyTorch reference (atlas_fast/reference/attention.py): SDPA without
 mass, a passage-chunked exact computation with it. atlas_fast.t5_fid routes a
 Hugging Face T5's decoder cross-attention through this op.
 """
@@ -79,12 +79,12 @@ def fid_cross_attention(
         unsupported = None
         if q.dtype == torch.float64:
             unsupported = "the fused kernel computes in float32; float64 uses the reference"
-        elif dropout_p > 0:
-            unsupported = "the fused kernel has no attention dropout yet; training with dropout uses the reference"
         if _dispatch.choose_backend("fid_cross_attention", q.device, unsupported) == "triton":
             from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
 
-            return fid_cross_attention_triton(q, k, v, attention_mask, n_passages, float(scale), passage_mass)
+            return fid_cross_attention_triton(
+                q, k, v, attention_mask, n_passages, float(scale), passage_mass, float(dropout_p)
+            )
     return fid_cross_attention_ref(
         q, k, v, attention_mask, n_passages, float(scale), passage_mass, dropout_p=float(dropout_p)
     )

@@ -12,7 +12,9 @@ passages turns them into the mass u·exp(m_p − m_final)/l_final. So the
 Semantics match atlas_fast.reference.fid_cross_attention_ref: logits·scale, padded
 keys set to the most negative float (Hugging Face's additive mask: a row with no
 real key attends uniformly), fp32 softmax and accumulation; fp32 inputs use IEEE
-dot products. The backward recomputes the probabilities block by block from the
+dot products. Attention dropout (as T5 applies it in training) uses Philox random
+numbers indexed by position, so the backward and the tests replay the same mask
+from the seed. The backward recomputes the probabilities block by block from the
 forward's per-row max and sum (flash attention's recomputation): one kernel over key
 blocks for dk and dv, one over target rows for dq; padded keys get no gradient.
 """
@@ -28,12 +30,36 @@ _FLOAT32_MIN = -3.4028234663852886e38
 
 
 @triton.jit
+def _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT: tl.constexpr):
+    """(rows, keys) factor 0 or 1/(1-p) from Philox(seed, position): the same in forward, backward and replay."""
+    if HAS_DROPOUT:
+        positions = (batch_head * T + rows)[:, None] * KL + keys[None, :]
+        return tl.where(tl.rand(seed, positions) >= dropout_p, 1.0 / (1.0 - dropout_p), 0.0)
+    return 1.0
+
+
+@triton.jit
+def _dropout_mask_kernel(out_ptr, T, KL, dropout_p, seed, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    batch_head = tl.program_id(0)
+    rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
+    keys = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
+    factor = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, True) + tl.zeros(
+        (BLOCK_T, BLOCK_N), dtype=tl.float32
+    )
+    tl.store(
+        out_ptr + (batch_head * T + rows)[:, None] * KL + keys[None, :],
+        factor,
+        mask=(rows < T)[:, None] & (keys < KL)[None, :],
+    )
+
+
+@triton.jit
 def _fid_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, mass_ptr, max_ptr, row_max_ptr, row_sum_ptr,
-    NH, T, L, K, D, scale,
+    NH, T, L, K, D, scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kj, stride_mb,
     stride_ob, stride_oh, stride_ot, stride_sb, stride_sh, stride_st,
-    MASS_KIND: tl.constexpr, IEEE_FP32: tl.constexpr,
+    MASS_KIND: tl.constexpr, IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     batch_head = tl.program_id(0)
@@ -71,10 +97,12 @@ def _fid_attention_fwd_kernel(
             rescale = tl.exp(running_max - new_max)
             weights = tl.exp(logits - new_max[:, None])
             running_sum = running_sum * rescale + tl.sum(weights, axis=1)
+            # Dropout acts on the output only: the normaliser and the mass see every key.
+            dropped = weights * _dropout_scale(batch_head, rows, keys, T, K * L, dropout_p, seed, HAS_DROPOUT)
             if IEEE_FP32:
-                acc = acc * rescale[:, None] + tl.dot(weights, v, input_precision="ieee")
+                acc = acc * rescale[:, None] + tl.dot(dropped, v, input_precision="ieee")
             else:
-                acc = acc * rescale[:, None] + tl.dot(weights.to(v.dtype), v)
+                acc = acc * rescale[:, None] + tl.dot(dropped.to(v.dtype), v)
             if MASS_KIND == 1:
                 v32 = v.to(tl.float32)
                 key_weight = tl.sqrt(tl.sum(v32 * v32, axis=1))
@@ -116,8 +144,9 @@ def _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32: tl.co
 @triton.jit
 def _fid_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_k_ptr, grad_v_ptr,
-    NH, T, KL, D, scale,
-    IEEE_FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    NH, T, KL, D, scale, dropout_p, seed,
+    IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One block of keys: dv = Σ_t pᵀ·do, dk = Σ_t dsᵀ·q·scale with ds = p·(do·vᵀ − δ); padded keys get 0."""
     batch_head = tl.program_id(0)
@@ -145,8 +174,9 @@ def _fid_attention_bwd_dkdv_kernel(
         delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
         probs = _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32)
         probs = tl.where(row_ok[:, None], probs, 0.0)
-        grad_v += tl.dot(tl.trans(probs), grad_out, input_precision="ieee")
-        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee")
+        dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
+        grad_v += tl.dot(tl.trans(probs * dropout), grad_out, input_precision="ieee")
+        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee") * dropout
         grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
         grad_k += tl.dot(tl.trans(grad_logits), q.to(tl.float32), input_precision="ieee") * scale
     tl.store(grad_k_ptr + kv_offsets, grad_k.to(grad_k_ptr.dtype.element_ty), mask=kv_mask)
@@ -156,8 +186,9 @@ def _fid_attention_bwd_dkdv_kernel(
 @triton.jit
 def _fid_attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_q_ptr,
-    NH, T, KL, D, scale,
-    IEEE_FP32: tl.constexpr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    NH, T, KL, D, scale, dropout_p, seed,
+    IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One block of target rows: dq = Σ_keys ds·k·scale."""
     batch_head = tl.program_id(0)
@@ -183,7 +214,8 @@ def _fid_attention_bwd_dq_kernel(
         k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
         probs = _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32)
-        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee")
+        dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
+        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee") * dropout
         grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
         grad_q += tl.dot(grad_logits, k.to(tl.float32), input_precision="ieee") * scale
     tl.store(grad_q_ptr + row_offsets, grad_q.to(grad_q_ptr.dtype.element_ty), mask=row_mask)
@@ -201,7 +233,7 @@ class FiDAttentionFunction(torch.autograd.Function):
     """Fused forward (output, mass, row statistics) and backward (dq, dk, dv); the mass gets no gradient."""
 
     @staticmethod
-    def forward(ctx, q, k, v, attention_mask, n_passages, scale, passage_mass):
+    def forward(ctx, q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed):
         B, NH, T, D = q.shape
         KL = k.shape[2]
         L = KL // n_passages
@@ -215,14 +247,14 @@ class FiDAttentionFunction(torch.autograd.Function):
         block_t, block_l, block_d = _blocks(T, L, D)
         _fid_attention_fwd_kernel[(B * NH, triton.cdiv(T, block_t))](
             q, k, v, mask, out, mass, passage_max, row_max, row_sum,
-            NH, T, L, n_passages, D, scale,
+            NH, T, L, n_passages, D, scale, dropout_p, seed,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
             out.stride(0), out.stride(1), out.stride(2), mass.stride(0), mass.stride(1), mass.stride(2),
             MASS_KIND=_MASS_VNORM if passage_mass == "vnorm" else _MASS_PROB, IEEE_FP32=q.dtype == torch.float32,
-            BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
+            HAS_DROPOUT=dropout_p > 0, BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, mask, out, row_max, row_sum)
-        ctx.scale = scale
+        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
         ctx.mark_non_differentiable(mass)
         return out, mass
 
@@ -235,24 +267,45 @@ class FiDAttentionFunction(torch.autograd.Function):
         delta = (grad_out.float() * out.float()).sum(-1)  # δ_t = Σ_d do·o, (B, NH, T)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
         block_t, block_n, block_d = _blocks(T, 64, D)
-        common = dict(IEEE_FP32=q.dtype == torch.float32, BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d)
+        common = dict(
+            IEEE_FP32=q.dtype == torch.float32, HAS_DROPOUT=ctx.dropout_p > 0,
+            BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d,
+        )  # fmt: skip
+        shapes = (NH, T, KL, D, ctx.scale, ctx.dropout_p, ctx.seed)
         _fid_attention_bwd_dkdv_kernel[(B * NH, triton.cdiv(KL, block_n))](
-            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_k, grad_v, NH, T, KL, D, ctx.scale, **common
+            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_k, grad_v, *shapes, **common
         )
         _fid_attention_bwd_dq_kernel[(B * NH, triton.cdiv(T, block_t))](
-            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_q, NH, T, KL, D, ctx.scale, **common
+            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_q, *shapes, **common
         )
-        return grad_q, grad_k, grad_v, None, None, None, None
+        return grad_q, grad_k, grad_v, None, None, None, None, None, None
 
 
-def fid_cross_attention_triton(q, k, v, attention_mask, n_passages, scale=1.0, passage_mass="vnorm"):
+def fid_cross_attention_triton(
+    q, k, v, attention_mask, n_passages, scale=1.0, passage_mass="vnorm", dropout_p=0.0, seed=None
+):
     """Fused FiD cross-attention with mass; the contract of the reference with passage_mass set.
 
     Args:
         q: (B, NH, T, Dh); k, v: (B, NH, K·L, Dh); attention_mask: (B, K·L), True/1 = real token.
         n_passages: K. scale: multiplies q·k. passage_mass: "prob" or "vnorm".
+        dropout_p: attention dropout (the mass is taken before it).
+        seed: Philox seed of the dropout mask; None draws one from torch's CPU generator, so
+            torch.manual_seed makes runs repeatable. `dropout_keep_scale` replays the mask.
 
     Returns:
         out (B, NH, T, Dh) in q's dtype, differentiable in q, k, v; mass (B, NH, T, K) float32, no gradient.
     """
-    return FiDAttentionFunction.apply(q, k, v, attention_mask, n_passages, scale, passage_mass)
+    if seed is None:
+        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0 else 0
+    return FiDAttentionFunction.apply(q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed)
+
+
+def dropout_keep_scale(shape: tuple[int, int, int, int], dropout_p: float, seed: int, device) -> torch.Tensor:
+    """The (B, NH, T, K·L) dropout factors (0 or 1/(1-p)) the kernels use for ``seed``: for tests and debugging."""
+    B, NH, T, KL = shape
+    out = torch.empty(shape, device=device, dtype=torch.float32)
+    _dropout_mask_kernel[(B * NH, triton.cdiv(T, 16), triton.cdiv(KL, 64))](
+        out, T, KL, dropout_p, seed, BLOCK_T=16, BLOCK_N=64
+    )
+    return out

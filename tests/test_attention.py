@@ -137,7 +137,7 @@ def test_fused_kernel_matches_reference(dtype, T, K, L, Dh, passage_mass):
 
 
 @pytest.mark.interpret
-def test_public_op_uses_the_kernel_unless_dropout_is_on(monkeypatch):
+def test_public_op_dispatches_to_the_kernel(monkeypatch):
     from atlas_fast._dispatch import TritonUnavailable
 
     monkeypatch.setenv("ATLAS_FAST_BACKEND", "triton")
@@ -147,5 +147,29 @@ def test_public_op_uses_the_kernel_unless_dropout_is_on(monkeypatch):
     assert_close(out, want_out)
     assert_close(mass, want_mass)
     assert_close(torch.autograd.grad(out.sum(), q)[0], torch.autograd.grad(want_out.sum(), q)[0])
-    with pytest.raises(TritonUnavailable, match="no attention dropout"):
-        fid_cross_attention(q, k, v, mask, 5, passage_mass="vnorm", dropout_p=0.1)
+    with pytest.raises(TritonUnavailable, match="float64"):
+        fid_cross_attention(q.double(), k.double(), v.double(), mask, 5, passage_mass="vnorm")
+
+
+@pytest.mark.interpret
+def test_kernel_dropout_replays_from_its_seed():
+    """Output and gradients equal attention with the replayed Philox mask; the mass ignores dropout."""
+    from atlas_fast.kernels.fid_attention import dropout_keep_scale, fid_cross_attention_triton
+
+    q, k, v, mask = (t.detach().to(kernel_device()).requires_grad_(t.requires_grad) for t in _inputs())
+    out, mass = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)
+    again, _ = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)
+    other, _ = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=99)
+    assert torch.equal(out, again) and not torch.equal(out, other)
+    keep = dropout_keep_scale((2, 3, 5, 35), 0.3, 1234, q.device)
+    assert 0.5 < (keep > 0).float().mean() < 0.9
+    assert_close(keep.unique(), torch.tensor([0.0, 1 / 0.7]))
+    logits = (q @ k.transpose(-1, -2)) * 0.5 + torch.where(mask, 0.0, torch.finfo(torch.float32).min)[:, None, None]
+    want = (torch.softmax(logits, -1) * keep) @ v
+    assert_close(out, want)
+    assert_close(mass, fid_cross_attention_naive(q, k, v, mask, 5, 0.5, "vnorm")[1])
+    upstream = torch.randn_like(out)
+    for got_grad, want_grad in zip(
+        torch.autograd.grad(out, (q, k, v), upstream), torch.autograd.grad(want, (q, k, v), upstream), strict=True
+    ):
+        assert_close(got_grad, want_grad)
