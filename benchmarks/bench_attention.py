@@ -1,11 +1,14 @@
-"""FiD cross-attention: Atlas's materialised path vs SDPA (no mass) and the chunked reference (with mass).
+"""FiD cross-attention: Atlas's materialised path vs SDPA and FlexAttention (no mass), the reference and the kernels.
 
 Atlas computes the (B, NH, T, K·L) attention map to read ADist's per-passage mass;
 the reference holds 4 passages of logits at a time. Forward runs under no_grad
-(the gold-score pass); forward+backward is the reader's training pass. CPU-sized
-shapes (B=1, NH=8, T=16, L=256, Dh=64) on every device; the fused Triton kernels
-(forward with mass, backward for q, k, v) run on CUDA only.
+(the gold-score pass); forward+backward is the reader's training pass. On CUDA the
+grid is B ∈ {1, 4}, NH ∈ {8, 32}, T ∈ {16, 32}, K ∈ {40, 100}, L ∈ {256, 512},
+Dh = 64, with the fused Triton kernels (forward with mass, backward for q, k, v) and
+FlexAttention; on a CPU, B=1, NH=8, T=16, L=256 only.
 """
+
+import itertools
 
 import pytest
 import torch
@@ -14,15 +17,29 @@ from harness import run_provider
 from atlas_fast.reference.attention import fid_cross_attention_naive, fid_cross_attention_ref
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-B, NH, T, L, DH = 1, 8, 16, 256, 64
+DH = 64
+if DEVICE.type == "cuda":
+    SHAPES = list(itertools.product([1, 4], [8, 32], [16, 32], [40, 100], [256, 512]))  # B, NH, T, K, L
+else:
+    SHAPES = [(1, 8, 16, 40, 256), (1, 8, 16, 100, 256)]
+PROVIDERS = ["naive_materialised", "sdpa_no_mass", "flex_no_mass", "reference_vnorm", "triton_vnorm"]
 
 
-@pytest.mark.parametrize("provider", ["naive_materialised", "sdpa_no_mass", "reference_vnorm", "triton_vnorm"])
+def _flex_attention(q, k, v, mask):
+    from torch.nn.attention.flex_attention import flex_attention
+
+    def padding(score, batch, head, query, key):
+        return torch.where(mask[batch, key], score, torch.finfo(score.dtype).min)
+
+    return flex_attention(q, k, v, score_mod=padding, scale=1.0)
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
 @pytest.mark.parametrize("mode", ["forward", "forward+backward"])
-@pytest.mark.parametrize("n_passages", [40, 100])
-def test_fid_cross_attention(benchmark, provider, mode, n_passages):
-    if provider == "triton_vnorm" and DEVICE.type != "cuda":
-        pytest.skip("the fused kernel is benchmarked on CUDA only")
+@pytest.mark.parametrize(("B", "NH", "T", "n_passages", "L"), SHAPES)
+def test_fid_cross_attention(benchmark, provider, mode, B, NH, T, n_passages, L):
+    if provider in ("triton_vnorm", "flex_no_mass") and DEVICE.type != "cuda":
+        pytest.skip(f"{provider} is benchmarked on CUDA only")
     torch.manual_seed(0)
     grad = mode != "forward"
     q = torch.randn(B, NH, T, DH, device=DEVICE, requires_grad=grad)
@@ -35,6 +52,8 @@ def test_fid_cross_attention(benchmark, provider, mode, n_passages):
             return fid_cross_attention_naive(q, k, v, mask, n_passages, passage_mass="vnorm")[0]
         if provider == "sdpa_no_mass":
             return fid_cross_attention_ref(q, k, v, mask, n_passages)
+        if provider == "flex_no_mass":
+            return _flex_attention(q, k, v, mask)
         if provider == "triton_vnorm":
             from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
 
