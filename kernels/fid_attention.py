@@ -222,6 +222,7 @@ def _fid_attention_bwd_dq_kernel(
 
 
 def _blocks(T: int, L: int, D: int) -> tuple[int, int, int]:
+    """BLOCK_T, BLOCK_L (keys per step) and BLOCK_D: powers of two, at least 16 for tl.dot, keys and rows <= 64."""
     return (
         max(16, min(64, triton.next_power_of_2(T))),
         max(16, min(64, triton.next_power_of_2(L))),
@@ -266,7 +267,7 @@ class FiDAttentionFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         delta = (grad_out.float() * out.float()).sum(-1)  # δ_t = Σ_d do·o, (B, NH, T)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        block_t, block_n, block_d = _blocks(T, 64, D)
+        block_t, block_n, block_d = _blocks(T, 64, D)  # the backward walks keys in blocks of 64, across passages
         common = dict(
             IEEE_FP32=q.dtype == torch.float32, HAS_DROPOUT=ctx.dropout_p > 0,
             BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d,
