@@ -133,12 +133,20 @@ def _fid_attention_fwd_kernel(
 
 
 @triton.jit
-def _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32: tl.constexpr):
-    """(BLOCK_T, BLOCK_N) attention probabilities recomputed from the forward's row statistics."""
+def _recomputed_tile(
+    q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32: tl.constexpr
+):
+    """For a (rows, keys) tile: the dropped probabilities p·z and the logits' gradient p·(do·vᵀ·z − δ).
+
+    p is recomputed from the forward's row max and sum; padded keys and rows past T give 0.
+    """
     logits = tl.dot(q, tl.trans(k), input_precision="ieee") if IEEE_FP32 else tl.dot(q, tl.trans(k))
     logits = tl.where(real[None, :], logits * scale, _FLOAT32_MIN)
     probs = tl.exp(logits - row_max[:, None]) / row_sum[:, None]
-    return tl.where(key_ok[None, :], probs, 0.0)
+    probs = tl.where(key_ok[None, :] & row_ok[:, None], probs, 0.0)
+    grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee") * dropout
+    grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
+    return probs * dropout, grad_logits
 
 
 @triton.jit
@@ -172,12 +180,11 @@ def _fid_attention_bwd_dkdv_kernel(
         row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
         row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
         delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
-        probs = _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32)
-        probs = tl.where(row_ok[:, None], probs, 0.0)
         dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
-        grad_v += tl.dot(tl.trans(probs * dropout), grad_out, input_precision="ieee")
-        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee") * dropout
-        grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
+        dropped, grad_logits = _recomputed_tile(
+            q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32
+        )
+        grad_v += tl.dot(tl.trans(dropped), grad_out, input_precision="ieee")
         grad_k += tl.dot(tl.trans(grad_logits), q.to(tl.float32), input_precision="ieee") * scale
     tl.store(grad_k_ptr + kv_offsets, grad_k.to(grad_k_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(grad_v_ptr + kv_offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=kv_mask)
@@ -213,10 +220,10 @@ def _fid_attention_bwd_dq_kernel(
         kv_mask = key_ok[:, None] & dim_ok[None, :]
         k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        probs = _probabilities(q, k, real, key_ok, row_max, row_sum, scale, IEEE_FP32)
         dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
-        grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee") * dropout
-        grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
+        _, grad_logits = _recomputed_tile(
+            q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32
+        )
         grad_q += tl.dot(grad_logits, k.to(tl.float32), input_precision="ieee") * scale
     tl.store(grad_q_ptr + row_offsets, grad_q.to(grad_q_ptr.dtype.element_ty), mask=row_mask)
 
