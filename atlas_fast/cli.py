@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from atlas_fast import _dispatch, info, losses
+from atlas_fast.attention import fid_cross_attention
 from atlas_fast.index import DocumentIndex, merge_topk
 
 
@@ -67,10 +68,26 @@ def _check_losses() -> str:
     return f"kldivloss {loss.item():.4f} = Atlas's expression, emdr_loss {emdr.item():.4f} ({backend} backend)"
 
 
+def _check_attention() -> str:
+    generator = torch.Generator().manual_seed(0)
+    B, NH, T, K, L, Dh = 2, 4, 6, 10, 32, 16
+    q = torch.randn(B, NH, T, Dh, generator=generator)
+    k, v = torch.randn(2, B, NH, K * L, Dh, generator=generator)
+    mask = torch.rand(B, K * L, generator=generator) > 0.2
+    out, mass = fid_cross_attention(q, k, v, mask, K, passage_mass="prob")
+    logits = (q @ k.transpose(-1, -2)).masked_fill(~mask[:, None, None, :], float("-inf"))
+    probs = torch.softmax(logits, -1)
+    torch.testing.assert_close(out, probs @ v, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mass, probs.view(B, NH, T, K, L).sum(-1), rtol=1e-5, atol=1e-6)
+    backend = _dispatch.choose_backend("fid_cross_attention", q.device)
+    return f"{K} passages: output and per-passage mass = materialised attention ({backend} backend)"
+
+
 SMOKE_CHECKS: dict[str, Callable[[], str]] = {
     "index.merge_topk (C++)": _check_merge_topk,
     "index.DocumentIndex (C++)": _check_document_index,
     "losses.kldivloss / emdr_loss": _check_losses,
+    "attention.fid_cross_attention": _check_attention,
 }
 
 
