@@ -150,6 +150,34 @@ def _recomputed_tile(
 
 
 @triton.jit
+def _load_row_block(
+    q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
+):  # fmt: skip
+    """q, do and the forward's row statistics for a block of target rows (contiguous (B, NH, T, D) inputs)."""
+    row_ok = rows < T
+    row_mask = row_ok[:, None] & (dims < D)[None, :]
+    row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
+    q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
+    grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0).to(tl.float32)
+    row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+    row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
+    delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+    return row_ok, row_offsets, row_mask, q, grad_out, row_max, row_sum, delta
+
+
+@triton.jit
+def _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D):
+    """k, v and the padding mask for a block of keys (contiguous (B, NH, K·L, D) inputs)."""
+    key_ok = keys < KL
+    real = tl.load(mask_ptr + b * KL + keys, mask=key_ok, other=0) != 0
+    kv_offsets = batch_head * KL * D + keys[:, None] * D + dims[None, :]
+    kv_mask = key_ok[:, None] & (dims < D)[None, :]
+    k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    return key_ok, real, kv_offsets, kv_mask, k, v
+
+
+@triton.jit
 def _fid_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_k_ptr, grad_v_ptr,
     NH, T, KL, D, scale, dropout_p, seed,
@@ -161,25 +189,14 @@ def _fid_attention_bwd_dkdv_kernel(
     b = batch_head // NH
     keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
-    key_ok = keys < KL
-    dim_ok = dims < D
-    real = tl.load(mask_ptr + b * KL + keys, mask=key_ok, other=0) != 0
-    kv_offsets = batch_head * KL * D + keys[:, None] * D + dims[None, :]
-    kv_mask = key_ok[:, None] & dim_ok[None, :]
-    k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
-    v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+    key_ok, real, kv_offsets, kv_mask, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D)
     grad_k = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     grad_v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for start in range(0, T, BLOCK_T):
         rows = start + tl.arange(0, BLOCK_T)
-        row_ok = rows < T
-        row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
-        row_mask = row_ok[:, None] & dim_ok[None, :]
-        q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
-        grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0).to(tl.float32)
-        row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
-        row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
-        delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+        row_ok, _, _, q, grad_out, row_max, row_sum, delta = _load_row_block(
+            q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
+        )
         dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
         dropped, grad_logits = _recomputed_tile(
             q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32
@@ -202,24 +219,13 @@ def _fid_attention_bwd_dq_kernel(
     b = batch_head // NH
     rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     dims = tl.arange(0, BLOCK_D)
-    row_ok = rows < T
-    dim_ok = dims < D
-    row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
-    row_mask = row_ok[:, None] & dim_ok[None, :]
-    q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
-    grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0).to(tl.float32)
-    row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
-    row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
-    delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
+    row_ok, row_offsets, row_mask, q, grad_out, row_max, row_sum, delta = _load_row_block(
+        q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
+    )
     grad_q = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     for start in range(0, KL, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        key_ok = keys < KL
-        real = tl.load(mask_ptr + b * KL + keys, mask=key_ok, other=0) != 0
-        kv_offsets = batch_head * KL * D + keys[:, None] * D + dims[None, :]
-        kv_mask = key_ok[:, None] & dim_ok[None, :]
-        k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
-        v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
+        key_ok, real, _, _, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D)
         dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
         _, grad_logits = _recomputed_tile(
             q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32
