@@ -75,7 +75,9 @@ def triton_status(device: torch.device) -> str | None:
     return None if error is None else f"triton does not import ({error})"
 
 
-def choose_backend(op: str, device: torch.device, unsupported: str | None = None) -> Backend:
+def choose_backend(
+    op: str, device: torch.device, unsupported: str | None = None, dtype: torch.dtype | None = None
+) -> Backend:
     """Pick the implementation of ``op`` for tensors on ``device``.
 
     Args:
@@ -83,10 +85,14 @@ def choose_backend(op: str, device: torch.device, unsupported: str | None = None
         device: where the op's inputs live.
         unsupported: why the kernel cannot take these particular inputs (for
             example a size over its limit), or None when it can.
+        dtype: the inputs' floating dtype; every kernel computes in float32, so
+            float64 inputs always take the reference.
     """
     requested = requested_backend()
     if requested == "reference":
         return "reference"
+    if dtype == torch.float64:
+        unsupported = "the Triton kernels compute in float32; float64 inputs use the reference"
     reason = triton_status(device) or unsupported
     if reason is None:
         return "triton"

@@ -75,16 +75,15 @@ def fid_cross_attention(
         raise ValueError(f"passage_mass must be one of None, 'prob', 'vnorm'; got {passage_mass!r}")
     if not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p!r}")
-    if passage_mass is not None:
-        unsupported = None
-        if q.dtype == torch.float64:
-            unsupported = "the fused kernel computes in float32; float64 uses the reference"
-        if _dispatch.choose_backend("fid_cross_attention", q.device, unsupported) == "triton":
-            from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+    # Without mass, the reference is SDPA, already fused; the kernels exist for the mass.
+    if passage_mass is not None and (
+        _dispatch.choose_backend("fid_cross_attention", q.device, dtype=q.dtype) == "triton"
+    ):
+        from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
 
-            return fid_cross_attention_triton(
-                q, k, v, attention_mask, n_passages, float(scale), passage_mass, float(dropout_p)
-            )
+        return fid_cross_attention_triton(
+            q, k, v, attention_mask, n_passages, float(scale), passage_mass, float(dropout_p)
+        )
     return fid_cross_attention_ref(
         q, k, v, attention_mask, n_passages, float(scale), passage_mass, dropout_p=float(dropout_p)
     )

@@ -67,10 +67,7 @@ def _token_logprobs(
     B, K, T, H = hidden.shape
     rows = hidden.reshape(B * K * T, H)
     row_labels = labels[:, None, :].expand(B, K, T).reshape(-1)
-    unsupported = (
-        "the Triton kernel computes in float32; float64 uses the reference" if (hidden.dtype == torch.float64) else None
-    )
-    if _dispatch.choose_backend(op, hidden.device, unsupported) == "triton":
+    if _dispatch.choose_backend(op, hidden.device, dtype=hidden.dtype) == "triton":
         from atlas_fast.kernels.token_logprobs import token_logprobs_triton
 
         values = token_logprobs_triton(rows, lm_head_weight, row_labels, temperature)

@@ -49,9 +49,7 @@ _KLDIV_MAX_K = 16384
 _EMDR_MAX_K = 8192
 
 
-def _kernel_limit(K: int, max_k: int, dtype: torch.dtype) -> str | None:
-    if dtype == torch.float64:
-        return "the Triton kernels compute in float32; float64 inputs use the reference"
+def _kernel_limit(K: int, max_k: int) -> str | None:
     if K > max_k:
         return f"K = {K} exceeds the kernel's limit of {max_k} passages per row"
     return None
@@ -113,8 +111,8 @@ def kldivloss(
     _validation.constant("gold_scores", gold_scores)
     _validation.finite("scores", scores)
     _validation.finite("gold_scores", gold_scores)
-    unsupported = _kernel_limit(scores.shape[1], _KLDIV_MAX_K, scores.dtype)
-    if _dispatch.choose_backend("kldivloss", scores.device, unsupported) == "triton":
+    unsupported = _kernel_limit(scores.shape[1], _KLDIV_MAX_K)
+    if _dispatch.choose_backend("kldivloss", scores.device, unsupported, scores.dtype) == "triton":
         from atlas_fast.kernels.kldivloss import kldivloss_triton
 
         return kldivloss_triton(scores, gold_scores, temperature_score, temperature_gold, mask, reduction)
@@ -155,8 +153,8 @@ def emdr_loss(
     _validation.constant("token_logprobs", token_logprobs)
     _validation.finite("scores", scores)
     _validation.finite("token_logprobs", token_logprobs)
-    unsupported = _kernel_limit(K, _EMDR_MAX_K, scores.dtype)
-    if _dispatch.choose_backend("emdr_loss", scores.device, unsupported) == "triton":
+    unsupported = _kernel_limit(K, _EMDR_MAX_K)
+    if _dispatch.choose_backend("emdr_loss", scores.device, unsupported, scores.dtype) == "triton":
         from atlas_fast.kernels.emdr_loss import emdr_loss_triton
 
         return emdr_loss_triton(scores, token_logprobs, labels, temperature_score, mask)

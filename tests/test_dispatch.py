@@ -86,3 +86,12 @@ def test_unknown_backend_names_the_variable(monkeypatch):
 def test_other_devices_never_get_triton(monkeypatch, triton_importable):
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     assert _dispatch.choose_backend("op", torch.device("meta")) == "reference"
+
+
+def test_float64_inputs_take_the_reference(monkeypatch, triton_importable):
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert _dispatch.choose_backend("op", CPU, dtype=torch.float64) == "reference"
+    assert _dispatch.choose_backend("op", CPU, dtype=torch.float16) == "triton"
+    monkeypatch.setenv(_dispatch.BACKEND_ENV, "triton")
+    with pytest.raises(_dispatch.TritonUnavailable, match="float64"):
+        _dispatch.choose_backend("op", CPU, dtype=torch.float64)
