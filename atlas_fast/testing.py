@@ -2,9 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
-__all__ = ["assert_close", "assert_within_reference_error", "default_tolerance", "kernel_device"]
+__all__ = [
+    "assert_close",
+    "assert_within_reference_error",
+    "default_tolerance",
+    "kernel_device",
+    "peak_memory_bytes",
+]
 
 # (rtol, atol) per dtype when comparing a kernel with its fp32/fp64 reference.
 _TOLERANCE = {
@@ -72,3 +80,28 @@ def assert_within_reference_error(
 def kernel_device() -> torch.device:
     """Where kernel tests run: CUDA when present, else the CPU (Triton's interpreter)."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
+    """Peak bytes allocated while ``fn`` runs, above what was allocated before it.
+
+    CUDA: the caching allocator's peak counter. CPU: torch's profiler with memory
+    profiling; allocations are replayed in time order and the running maximum taken.
+    Memory allocated outside torch (numpy, the C++ module) is not seen on CPU.
+    """
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    live = peak = 0
+    for event in sorted(prof.events(), key=lambda event: event.time_range.start):
+        live += event.self_cpu_memory_usage
+        peak = max(peak, live)
+    return peak

@@ -12,30 +12,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.profiler import ProfilerActivity, profile
 
-
-def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
-    """Peak bytes allocated while ``fn`` runs, above what was allocated before it.
-
-    CUDA: the caching allocator's peak counter. CPU: torch's profiler with memory
-    profiling; allocations are replayed in time order and the running maximum taken.
-    Memory allocated outside torch (numpy, the C++ module) is not seen on CPU.
-    """
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_allocated()
-        torch.cuda.reset_peak_memory_stats()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        fn()
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda event: event.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
-    return peak
+from atlas_fast.testing import peak_memory_bytes
 
 
 def run_provider(

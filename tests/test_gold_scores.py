@@ -7,7 +7,7 @@ from tiny_t5 import VOCAB, tiny_t5
 from atlas_fast import losses
 from atlas_fast.reference import token_logprobs_naive, token_logprobs_ref
 from atlas_fast.reference.atlas import atlas_gold_log_probs, atlas_normssum, atlas_perplexity_score
-from atlas_fast.testing import assert_close
+from atlas_fast.testing import assert_close, peak_memory_bytes
 
 
 @pytest.fixture(autouse=True)
@@ -28,17 +28,12 @@ def test_chunked_reference_matches_naive(n_rows, H, V, temperature, chunk_rows):
 
 def test_chunk_budget_bounds_memory():
     """The reference never holds the (N, V) logits: its peak stays near the budget."""
-    from torch.profiler import ProfilerActivity, profile
-
     hidden, weight = torch.randn(2048, 32), torch.randn(4000, 32)
     labels = torch.randint(0, 4000, (2048,))
     budget = 256 * 4 * 4000  # 256 rows of logits
-    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
-        token_logprobs_ref(hidden, weight, labels, max_chunk_bytes=budget)
-    live = peak = 0
-    for event in sorted(prof.events(), key=lambda event: event.time_range.start):
-        live += event.self_cpu_memory_usage
-        peak = max(peak, live)
+    peak = peak_memory_bytes(
+        lambda: token_logprobs_ref(hidden, weight, labels, max_chunk_bytes=budget), torch.device("cpu")
+    )
     naive_logits_bytes = 2048 * 4000 * 4
     assert peak <= 3 * budget < naive_logits_bytes / 2
 

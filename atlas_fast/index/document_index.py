@@ -96,8 +96,12 @@ class DocumentIndex:
 
         return torch.get_num_threads()
 
+    def contains(self, ids) -> np.ndarray:
+        """(n,) bool: whether each id is in the index."""
+        return self._core.rows_of(_as_ids("ids", ids)) >= 0
+
     def _require_present(self, ids: np.ndarray) -> None:
-        missing = ids[self._core.rows_of(ids) < 0]
+        missing = ids[~self.contains(ids)]
         if missing.size:
             raise KeyError(f"ids not in the index: {missing[:10].tolist()}{' ...' if missing.size > 10 else ''}")
 
@@ -139,7 +143,7 @@ class DocumentIndex:
         return self._core.ids()
 
     def __contains__(self, doc_id: int) -> bool:
-        return bool(self._core.rows_of(np.array([doc_id], dtype=np.int64))[0] >= 0)
+        return bool(self.contains([doc_id])[0])
 
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k by inner product.

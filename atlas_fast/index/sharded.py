@@ -94,7 +94,7 @@ class ShardedIndex:
         """Collective remove; an id absent everywhere raises KeyError on every rank and nothing is removed."""
         all_ids = np.unique(np.concatenate(self._all_gather(np.asarray(ids, dtype=np.int64).reshape(-1))))
         mine = all_ids[self.owner(all_ids) == self.rank]
-        present = np.array([doc_id in self.local for doc_id in mine], dtype=bool)
+        present = self.local.contains(mine)
         if self._any_rank(not present.all()):
             raise KeyError(f"ids not in the index (on this rank: {mine[~present][:10].tolist()})")
         self.local.remove(mine)
