@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from atlas_fast import _validation
+from atlas_fast.t5_fid import cross_attention_modules
 
 __all__ = ["loop_gold_scores"]
 
@@ -37,16 +38,17 @@ def _cached_cross_projections(model, example_states: torch.Tensor, copies: int):
     """Inside the block, each decoder layer's cross-attention k/v return their projection of one
     example's ``example_states`` (1, K·L, H), computed once and broadcast (a view, no copy) to
     ``copies`` leave-one-out copies."""
-    modules = [block.layer[1].EncDecAttention for block in model.decoder.block]
-    originals = [(module.k, module.v) for module in modules]
+    layers = cross_attention_modules(model)
+    originals = [(getattr(module, k_name), getattr(module, v_name)) for module, k_name, v_name in layers]
     try:
-        for module, (key, value) in zip(modules, originals, strict=True):
-            module.k = _Projected(key(example_states).expand(copies, -1, -1))
-            module.v = _Projected(value(example_states).expand(copies, -1, -1))
+        for (module, k_name, v_name), (key, value) in zip(layers, originals, strict=True):
+            setattr(module, k_name, _Projected(key(example_states).expand(copies, -1, -1)))
+            setattr(module, v_name, _Projected(value(example_states).expand(copies, -1, -1)))
         yield
     finally:
-        for module, (key, value) in zip(modules, originals, strict=True):
-            module.k, module.v = key, value
+        for (module, k_name, v_name), (key, value) in zip(layers, originals, strict=True):
+            setattr(module, k_name, key)
+            setattr(module, v_name, value)
 
 
 def loop_gold_scores(
@@ -63,7 +65,7 @@ def loop_gold_scores(
     the model as it is (Atlas puts the reader in eval mode first).
 
     Args:
-        model: a transformers T5ForConditionalGeneration (patched for FiD or not).
+        model: a T5ForConditionalGeneration or a BERT-decoder EncoderDecoderModel (patched for FiD or not).
         encoder_states: (B, K·L, H) the K passages of each example, encoded once and concatenated.
         attention_mask: (B, K·L), True/1 = a real token.
         labels: (B, T), -100 = padding; every row needs a valid token.
@@ -105,7 +107,7 @@ def loop_gold_scores(
                     logits = model(
                         encoder_outputs=BaseModelOutput(last_hidden_state=example_states.expand(copies, -1, -1)),
                         attention_mask=masks,
-                        labels=copy_labels,
+                        decoder_input_ids=model.prepare_decoder_input_ids_from_labels(copy_labels),
                         use_cache=False,
                     ).logits
                 token_nll = nn.functional.cross_entropy(

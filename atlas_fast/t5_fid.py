@@ -1,6 +1,8 @@
-"""Route a Hugging Face T5's decoder cross-attention through `fid_cross_attention`.
+"""Route a Hugging Face seq2seq decoder's cross-attention through `fid_cross_attention`.
 
-`patch_t5_for_fid(model, n_passages)` registers an attention implementation with
+Two model families are supported: T5ForConditionalGeneration (no 1/√d scaling) and
+EncoderDecoderModel with a BERT-style decoder (scale 1/√d; the offline default reader).
+`patch_for_fid(model, n_passages)` (alias `patch_t5_for_fid`) registers an attention implementation with
 transformers' attention-function registry (T5 routes every attention call through
 it) and switches the model to it. Decoder cross-attention modules then run the
 FiD op, which also yields the per-passage value-norm mass that ADist needs;
@@ -18,25 +20,29 @@ concatenated to (B, K·L, H) with their (B, K·L) attention mask, e.g. through
 
 from __future__ import annotations
 
+import sys
+
 import torch
+from torch import nn
 
 from atlas_fast.attention import fid_cross_attention
 
-__all__ = ["FiDPatch", "patch_t5_for_fid"]
+__all__ = ["FiDPatch", "cross_attention_modules", "patch_for_fid", "patch_t5_for_fid"]
 
 IMPLEMENTATION = "atlas_fast_fid"
 
 
 def _attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, position_bias=None, **kwargs):
     """The registered attention function: FiD for marked cross-attention modules, eager otherwise."""
-    from transformers.models.t5.modeling_t5 import eager_attention_forward
-
     patch = getattr(module, "_atlas_fast_fid", None)
     if patch is None:
+        # The eager function of the module's own model family (T5's takes a position bias, BERT's does not).
+        eager_attention_forward = sys.modules[type(module).__module__].eager_attention_forward
+        if position_bias is not None:
+            kwargs["position_bias"] = position_bias
         return eager_attention_forward(
-            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
-            position_bias=position_bias, **kwargs,
-        )  # fmt: skip
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     # Eager masks are additive: 0 for a real key, the most negative float for padding.
     if attention_mask is None:
         real = torch.ones(key.shape[0], key.shape[2], dtype=torch.bool, device=key.device)
@@ -67,12 +73,13 @@ class FiDPatch:
         self.n_passages = n_passages
         self.collect_mass = collect_mass
         self._previous = previous_implementation
-        self._modules = [block.layer[1].EncDecAttention for block in model.decoder.block]
+        self._modules = [module for module, _, _ in cross_attention_modules(model)]
         self.n_layers = len(self._modules)
         self._mass: torch.Tensor | None = None
         for module in self._modules:
             module._atlas_fast_fid = self
-        self._hook = model.decoder.register_forward_pre_hook(self._reset)
+        # Each decoder forward starts at the first cross-attention layer: the mass restarts there.
+        self._hook = self._modules[0].register_forward_pre_hook(self._reset)
 
     def _reset(self, *_):
         self._mass = None
@@ -94,11 +101,28 @@ class FiDPatch:
         self.model.set_attn_implementation(self._previous)
 
 
-def patch_t5_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPatch:
-    """Make ``model`` (a transformers T5ForConditionalGeneration) a FiD reader on atlas_fast's attention.
+def cross_attention_modules(model) -> list[tuple[nn.Module, str, str]]:
+    """(module, key projection attribute, value projection attribute) of each decoder cross-attention layer.
+
+    Raises ValueError for a model that is neither a T5 nor an encoder-decoder with a BERT-style decoder.
+    """
+    if hasattr(model, "decoder") and hasattr(model.decoder, "block"):  # T5
+        return [(block.layer[1].EncDecAttention, "k", "v") for block in model.decoder.block]
+    layers = getattr(getattr(getattr(getattr(model, "decoder", None), "bert", None), "encoder", None), "layer", None)
+    if layers is not None and all(hasattr(layer, "crossattention") for layer in layers):
+        return [(layer.crossattention.self, "key", "value") for layer in layers]
+    raise ValueError(
+        "model must be a transformers T5ForConditionalGeneration or an EncoderDecoderModel whose decoder is "
+        f"BERT-style with cross-attention; got {type(model).__name__}"
+    )
+
+
+def patch_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPatch:
+    """Make ``model`` a FiD reader on atlas_fast's attention.
 
     Args:
-        model: the T5 model; its decoder cross-attention must have no relative position bias (T5's never does).
+        model: a T5ForConditionalGeneration or an EncoderDecoderModel with a BERT-style decoder; its decoder
+            cross-attention must have no relative position bias (T5's never does).
         n_passages: K, passages per example in the next forward (settable on the returned patch).
         collect_mass: compute the ADist mass on every forward.
 
@@ -108,14 +132,17 @@ def patch_t5_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPa
     from transformers import AttentionInterface
     from transformers.masking_utils import AttentionMaskInterface, eager_mask
 
-    if not hasattr(model, "decoder") or not hasattr(model.decoder, "block"):
-        raise ValueError("model must be a transformers T5ForConditionalGeneration (it has no T5 decoder blocks)")
-    if any(getattr(block.layer[1].EncDecAttention, "_atlas_fast_fid", None) for block in model.decoder.block):
+    modules = [module for module, _, _ in cross_attention_modules(model)]
+    if any(getattr(module, "_atlas_fast_fid", None) for module in modules):
         raise ValueError("model is already patched; call unpatch() on its FiDPatch first")
-    if any(block.layer[1].EncDecAttention.has_relative_attention_bias for block in model.decoder.block):
+    if any(getattr(module, "has_relative_attention_bias", False) for module in modules):
         raise ValueError("cross-attention with a relative position bias is not supported")
     AttentionInterface.register(IMPLEMENTATION, _attention)
     AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)  # additive masks, as eager attention takes
     previous = model.config._attn_implementation
     model.set_attn_implementation(IMPLEMENTATION)
     return FiDPatch(model, n_passages, collect_mass, previous)
+
+
+# The name of the public API contract (DESIGN.md); T5 is the first-class reader.
+patch_t5_for_fid = patch_for_fid
