@@ -1,0 +1,203 @@
+"""Fusion-in-Decoder reader over a Hugging Face seq2seq model.
+
+Each of the K passages of an example is encoded independently with the query
+(FiD), the decoder attends over the concatenation (B, K·L, H). Nothing global is
+mutated per call (Atlas sets ``config.bsz`` and ``config.n_context`` before every
+forward): shapes come from the tensors, K from the call. Passages are padded to the
+longest in the batch, not to a fixed length.
+
+Two model families, one interface:
+- T5ForConditionalGeneration, Atlas's reader (first-class; load it from a local checkpoint);
+- EncoderDecoderModel with BERT-style encoder and decoder, warm-started from the packaged
+  MiniLM — the offline default, since no pretrained T5 can be had offline.
+The decoder's cross-attention runs `fid_cross_attention` (through `patch_for_fid`),
+which also yields the per-passage attention mass that ADist needs.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from atlas_fast.data.formats import Passage
+from atlas_fast.data.formatting import TextFormat
+from atlas_fast.gold_scores import t5_lm_head_scale
+from atlas_fast.t5_fid import patch_for_fid
+
+__all__ = ["FiDReader"]
+
+
+class FiDReader(nn.Module):
+    """A seq2seq model used as a FiD reader.
+
+    Args:
+        model: T5ForConditionalGeneration or a BERT-decoder EncoderDecoderModel.
+        tokenizer: its tokenizer.
+        text_format: query / target / passage templates.
+        passage_max_length: reader input tokens per passage (truncation).
+        target_max_length: target tokens (truncation, and the generation limit).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        tokenizer,
+        text_format: TextFormat,
+        passage_max_length: int = 200,
+        target_max_length: int = 16,
+    ):
+        super().__init__()
+        self.model = model
+        self.tokenizer = tokenizer
+        self.text_format = text_format
+        self.passage_max_length = passage_max_length
+        self.target_max_length = target_max_length
+        self.is_t5 = hasattr(model.decoder, "block")
+        self.fid = patch_for_fid(model, n_passages=1, collect_mass=False)
+        config = model.config
+        self.decoder_start_id = config.decoder_start_token_id
+        self.eos_id = config.eos_token_id if self.is_t5 else tokenizer.sep_token_id
+        self.pad_id = config.pad_token_id
+
+    # ---- construction ---------------------------------------------------------------
+    @classmethod
+    def from_t5(cls, path: str | os.PathLike, **kwargs) -> FiDReader:
+        """A T5 reader from a local checkpoint directory, with Atlas's text format."""
+        from transformers import AutoTokenizer, T5ForConditionalGeneration
+
+        if not Path(path).is_dir():
+            raise ValueError(f"reader path {str(path)!r} is not a local model directory")
+        model = T5ForConditionalGeneration.from_pretrained(path)
+        return cls(model, AutoTokenizer.from_pretrained(path), TextFormat.atlas_t5(), **kwargs)
+
+    @classmethod
+    def from_bert_encoder(cls, path: str | os.PathLike, **kwargs) -> FiDReader:
+        """An encoder-decoder warm-started from one BERT-style checkpoint (encoder and decoder both from it;
+        the decoder's cross-attention starts random), with the plain text format."""
+        from transformers import AutoTokenizer, EncoderDecoderModel
+        from transformers.utils import logging
+
+        if not Path(path).is_dir():
+            raise ValueError(f"reader path {str(path)!r} is not a local model directory")
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        verbosity = logging.get_verbosity()
+        logging.set_verbosity_error()  # the fresh cross-attention weights are expected, not news
+        try:
+            model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
+        finally:
+            logging.set_verbosity(verbosity)
+        model.config.decoder_start_token_id = tokenizer.cls_token_id
+        model.config.eos_token_id = tokenizer.sep_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        return cls(model, tokenizer, TextFormat.plain(), **kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def n_decoder_layers(self) -> int:
+        return self.fid.n_layers
+
+    # ---- tokenisation ----------------------------------------------------------------
+    def tokenize_passages(self, queries: list[str], passages: list[list[Passage]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reader inputs: (B, K, L) input ids and attention mask, L = the longest (truncated) in the batch."""
+        K = len(passages[0])
+        if any(len(row) != K for row in passages):
+            raise ValueError("every query needs the same number K of passages")
+        texts = [
+            self.text_format.format_reader_input(q, p) for q, row in zip(queries, passages, strict=True) for p in row
+        ]
+        batch = self.tokenizer(
+            texts, truncation=True, max_length=self.passage_max_length, padding=True, return_tensors="pt"
+        )
+        shape = (len(queries), K, -1)
+        return batch["input_ids"].view(shape).to(self.device), batch["attention_mask"].view(shape).to(self.device)
+
+    def tokenize_targets(self, answers: list[str]) -> torch.Tensor:
+        """(B, T) labels: the target tokens then end-of-sequence, -100 after it."""
+        rows = []
+        for answer in answers:
+            ids = self.tokenizer(self.text_format.format_target(answer), add_special_tokens=False)["input_ids"]
+            rows.append([*ids[: self.target_max_length - 1], self.eos_id])
+        labels = torch.full((len(rows), max(map(len, rows))), -100, dtype=torch.long)
+        for row, ids in enumerate(rows):
+            labels[row, : len(ids)] = torch.tensor(ids)
+        return labels.to(self.device)
+
+    # ---- model passes ----------------------------------------------------------------
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, K, L) passages -> FiD encoder states (B, K·L, H) and their mask (B, K·L)."""
+        B, K, L = input_ids.shape
+        states = self.model.encoder(
+            input_ids=input_ids.view(B * K, L), attention_mask=attention_mask.view(B * K, L)
+        ).last_hidden_state
+        return states.reshape(B, K * L, -1), attention_mask.reshape(B, K * L)
+
+    def decoder_hidden(
+        self, states: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor, n_passages: int
+    ) -> torch.Tensor:
+        """(B, T, H): the decoder's last hidden states over FiD encoder states of ``n_passages`` passages."""
+        self.fid.n_passages = n_passages
+        decoder = self.model.decoder if self.is_t5 else self.model.decoder.bert
+        return decoder(
+            input_ids=decoder_input_ids, encoder_hidden_states=states, encoder_attention_mask=attention_mask
+        ).last_hidden_state
+
+    def lm_head_features(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (..., H'), weight (V, H')) with logits = features @ weightᵀ, for the fused gold scores.
+
+        T5: the decoder output scaled as Hugging Face does, and lm_head. BERT: the prediction head's
+        transform, with the output bias folded in as a constant-1 feature column.
+        """
+        if self.is_t5:
+            return hidden * t5_lm_head_scale(self.model.config), self.model.lm_head.weight
+        head = self.model.decoder.cls.predictions
+        features = head.transform(hidden)
+        features = torch.cat([features, torch.ones_like(features[..., :1])], dim=-1)
+        return features, torch.cat([head.decoder.weight, head.decoder.bias[:, None]], dim=1)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """(..., V) vocabulary logits of decoder hidden states."""
+        if self.is_t5:
+            return self.model.lm_head(hidden * t5_lm_head_scale(self.model.config))
+        return self.model.decoder.cls(hidden)
+
+    def shift_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Decoder inputs for teacher forcing: start token, then the labels shifted right (-100 -> pad)."""
+        shifted = labels.new_full(labels.shape, self.pad_id)
+        shifted[:, 1:] = labels[:, :-1].masked_fill(labels[:, :-1] == -100, self.pad_id)
+        shifted[:, 0] = self.decoder_start_id
+        return shifted
+
+    def loss(
+        self, states: torch.Tensor, attention_mask: torch.Tensor, labels: torch.Tensor, n_passages: int
+    ) -> torch.Tensor:
+        """Token-mean cross-entropy of the targets over every valid token of the batch (Atlas's reader loss)."""
+        hidden = self.decoder_hidden(states, attention_mask, self.shift_labels(labels), n_passages)
+        logits = self.logits(hidden)
+        return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def generate(self, states: torch.Tensor, attention_mask: torch.Tensor, n_passages: int) -> list[str]:
+        """Greedy answers, at most ``target_max_length`` tokens each."""
+        B = states.shape[0]
+        tokens = torch.full((B, 1), self.decoder_start_id, dtype=torch.long, device=states.device)
+        finished = torch.zeros(B, dtype=torch.bool, device=states.device)
+        for _ in range(self.target_max_length):
+            hidden = self.decoder_hidden(states, attention_mask, tokens, n_passages)[:, -1]
+            next_token = self.logits(hidden).argmax(-1).masked_fill(finished, self.pad_id)
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            finished |= next_token == self.eos_id
+            if finished.all():
+                break
+        answers = self.tokenizer.batch_decode(tokens[:, 1:], skip_special_tokens=True)
+        return [self._strip_target_template(answer) for answer in answers]
+
+    def _strip_target_template(self, text: str) -> str:
+        prefix = self.text_format.target.split("{answer}")[0].strip()
+        return text.strip().removeprefix(prefix).strip()

@@ -1,0 +1,127 @@
+"""Retriever (mean pooling, tied/untied, query-side only) and FiD reader (T5 and BERT encoder-decoder)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+from atlas_fast.data.formats import Passage
+from atlas_fast.data.formatting import TextFormat
+from atlas_fast.models import FiDReader, Retriever
+from atlas_fast.train.gold import reader_gold_scores
+from atlas_fast.train.tiny import write_tiny_bert
+
+PASSAGES = [
+    [
+        Passage("1", "Vienna", "Vienna is the capital of Austria."),
+        Passage("2", "Graz", "Graz lies in Styria, far away."),
+    ],
+    [Passage("3", "Linz", "Linz is on the Danube."), Passage("4", "Salzburg", "Salzburg: Mozart's birthplace.")],
+]
+QUERIES = ["capital of Austria?", "city on the Danube?"]
+ANSWERS = ["Vienna", "Linz on the Danube"]
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
+
+
+def _t5_reader():
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=384,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    return FiDReader(
+        T5ForConditionalGeneration(config).eval(), ByT5Tokenizer(), TextFormat.atlas_t5(), passage_max_length=40
+    )
+
+
+def _bert_reader(bert_dir):
+    torch.manual_seed(0)
+    return FiDReader.from_bert_encoder(bert_dir, passage_max_length=24).eval()
+
+
+@pytest.fixture(params=["t5", "bert"])
+def reader(request, bert_dir):
+    return _t5_reader() if request.param == "t5" else _bert_reader(bert_dir)
+
+
+def test_retriever_mean_pools_real_tokens_only(bert_dir):
+    retriever = Retriever.from_pretrained(bert_dir).eval()
+    with torch.no_grad():
+        alone = retriever.embed_passages(["a short text"])
+        padded = retriever.embed_passages(["a short text", "a much longer text that forces padding of the first"])
+    torch.testing.assert_close(padded[0], alone[0], rtol=1e-5, atol=1e-6)
+
+
+def test_untied_encoders_have_their_own_weights_and_query_side_only_freezes_passages(bert_dir):
+    tied = Retriever.from_pretrained(bert_dir)
+    assert tied.passage_encoder is tied.query_encoder
+    untied = Retriever.from_pretrained(bert_dir, untied=True, train_passage_encoder=False)
+    query_weights = {p.data_ptr() for p in untied.query_encoder.parameters()}
+    assert query_weights.isdisjoint(p.data_ptr() for p in untied.passage_encoder.parameters())
+    untied.embed_queries(["q"]).sum().backward()
+    assert all(not p.requires_grad for p in untied.passage_encoder.parameters())
+    assert all(p.grad is not None for name, p in untied.query_encoder.named_parameters() if "pooler" not in name)
+    with pytest.raises(ValueError, match="needs untied=True"):
+        Retriever.from_pretrained(bert_dir, train_passage_encoder=False)
+
+
+def test_fid_reader_matches_eager_attention(bert_dir, reader):
+    input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
+    labels = reader.tokenize_targets(ANSWERS)
+    with torch.no_grad():
+        states, flat_mask = reader.encode(input_ids, mask)
+        fid_loss = reader.loss(states, flat_mask, labels, 2)
+        reader.fid.unpatch()
+        logits = reader.model(
+            encoder_outputs=(states,), attention_mask=flat_mask, decoder_input_ids=reader.shift_labels(labels)
+        ).logits
+    torch.testing.assert_close(fid_loss, F.cross_entropy(logits.flatten(0, 1), labels.flatten()), rtol=1e-5, atol=1e-6)
+
+
+def test_lm_head_features_reproduce_the_logits(reader):
+    hidden = torch.randn(2, 3, reader.model.config.decoder.hidden_size if not reader.is_t5 else 32)
+    features, weight = reader.lm_head_features(hidden)
+    torch.testing.assert_close(features @ weight.T, reader.logits(hidden), rtol=1e-5, atol=1e-5)
+
+
+def test_pdist_gold_scores_are_each_passage_alone(reader):
+    input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
+    labels = reader.tokenize_targets(ANSWERS)
+    states, flat_mask = reader.encode(input_ids, mask)
+    gold = reader_gold_scores(reader, "pdist", states, flat_mask, labels, 2)
+    for b in range(2):
+        for k in range(2):
+            one_ids, one_mask = input_ids[b, k : k + 1], mask[b, k : k + 1]
+            one_states = reader.model.encoder(input_ids=one_ids, attention_mask=one_mask).last_hidden_state
+            hidden = reader.decoder_hidden(one_states, one_mask, reader.shift_labels(labels[b : b + 1]), 1)
+            nll = F.cross_entropy(reader.logits(hidden)[0], labels[b], ignore_index=-100)
+            torch.testing.assert_close(gold[b, k], -nll, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["adist", "loop", "emdr"])
+def test_other_gold_modes_have_their_shapes(reader, mode):
+    input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
+    labels = reader.tokenize_targets(ANSWERS)
+    states, flat_mask = reader.encode(input_ids, mask)
+    gold = reader_gold_scores(reader, mode, states, flat_mask, labels, 2)
+    assert gold.shape == ((2, 2, labels.shape[1]) if mode == "emdr" else (2, 2))
+    assert torch.isfinite(gold).all() or mode == "emdr"
+
+
+def test_generate_returns_answers_without_template_tokens(reader):
+    input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
+    states, flat_mask = reader.encode(input_ids, mask)
+    answers = reader.generate(states, flat_mask, 2)
+    assert len(answers) == 2 and all(isinstance(a, str) and "<extra_id_0>" not in a for a in answers)
