@@ -1,0 +1,80 @@
+"""`atlas-fast index build|search|info`: a DocumentIndex over an Atlas passages file from the command line.
+
+Document ids are the passages' row numbers in the jsonl file (0-based), so the
+same passages file maps search results back to text.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from atlas_fast.data.formats import read_passages
+from atlas_fast.data.formatting import TextFormat
+from atlas_fast.index.document_index import DocumentIndex
+from atlas_fast.models.retriever import Retriever, packaged_minilm_path
+
+__all__ = ["build_index", "index_info", "search_index"]
+
+
+def _retriever(path: str | None) -> Retriever:
+    return Retriever.from_pretrained(Path(path) if path else packaged_minilm_path())
+
+
+def build_index(
+    passages: str | os.PathLike,
+    output: str | os.PathLike,
+    retriever: str | None = None,
+    dtype: str = "float32",
+    batch_size: int = 128,
+) -> DocumentIndex:
+    """Embed every passage (``{title} {text}``) and save the index to ``output``."""
+    rows = read_passages(passages)
+    encoder = _retriever(retriever)
+    texts = [TextFormat().format_retriever_passage(p) for p in rows]
+    vectors = encoder.embed_passages_for_index(texts, batch_size=batch_size, progress=True)
+    index = DocumentIndex(encoder.dim, dtype)
+    index.upsert(np.arange(len(rows)), vectors)
+    index.save(output)
+    return index
+
+
+def search_index(
+    index_path: str | os.PathLike,
+    passages: str | os.PathLike,
+    queries: list[str],
+    k: int = 5,
+    retriever: str | None = None,
+) -> list[list[tuple[float, str, str]]]:
+    """(score, passage id, title) of the top-k passages of each query."""
+    index = DocumentIndex.load(index_path)
+    rows = read_passages(passages)
+    if len(rows) < len(index):
+        raise ValueError(f"{passages} has {len(rows)} passages but the index holds {len(index)}: not its passages file")
+    if not 0 < k <= len(index):
+        raise ValueError(f"k must be between 1 and the {len(index)} indexed documents; got {k}")
+    encoder = _retriever(retriever).eval()
+    import torch
+
+    with torch.no_grad():
+        scores, ids = index.search(encoder.embed_queries(queries).numpy(), k)
+    return [
+        [(float(s), rows[i].id, rows[i].title) for s, i in zip(srow, irow, strict=True)]
+        for srow, irow in zip(scores, ids, strict=True)
+    ]
+
+
+def index_info(index_path: str | os.PathLike) -> dict:
+    """Size, precision, memory and the embedding-age spread of an index file."""
+    index = DocumentIndex.load(index_path)
+    steps = index.step_of(index.ids()) if len(index) else np.zeros(0, dtype=np.int64)
+    return {
+        "documents": len(index),
+        "dim": index.dim,
+        "dtype": index.dtype,
+        "memory_mib": round(index.memory_bytes() / 2**20, 2),
+        "embedding_step_min": int(steps.min()) if steps.size else None,
+        "embedding_step_max": int(steps.max()) if steps.size else None,
+    }

@@ -1,0 +1,203 @@
+"""Training configuration: one dataclass, loadable from TOML, overridable with ``--set key=value``.
+
+Field names and defaults follow Atlas's options where Atlas has one (n_context = K,
+temperature_score/gold = 0.01, freeze_retriever_steps, refresh_index every N steps,
+gold_score_mode). The defaults are the README's offline run; `tiny()` is what the
+tests use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+__all__ = ["GOLD_SCORE_MODES", "REFRESH_POLICIES", "ConfigError", "TrainConfig"]
+
+GOLD_SCORE_MODES = ("pdist", "adist", "loop", "emdr")
+REFRESH_POLICIES = ("none", "full", "incremental", "rerank", "query-side")
+PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("linear", "cosine", "constant")
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type or out of range; the message names the key."""
+
+
+@dataclass
+class TrainConfig:
+    # data: a task name of the bundled data ("wiki-describe", "wiki-qa") or explicit jsonl paths
+    task: str = "wiki-describe"
+    data_root: str = ""  # "" = $ATLAS_FAST_DATA or ~/.cache/atlas_fast/data
+    passages: str = ""
+    train_data: str = ""
+    eval_data: str = ""
+    max_passages: int = 0  # 0 = the whole corpus; otherwise the first n (tests, quick runs)
+    max_train_examples: int = 0
+    max_eval_examples: int = 0
+    # models
+    retriever_path: str = ""  # "" = the packaged all-MiniLM-L6-v2
+    reader: str = "minilm"  # "minilm" (encoder-decoder warm-started from retriever_path's MiniLM) or "t5"
+    reader_path: str = ""  # the local T5 checkpoint for reader="t5"
+    untied_retriever: bool = False
+    query_side_only: bool = False
+    reader_train_encoder: bool = False  # False: the reader's encoder stays frozen (CPU default)
+    query_max_length: int = 32
+    passage_max_length: int = 64  # retriever
+    reader_passage_max_length: int = 48
+    target_max_length: int = 16
+    # retrieval and retriever loss
+    n_context: int = 5  # K passages per question
+    gold_score_mode: str = "pdist"
+    temperature_score: float = 0.01
+    temperature_gold: float = 0.01
+    refresh: str = "incremental"
+    refresh_every: int = 50  # "full": re-embed everything every N steps (Atlas's refresh_index)
+    refresh_budget: int = 64  # "incremental": documents re-embedded per step
+    refresh_order: str = "oldest"  # "oldest" | "hot"
+    rerank_candidates: int = 20  # "rerank": over-retrieve this many, re-score with the current encoder
+    index_dtype: str = "float32"
+    # optimisation
+    steps: int = 200
+    batch_size: int = 16
+    accumulation_steps: int = 1
+    reader_lr: float = 1e-4
+    retriever_lr: float = 1e-5
+    weight_decay: float = 0.01
+    warmup_steps: int = 20
+    schedule: str = "linear"
+    clip_norm: float = 1.0
+    freeze_retriever_steps: int = 0
+    precision: str = "fp32"
+    gradient_checkpointing: bool = False
+    seed: int = 0
+    # evaluation and output
+    eval_every: int = 0  # 0 = only before and after training
+    eval_k: tuple[int, ...] = (1, 5, 10)
+    eval_generate_examples: int = 200  # examples whose answers are generated for EM/F1
+    output_dir: str = "runs/default"
+    checkpoint_every: int = 100
+    time_budget_s: float = 0.0  # > 0: stop training (then evaluate and save) after this many seconds
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        choices = {
+            "gold_score_mode": GOLD_SCORE_MODES,
+            "refresh": REFRESH_POLICIES,
+            "precision": PRECISIONS,
+            "schedule": SCHEDULES,
+            "reader": ("minilm", "t5"),
+            "refresh_order": ("oldest", "hot"),
+            "index_dtype": ("float32", "float16", "bfloat16"),
+        }
+        for key, allowed in choices.items():
+            if getattr(self, key) not in allowed:
+                raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        positive = (
+            "n_context",
+            "steps",
+            "batch_size",
+            "accumulation_steps",
+            "refresh_every",
+            "rerank_candidates",
+            "query_max_length",
+            "passage_max_length",
+            "reader_passage_max_length",
+            "target_max_length",
+        )
+        for key in positive:
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"{key} must be > 0; got {getattr(self, key)!r}")
+        for key in ("temperature_score", "temperature_gold", "reader_lr"):
+            if not getattr(self, key) > 0:
+                raise ConfigError(f"{key} must be > 0; got {getattr(self, key)!r}")
+        if self.query_side_only and not self.untied_retriever:
+            raise ConfigError("query_side_only needs untied_retriever = true (separate passage encoder weights)")
+        if self.refresh == "rerank" and self.rerank_candidates < self.n_context:
+            raise ConfigError(f"rerank_candidates ({self.rerank_candidates}) must be ≥ n_context ({self.n_context})")
+        if self.reader == "t5" and not self.reader_path:
+            raise ConfigError("reader = 't5' needs reader_path, a local T5 checkpoint directory")
+
+    # ---- loading -------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, values: dict) -> TrainConfig:
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown configuration keys: {', '.join(unknown)} (known: {', '.join(known)})")
+        converted = {key: _convert(key, value, known[key].type) for key, value in values.items()}
+        return cls(**converted)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> TrainConfig:
+        """The defaults, then the TOML file's keys, then ``key=value`` overrides (values parsed as TOML)."""
+        values: dict = {}
+        if path is not None:
+            try:
+                values.update(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+            except FileNotFoundError:
+                raise ConfigError(f"config file {path} does not exist") from None
+            except tomllib.TOMLDecodeError as error:
+                raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
+        for item in overrides or []:
+            key, separator, raw = item.partition("=")
+            if not separator:
+                raise ConfigError(f"--set expects key=value; got {item!r}")
+            values[key.strip()] = _parse_value(raw.strip())
+        return cls.from_mapping(values)
+
+    def to_dict(self) -> dict:
+        values = dataclasses.asdict(self)
+        values["eval_k"] = list(self.eval_k)
+        return values
+
+    @classmethod
+    def tiny(cls, **overrides) -> TrainConfig:
+        """A few steps of tiny models over a small corpus: the tests' configuration."""
+        values = dict(
+            steps=6,
+            batch_size=4,
+            n_context=3,
+            refresh_budget=16,
+            eval_generate_examples=8,
+            max_eval_examples=16,
+            warmup_steps=1,
+            checkpoint_every=3,
+            progress=False,
+            reader_lr=1e-3,
+            retriever_lr=1e-4,
+            eval_k=(1, 3),
+        )
+        values.update(overrides)
+        return cls.from_mapping(values)
+
+
+def _parse_value(raw: str):
+    """A TOML value (numbers, booleans, quoted strings, arrays); anything else is a bare string."""
+    try:
+        return tomllib.loads(f"value = {raw}")["value"]
+    except tomllib.TOMLDecodeError:
+        return raw
+
+
+def _convert(key: str, value, annotation: str):
+    expected = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation)
+    if annotation.startswith("tuple"):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in value):
+            raise ConfigError(f"{key} must be a list of positive integers; got {value!r}")
+        return tuple(value)
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected is not None and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ConfigError(f"{key} must be a {annotation}; got {value!r}")
+    return value

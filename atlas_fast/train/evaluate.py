@@ -1,0 +1,90 @@
+"""Evaluation of a run: retrieval recall@k, the reader's answers (EM/F1), the reader as a teacher, two controls.
+
+- recall@k: the gold passage in the top k where the example names it, else a passage
+  containing a gold answer;
+- teacher@1: among examples whose top-K holds a hit, how often the reader's PDist
+  score ranks a hit first (next to the retriever's own top-1 on the same examples);
+- EM/F1 of greedy answers over the top-K passages, beside two controls: "copy the
+  title of the top-1 passage" and the reader given another question's passages
+  (what the reader gets from the passages rather than from the question alone).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from atlas_fast.train.gold import reader_gold_scores
+from atlas_fast.train.metrics import exact_match, f1_score, passage_hits, recall_at
+
+__all__ = ["evaluate"]
+
+
+def evaluate(trainer, generate: bool = True, batch_size: int = 32) -> dict:
+    """Metrics of the trainer's models on its eval examples (this rank's share; rank 0 reports)."""
+    config = trainer.config
+    examples = trainer.eval_examples[trainer.rank :: trainer.world_size]
+    depth = max(max(config.eval_k), config.n_context)
+    hits, retrieved = [], []
+    batches = range(0, len(examples), batch_size)
+    for start in tqdm(batches, desc="evaluating retrieval", disable=not config.progress or trainer.rank, leave=False):
+        batch = examples[start : start + batch_size]
+        passages = trainer.retrieve(batch, depth)
+        retrieved += passages
+        hits.append(passage_hits(batch, passages, trainer.normalized_text))
+    hits = np.concatenate(hits) if hits else np.zeros((0, depth), dtype=bool)
+    metrics = {f"recall@{k}": recall_at(hits, k) for k in config.eval_k}
+    if generate:
+        metrics.update(_reader_metrics(trainer, examples, retrieved, hits, batch_size))
+    if trainer.world_size > 1:
+        metrics = _average_over_ranks(metrics, len(examples))
+    return metrics
+
+
+@torch.no_grad()
+def _reader_metrics(trainer, examples, retrieved, hits, batch_size: int) -> dict:
+    config, reader, K = trainer.config, trainer.reader, trainer.config.n_context
+    n = min(len(examples), config.eval_generate_examples)
+    answered = {"em": [], "f1": [], "em_other_passages": [], "em_top1_title": []}
+    teacher_first, retriever_first = [], []
+    was_training = reader.training
+    reader.eval()
+    for start in tqdm(
+        range(0, n, batch_size), desc="evaluating reader", disable=not config.progress or trainer.rank, leave=False
+    ):
+        batch = examples[start : min(n, start + batch_size)]
+        passages = [row[:K] for row in retrieved[start : start + len(batch)]]
+        queries = trainer.queries(batch)
+        with trainer.autocast():
+            states, mask = reader.encode(*reader.tokenize_passages(queries, passages))
+            predictions = reader.generate(states, mask, K)
+            # The control: each question with the passages of the next question in the batch.
+            other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions
+            labels = reader.tokenize_targets([e.answers[0] for e in batch])
+            gold = reader_gold_scores(reader, "pdist", states, mask, labels, K)
+        batch_hits = hits[start : start + len(batch), :K]
+        for row, example in enumerate(batch):
+            answered["em"].append(exact_match(predictions[row], example.answers))
+            answered["f1"].append(f1_score(predictions[row], example.answers))
+            answered["em_other_passages"].append(exact_match(other[row], example.answers))
+            answered["em_top1_title"].append(exact_match(passages[row][0].title, example.answers))
+            if batch_hits[row].any():
+                teacher_first.append(bool(batch_hits[row, int(gold[row].argmax())]))
+                retriever_first.append(bool(batch_hits[row, 0]))
+    reader.train(was_training)
+    metrics = {key: float(np.mean(values)) if values else 0.0 for key, values in answered.items()}
+    metrics["teacher@1"] = float(np.mean(teacher_first)) if teacher_first else 0.0
+    metrics["retriever@1_same_examples"] = float(np.mean(retriever_first)) if retriever_first else 0.0
+    metrics["teacher_examples"] = len(teacher_first)
+    return metrics
+
+
+def _average_over_ranks(metrics: dict, count: int) -> dict:
+    import torch.distributed as dist
+
+    keys = sorted(metrics)
+    values = torch.tensor([metrics[k] * count for k in keys] + [count], dtype=torch.float64)
+    dist.all_reduce(values)
+    total = values[-1].item()
+    return {k: values[i].item() / max(total, 1.0) for i, k in enumerate(keys)}

@@ -1,0 +1,103 @@
+"""`atlas-fast train`: a whole run — index build, evaluation before, training, evaluation after, report."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tqdm.auto import tqdm
+
+from atlas_fast.train.config import TrainConfig
+from atlas_fast.train.evaluate import evaluate
+from atlas_fast.train.plot import plot_metrics
+from atlas_fast.train.trainer import Trainer
+
+__all__ = ["format_summary", "train"]
+
+
+def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = None) -> dict:
+    """Run training as configured; returns a summary (metrics before and after, cost, timings)."""
+    started = time.perf_counter()
+    trainer = trainer if trainer is not None else Trainer(config)
+    say = print if trainer.rank == 0 else (lambda *_: None)
+    if resume and trainer.resume():
+        say(f"resumed from step {trainer.step}")
+        before = None
+    else:
+        clock = time.perf_counter()
+        trainer.build_index()
+        say(f"index: {len(trainer.passages)} passages embedded in {time.perf_counter() - clock:.1f} s")
+        before = evaluate(trainer, generate=False)
+        trainer.log({"step": 0, "split": "eval", **before})
+        say("before training: " + _format_metrics(before))
+    training_started = time.perf_counter()
+    progress = tqdm(
+        total=config.steps, initial=trainer.step, desc="training", disable=not config.progress or trainer.rank
+    )
+    while trainer.step < config.steps:
+        record = trainer.train_step()
+        trainer.log({"split": "train", **record})
+        progress.update(1)
+        progress.set_postfix(reader=f"{record['reader_loss']:.3f}", retriever=_maybe(record["retriever_loss"]))
+        if config.eval_every and trainer.step % config.eval_every == 0 and trainer.step < config.steps:
+            trainer.log({"step": trainer.step, "split": "eval", **evaluate(trainer, generate=False)})
+        if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
+            trainer.save_checkpoint()
+        if config.time_budget_s and time.perf_counter() - training_started > config.time_budget_s:
+            say(f"time budget of {config.time_budget_s:.0f} s reached at step {trainer.step}")
+            break
+    progress.close()
+    training_seconds = time.perf_counter() - training_started
+    after = evaluate(trainer, generate=True)
+    trainer.log({"step": trainer.step, "split": "eval", **after})
+    trainer.save_checkpoint()
+    summary = {
+        "steps": trainer.step,
+        "before": before,
+        "after": after,
+        "documents_reembedded": trainer.refresh.documents_embedded,
+        "training_seconds": training_seconds,
+        "total_seconds": time.perf_counter() - started,
+    }
+    if trainer.rank == 0:
+        (trainer.output_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n", encoding="utf-8")
+        plot_metrics(trainer.output_dir / "metrics.jsonl", trainer.output_dir / "metrics.png")
+        say(format_summary(summary))
+    return summary
+
+
+def _maybe(value) -> str:
+    return "frozen" if value is None else f"{value:.3f}"
+
+
+def _format_metrics(metrics: dict) -> str:
+    return ", ".join(
+        f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}" for key, value in metrics.items()
+    )
+
+
+def format_summary(summary: dict) -> str:
+    after = summary["after"]
+    lines = [
+        f"after {summary['steps']} steps ({summary['training_seconds']:.0f} s training, "
+        f"{summary['total_seconds']:.0f} s in all, {summary['documents_reembedded']} documents re-embedded):"
+    ]
+    recalls = [key for key in after if key.startswith("recall@")]
+    if summary["before"] is not None:
+        lines.append(
+            "  dev retrieval  "
+            + "   ".join(f"{key} {summary['before'][key]:.3f} -> {after[key]:.3f}" for key in recalls)
+        )
+    else:
+        lines.append("  dev retrieval  " + "   ".join(f"{key} {after[key]:.3f}" for key in recalls))
+    if "teacher@1" in after:
+        lines.append(
+            f"  reader as teacher: ranks the gold passage first {after['teacher@1']:.3f} of the time when it is "
+            f"retrieved (retriever's own top-1: {after['retriever@1_same_examples']:.3f}, "
+            f"{after['teacher_examples']} examples)"
+        )
+        lines.append(
+            f"  answers: EM {after['em']:.3f}  F1 {after['f1']:.3f}   controls: copy the top-1 title "
+            f"{after['em_top1_title']:.3f}, another question's passages {after['em_other_passages']:.3f}"
+        )
+    return "\n".join(lines)

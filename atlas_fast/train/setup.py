@@ -1,0 +1,101 @@
+"""Building a run's pieces from its configuration: data, models, optimiser, schedule, distributed group."""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from atlas_fast.data.formats import Example, Passage, read_examples, read_passages
+from atlas_fast.data.prepare import TASKS, ensure_prepared
+from atlas_fast.models import FiDReader, Retriever, packaged_minilm_path
+from atlas_fast.train.config import ConfigError, TrainConfig
+
+__all__ = ["build_models", "build_optimizer", "init_distributed", "load_data"]
+
+
+def init_distributed() -> tuple[int, int]:
+    """(rank, world size): joins the torchrun group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def load_data(config: TrainConfig) -> tuple[list[Passage], list[Example], list[Example]]:
+    """Passages, train and eval examples: explicit jsonl paths, else the bundled task (prepared when missing)."""
+    if config.passages:
+        if not (config.train_data and config.eval_data):
+            raise ConfigError("with passages = ..., give train_data and eval_data too")
+        paths = Path(config.passages), Path(config.train_data), Path(config.eval_data)
+    else:
+        if config.task not in TASKS:
+            raise ConfigError(f"task must be one of {', '.join(TASKS)} (or give passages/train_data/eval_data)")
+        root = ensure_prepared(config.data_root or None)
+        paths = root / "wiki" / "passages.jsonl", root / config.task / "train.jsonl", root / config.task / "dev.jsonl"
+    passages = read_passages(paths[0])
+    train, dev = read_examples(paths[1]), read_examples(paths[2])
+    if config.max_passages:
+        passages = passages[: config.max_passages]
+        kept = {p.id for p in passages}
+        # A gold passage cut from the corpus would make its example unanswerable by retrieval.
+        train = [e for e in train if e.passage_id is None or e.passage_id in kept]
+        dev = [e for e in dev if e.passage_id is None or e.passage_id in kept]
+    if config.max_train_examples:
+        train = train[: config.max_train_examples]
+    if config.max_eval_examples:
+        dev = dev[: config.max_eval_examples]
+    if config.n_context > len(passages):
+        raise ConfigError(f"n_context = {config.n_context} is larger than the corpus ({len(passages)} passages)")
+    if not train or not dev:
+        raise ConfigError("no training or evaluation examples left (check max_passages and the data files)")
+    return passages, train, dev
+
+
+def build_models(config: TrainConfig) -> tuple[Retriever, FiDReader]:
+    retriever_path = Path(config.retriever_path) if config.retriever_path else packaged_minilm_path()
+    retriever = Retriever.from_pretrained(
+        retriever_path,
+        untied=config.untied_retriever,
+        train_passage_encoder=not config.query_side_only and config.refresh != "query-side",
+        query_max_length=config.query_max_length,
+        passage_max_length=config.passage_max_length,
+    )
+    lengths = {"passage_max_length": config.reader_passage_max_length, "target_max_length": config.target_max_length}
+    if config.reader == "t5":
+        reader = FiDReader.from_t5(config.reader_path, **lengths)
+    else:
+        reader = FiDReader.from_bert_encoder(config.reader_path or retriever_path, **lengths)
+    if not config.reader_train_encoder:
+        reader.model.encoder.requires_grad_(False)
+    if config.gradient_checkpointing:
+        reader.model.gradient_checkpointing_enable()
+        retriever.query_encoder.gradient_checkpointing_enable()
+        retriever.passage_encoder.gradient_checkpointing_enable()
+    return retriever, reader
+
+
+def build_optimizer(config: TrainConfig, retriever: Retriever, reader: FiDReader):
+    """AdamW with one learning rate for the reader and one for the retriever, and the warm-up/decay schedule."""
+    groups = [
+        {"params": [p for p in reader.parameters() if p.requires_grad], "lr": config.reader_lr},
+        {"params": [p for p in retriever.parameters() if p.requires_grad], "lr": config.retriever_lr},
+    ]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+
+    def factor(step: int) -> float:
+        if step < config.warmup_steps:
+            return (step + 1) / config.warmup_steps
+        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
+        if config.schedule == "linear":
+            return 1.0 - progress
+        if config.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)

@@ -1,0 +1,97 @@
+"""A tiny Atlas setup: a synthetic corpus and QA files, a tiny BERT checkpoint, the configuration over them.
+
+Used by the trainer's tests, the train-step benchmark and `atlas-fast smoke`.
+
+The models are randomly initialised, a few thousand parameters wide; the tokenizer is the
+packaged MiniLM's (its vocabulary file only). Questions ask for a passage's title from a
+phrase of its text, so the gold passage of every example is known.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from transformers import AutoTokenizer, BertConfig, BertModel
+
+from atlas_fast.models import packaged_minilm_path
+from atlas_fast.train.config import TrainConfig
+
+WORDS = [
+    "river",
+    "mountain",
+    "castle",
+    "empire",
+    "violin",
+    "comet",
+    "harbor",
+    "desert",
+    "glacier",
+    "temple",
+    "falcon",
+    "orchard",
+    "canyon",
+    "lantern",
+    "meadow",
+    "bridge",
+    "island",
+    "forest",
+    "volcano",
+    "library",
+]
+
+
+def write_corpus(directory: Path, n_passages: int = 120, n_train: int = 16, n_eval: int = 8) -> dict[str, Path]:
+    """passages.jsonl, train.jsonl and eval.jsonl under ``directory``; returns their paths."""
+    rng = np.random.default_rng(0)
+    passages, examples = [], []
+    for row in range(n_passages):
+        a, b, c = rng.choice(WORDS, 3, replace=False)
+        title = f"{a.title()} {row}"
+        passages.append({"id": f"p{row}", "title": title, "text": f"{title} is a {b} near the {c}."})
+        examples.append(
+            {"id": f"q{row}", "question": f"which {b} is near the {c}?", "answers": [title], "passage_id": f"p{row}"}
+        )
+    paths = {name: directory / f"{name}.jsonl" for name in ("passages", "train", "eval")}
+    splits = {"passages": passages, "train": examples[:n_train], "eval": examples[n_train : n_train + n_eval]}
+    for name, records in splits.items():
+        paths[name].write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return paths
+
+
+def write_tiny_bert(directory: Path) -> Path:
+    """A 2-layer, 32-wide BERT checkpoint with the MiniLM tokenizer."""
+    tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
+    """The tiny configuration over the synthetic corpus and the tiny BERT (written once under tmp_path)."""
+    model = tmp_path / "tiny-bert"
+    if not model.is_dir():
+        write_tiny_bert(model)
+    paths = (
+        write_corpus(tmp_path)
+        if not (tmp_path / "passages.jsonl").is_file()
+        else {name: tmp_path / f"{name}.jsonl" for name in ("passages", "train", "eval")}
+    )
+    values = dict(
+        passages=str(paths["passages"]),
+        train_data=str(paths["train"]),
+        eval_data=str(paths["eval"]),
+        retriever_path=str(model),
+        output_dir=str(tmp_path / "run"),
+    )
+    values.update(overrides)
+    return TrainConfig.tiny(**values)

