@@ -25,6 +25,7 @@ import torch.distributed as dist
 
 from atlas_fast.index.document_index import DocumentIndex, IndexFileError
 from atlas_fast.index.merge import merge_topk
+from atlas_fast.index.torch_index import TorchDocumentIndex
 
 __all__ = ["ShardedIndex"]
 
@@ -38,15 +39,24 @@ class ShardedIndex:
         dim: embedding size d.
         dtype: storage precision of every shard.
         group: the process group (default: the world).
+        device: None keeps this rank's shard in host memory (DocumentIndex); a torch device
+            keeps it there (TorchDocumentIndex, e.g. the rank's GPU). Ranks may differ.
     """
 
-    def __init__(self, dim: int, dtype: str = "float32", group: dist.ProcessGroup | None = None):
+    def __init__(
+        self,
+        dim: int,
+        dtype: str = "float32",
+        group: dist.ProcessGroup | None = None,
+        device: str | torch.device | None = None,
+    ):
         if not dist.is_initialized():
             raise RuntimeError("ShardedIndex needs torch.distributed to be initialised (init_process_group)")
         self.group = group
         self.rank = dist.get_rank(group)
         self.world_size = dist.get_world_size(group)
-        self.local = DocumentIndex(dim, dtype)
+        # The shard: host memory (C++ DocumentIndex), or a torch tensor on ``device`` (TorchDocumentIndex).
+        self.local = DocumentIndex(dim, dtype) if device is None else TorchDocumentIndex(dim, dtype, device)
         backend = dist.get_backend(group)
         self._device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
@@ -135,14 +145,19 @@ class ShardedIndex:
         dist.barrier(group=self.group)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike, group: dist.ProcessGroup | None = None) -> ShardedIndex:
-        """Collective load of a directory written by `save` with any number of ranks."""
+    def load(
+        cls,
+        directory: str | os.PathLike,
+        group: dist.ProcessGroup | None = None,
+        device: str | torch.device | None = None,
+    ) -> ShardedIndex:
+        """Collective load of a directory written by `save` with any number of ranks (``device``: as for __init__)."""
         directory = Path(directory)
         try:
             manifest = json.loads((directory / _MANIFEST).read_text())
         except (OSError, ValueError) as error:
             raise IndexFileError(f"{directory}: no readable {_MANIFEST} ({error})") from error
-        index = cls(int(manifest["dim"]), manifest["dtype"], group)
+        index = cls(int(manifest["dim"]), manifest["dtype"], group, device)
         for shard in range(int(manifest["world_size"])):
             part = DocumentIndex.load(directory / f"shard-{shard:05d}.afi")
             ids = part.ids()
