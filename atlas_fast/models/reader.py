@@ -75,9 +75,14 @@ class FiDReader(nn.Module):
         return cls(model, AutoTokenizer.from_pretrained(path), TextFormat.atlas_t5(), **kwargs)
 
     @classmethod
-    def from_bert_encoder(cls, path: str | os.PathLike, **kwargs) -> FiDReader:
-        """An encoder-decoder warm-started from one BERT-style checkpoint (encoder and decoder both from it;
-        the decoder's cross-attention starts random), with the plain text format."""
+    def from_bert_encoder(cls, path: str | os.PathLike, decoder_layers: int = 0, **kwargs) -> FiDReader:
+        """An encoder-decoder warm-started from one BERT-style checkpoint, with the plain text format.
+
+        Encoder and decoder both start from the checkpoint; the decoder's cross-attention, which the
+        checkpoint lacks, starts as a copy of the layer's self-attention rather than at random.
+        ``decoder_layers`` > 0 keeps only the first that many decoder layers (a shallower decoder
+        learns and runs faster on a CPU); 0 keeps them all.
+        """
         from transformers import AutoTokenizer, EncoderDecoderModel
         from transformers.utils import logging
 
@@ -90,6 +95,13 @@ class FiDReader(nn.Module):
             model = EncoderDecoderModel.from_encoder_decoder_pretrained(path, path)
         finally:
             logging.set_verbosity(verbosity)
+        layers = model.decoder.bert.encoder.layer
+        if decoder_layers:
+            if not 0 < decoder_layers <= len(layers):
+                raise ValueError(f"decoder_layers must be in [0, {len(layers)}]; got {decoder_layers}")
+            del layers[decoder_layers:]
+            model.config.decoder.num_hidden_layers = decoder_layers
+        _cross_attention_from_self_attention(layers)
         model.config.decoder_start_token_id = tokenizer.cls_token_id
         model.config.eos_token_id = tokenizer.sep_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -201,3 +213,18 @@ class FiDReader(nn.Module):
     def _strip_target_template(self, text: str) -> str:
         prefix = self.text_format.target.split("{answer}")[0].strip()
         return text.strip().removeprefix(prefix).strip()
+
+
+def _cross_attention_from_self_attention(layers) -> None:
+    """Copy each decoder layer's self-attention weights into its fresh cross-attention.
+
+    The pretrained self-attention already projects these hidden states into useful query/key/value
+    spaces; starting cross-attention there instead of at random lets a reader learn to attend to
+    (and copy from) the passages within CPU-minutes.
+    """
+    with torch.no_grad():
+        for layer in layers:
+            source, target = layer.attention, layer.crossattention
+            for name in ("query", "key", "value"):
+                getattr(target.self, name).load_state_dict(getattr(source.self, name).state_dict())
+            target.output.load_state_dict(source.output.state_dict())

@@ -49,6 +49,7 @@ class TrainConfig:
     untied_retriever: bool = False
     query_side_only: bool = False
     reader_train_encoder: bool = False  # False: the reader's encoder stays frozen (CPU default)
+    reader_decoder_layers: int = 0  # minilm reader: keep the first n decoder layers (0 = all 6)
     query_max_length: int = 32
     passage_max_length: int = 64  # retriever
     reader_passage_max_length: int = 48

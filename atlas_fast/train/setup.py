@@ -70,7 +70,8 @@ def build_models(config: TrainConfig) -> tuple[Retriever, FiDReader]:
     if config.reader == "t5":
         reader = FiDReader.from_t5(config.reader_path, **lengths)
     else:
-        reader = FiDReader.from_bert_encoder(config.reader_path or retriever_path, **lengths)
+        path = config.reader_path or retriever_path
+        reader = FiDReader.from_bert_encoder(path, decoder_layers=config.reader_decoder_layers, **lengths)
     if not config.reader_train_encoder:
         reader.model.encoder.requires_grad_(False)
     if config.gradient_checkpointing:
