@@ -88,11 +88,28 @@ def _check_attention() -> str:
     return f"{K} passages: output and per-passage mass = materialised attention ({backend} backend)"
 
 
+def _check_trainer() -> str:
+    from atlas_fast.train import Trainer
+    from atlas_fast.train.tiny import tiny_config
+
+    with tempfile.TemporaryDirectory() as directory:
+        trainer = Trainer(tiny_config(Path(directory), steps=3))
+        trainer.build_index()
+        records = [trainer.train_step() for _ in range(3)]
+    if not all(np.isfinite([r["reader_loss"], r["retriever_loss"]]).all() for r in records):
+        raise AssertionError("non-finite training loss")
+    return (
+        f"3 PDist steps of tiny models on a synthetic corpus: reader loss {records[0]['reader_loss']:.2f} -> "
+        f"{records[-1]['reader_loss']:.2f}, {sum(r['documents_reembedded'] for r in records)} documents re-embedded"
+    )
+
+
 SMOKE_CHECKS: dict[str, Callable[[], str]] = {
     "index.merge_topk (C++)": _check_merge_topk,
     "index.DocumentIndex (C++)": _check_document_index,
     "losses.kldivloss / emdr_loss": _check_losses,
     "attention.fid_cross_attention": _check_attention,
+    "train.Trainer (tiny)": _check_trainer,
 }
 
 

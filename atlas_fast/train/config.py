@@ -59,24 +59,25 @@ class TrainConfig:
     gold_score_mode: str = "pdist"
     temperature_score: float = 0.01
     temperature_gold: float = 0.01
-    refresh: str = "incremental"
-    refresh_every: int = 50  # "full": re-embed everything every N steps (Atlas's refresh_index)
+    refresh: str = "full"  # what measured best in `atlas-fast experiment refresh` (README)
+    refresh_every: int = 25  # "full": re-embed everything every N steps (Atlas's refresh_index)
     refresh_budget: int = 64  # "incremental": documents re-embedded per step
     refresh_order: str = "oldest"  # "oldest" | "hot"
     rerank_candidates: int = 20  # "rerank": over-retrieve this many, re-score with the current encoder
     index_dtype: str = "float32"
     # optimisation
-    steps: int = 200
+    steps: int = 650
     batch_size: int = 16
     accumulation_steps: int = 1
-    reader_lr: float = 1e-4
-    retriever_lr: float = 1e-5
+    reader_lr: float = 1e-3
+    retriever_lr: float = 3e-5
     weight_decay: float = 0.01
-    warmup_steps: int = 20
+    warmup_steps: int = 30
     schedule: str = "linear"
     clip_norm: float = 1.0
-    freeze_retriever_steps: int = 0
-    precision: str = "fp32"
+    freeze_retriever_steps: int = 600  # the reader warm-up: it must be a useful teacher first
+    warmup_cache_examples: int = 2000  # > 0: the warm-up trains the reader over cached encoder states of so many
+    precision: str = "bf16"
     gradient_checkpointing: bool = False
     seed: int = 0
     # evaluation and output
@@ -84,8 +85,8 @@ class TrainConfig:
     eval_k: tuple[int, ...] = (1, 5, 10)
     eval_generate_examples: int = 200  # examples whose answers are generated for EM/F1
     output_dir: str = "runs/default"
-    checkpoint_every: int = 100
-    time_budget_s: float = 0.0  # > 0: stop training (then evaluate and save) after this many seconds
+    checkpoint_every: int = 250
+    time_budget_s: float = 480.0  # > 0: stop training (then evaluate and save) after this many seconds
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -178,6 +179,10 @@ class TrainConfig:
             reader_lr=1e-3,
             retriever_lr=1e-4,
             eval_k=(1, 3),
+            freeze_retriever_steps=0,
+            warmup_cache_examples=0,
+            precision="fp32",
+            time_budget_s=0.0,
         )
         values.update(overrides)
         return cls.from_mapping(values)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from pathlib import Path
@@ -82,21 +83,35 @@ def build_models(config: TrainConfig) -> tuple[Retriever, FiDReader]:
 
 
 def build_optimizer(config: TrainConfig, retriever: Retriever, reader: FiDReader):
-    """AdamW with one learning rate for the reader and one for the retriever, and the warm-up/decay schedule."""
+    """AdamW with one learning rate for the reader and one for the retriever, and the warm-up/decay schedule.
+
+    The reader's schedule runs over all steps; the retriever's starts when it unfreezes (after
+    freeze_retriever_steps) and runs over the remaining ones, so a long reader warm-up does not
+    leave the retriever only the tail of a decayed learning rate.
+    """
     groups = [
-        {"params": [p for p in reader.parameters() if p.requires_grad], "lr": config.reader_lr},
-        {"params": [p for p in retriever.parameters() if p.requires_grad], "lr": config.retriever_lr},
+        ({"params": [p for p in reader.parameters() if p.requires_grad], "lr": config.reader_lr}, 0),
+        (
+            {"params": [p for p in retriever.parameters() if p.requires_grad], "lr": config.retriever_lr},
+            config.freeze_retriever_steps,
+        ),
     ]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=config.weight_decay)
+    groups = [(group, start) for group, start in groups if group["params"]]
+    optimizer = torch.optim.AdamW([group for group, _ in groups], weight_decay=config.weight_decay)
+    schedules = [functools.partial(_schedule_factor, config, start) for _, start in groups]
+    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
 
-    def factor(step: int) -> float:
-        if step < config.warmup_steps:
-            return (step + 1) / config.warmup_steps
-        progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - config.warmup_steps))
-        if config.schedule == "linear":
-            return 1.0 - progress
-        if config.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * progress))
-        return 1.0
 
-    return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+def _schedule_factor(config: TrainConfig, start: int, step: int) -> float:
+    """Linear warm-up over warmup_steps from ``start``, then linear or cosine decay to 0 at config.steps."""
+    step -= start
+    if step < 0:
+        return 0.0
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    progress = min(1.0, (step - config.warmup_steps) / max(1, config.steps - start - config.warmup_steps))
+    if config.schedule == "linear":
+        return 1.0 - progress
+    if config.schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    return 1.0

@@ -28,6 +28,7 @@ from atlas_fast.index.refresh import RefreshPolicy
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.gold import reader_gold_scores
+from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data
 
 __all__ = ["Trainer"]
@@ -62,6 +63,7 @@ class Trainer:
         )
         self.step = 0
         self.output_dir = Path(config.output_dir)
+        self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
         self.normalized_text: dict[str, str] = {}  # passage id -> normalised text, for answer-containment hits
         if self.rank == 0:
             self.output_dir.mkdir(parents=True, exist_ok=True)
@@ -147,10 +149,14 @@ class Trainer:
         config = self.config
         times = dict.fromkeys(("retrieve", "reembed", "gold", "reader", "backward", "refresh"), 0.0)
         train_retriever = self.step >= config.freeze_retriever_steps
+        cached = not train_retriever and self.warmup_cache_size() > 0
         reader_losses, retriever_losses = [], []
         for micro in range(config.accumulation_steps):
-            examples = self.micro_batch(self.step * config.accumulation_steps + micro)
-            reader_loss, retriever_loss = self._micro_step(examples, train_retriever, times)
+            index = self.step * config.accumulation_steps + micro
+            if cached:
+                reader_loss, retriever_loss = self._cached_reader_step(index, times), None
+            else:
+                reader_loss, retriever_loss = self._micro_step(self.micro_batch(index), train_retriever, times)
             reader_losses.append(reader_loss)
             if retriever_loss is not None:
                 retriever_losses.append(retriever_loss)
@@ -164,7 +170,7 @@ class Trainer:
         self.step += 1
         times["backward"] += time.perf_counter() - started
         started = time.perf_counter()
-        reembedded = self.refresh_index() if train_retriever or config.refresh == "full" else 0
+        reembedded = self.refresh_index() if train_retriever else 0  # a frozen encoder leaves nothing stale
         times["refresh"] = time.perf_counter() - started
         record = {
             "step": self.step,
@@ -175,6 +181,34 @@ class Trainer:
             **{f"time_{phase}": seconds for phase, seconds in times.items()},
         }
         return record
+
+    def warmup_cache_size(self) -> int:
+        """Examples whose reader encoder states the warm-up caches (0: no cache)."""
+        if self.config.reader_train_encoder or not self.config.warmup_cache_examples:
+            return 0
+        return min(self.config.warmup_cache_examples, len(self.train_examples[self.rank :: self.world_size]))
+
+    def _cached_reader_step(self, index: int, times: dict) -> float:
+        """A reader-only warm-up micro-batch over cached encoder states (built on first use)."""
+        clock = time.perf_counter()
+        if self._warmup_cache is None:
+            examples = self.train_examples[self.rank :: self.world_size][: self.warmup_cache_size()]
+            self._warmup_cache = EncodedExamples(self, examples, progress=self.config.progress and self.rank == 0)
+        size = len(self._warmup_cache)
+        per_epoch = max(1, size // self.config.batch_size)
+        epoch, position = divmod(index, per_epoch)
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        chosen = order[position * self.config.batch_size : (position + 1) * self.config.batch_size].tolist()
+        states, mask, labels = self._warmup_cache.batch(chosen)
+        times["retrieve"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        with self.autocast():
+            reader_loss = self.reader.loss(states, mask, labels, self.config.n_context)
+        times["reader"] += time.perf_counter() - clock
+        clock = time.perf_counter()
+        (reader_loss / self.config.accumulation_steps).backward()
+        times["backward"] += time.perf_counter() - clock
+        return reader_loss.item()
 
     def _micro_step(self, examples: list[Example], train_retriever: bool, times: dict) -> tuple[float, float | None]:
         config, K = self.config, self.config.n_context

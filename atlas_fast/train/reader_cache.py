@@ -1,0 +1,62 @@
+"""Frozen-encoder states of a fixed set of examples, computed once for the reader warm-up.
+
+While the retriever is frozen (Atlas's freeze_retriever_steps) and the reader's encoder
+is frozen too, an example's top-K passages and their encoder states never change. The
+warm-up then trains only the decoder, over these cached states, for as many epochs as
+it has steps: each step costs a decoder pass instead of an encoder pass over B·K
+passages as well. States are stored in bfloat16, per example at its own length.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+
+from atlas_fast.data.formats import Example
+
+__all__ = ["EncodedExamples"]
+
+
+class EncodedExamples:
+    """Reader encoder states (K passages each) and labels of ``examples``, encoded once by ``trainer``'s models."""
+
+    def __init__(self, trainer, examples: list[Example], batch_size: int = 32, progress: bool = False):
+        reader, K = trainer.reader, trainer.config.n_context
+        self.n_passages = K
+        self.states: list[torch.Tensor] = []  # each (K, L_i, H) bfloat16
+        self.masks: list[torch.Tensor] = []  # each (K, L_i) bool
+        self.labels: list[torch.Tensor] = []  # each (T_i,)
+        was_training = reader.training
+        reader.eval()
+        starts = range(0, len(examples), batch_size)
+        for start in tqdm(starts, desc="caching reader encoder states", disable=not progress, leave=False):
+            batch = examples[start : start + batch_size]
+            passages = trainer.retrieve(batch, K)
+            input_ids, mask = reader.tokenize_passages(trainer.queries(batch), passages)
+            with torch.no_grad(), trainer.autocast():
+                states, _ = reader.encode(input_ids, mask)
+            states = states.view(len(batch), K, input_ids.shape[2], -1)
+            labels = reader.tokenize_targets([e.answers[0] for e in batch])
+            for row in range(len(batch)):
+                length = int(mask[row].sum(-1).max())
+                self.states.append(states[row, :, :length].to(torch.bfloat16).clone())
+                self.masks.append(mask[row, :, :length].bool().clone())
+                self.labels.append(labels[row][labels[row] != -100].clone())
+        reader.train(was_training)
+
+    def __len__(self) -> int:
+        return len(self.states)
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """FiD inputs of the chosen examples: states (B, K·L, H) float32, mask (B, K·L), labels (B, T)."""
+        K = self.n_passages
+        length = max(self.states[i].shape[1] for i in indices)
+        hidden = self.states[indices[0]].shape[2]
+        states = torch.zeros(len(indices), K, length, hidden)
+        mask = torch.zeros(len(indices), K, length, dtype=torch.bool)
+        labels = torch.full((len(indices), max(self.labels[i].numel() for i in indices)), -100, dtype=torch.long)
+        for row, i in enumerate(indices):
+            states[row, :, : self.states[i].shape[1]] = self.states[i].float()
+            mask[row, :, : self.masks[i].shape[1]] = self.masks[i]
+            labels[row, : self.labels[i].numel()] = self.labels[i]
+        return states.view(len(indices), K * length, hidden), mask.view(len(indices), K * length), labels
