@@ -73,7 +73,10 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, over
     again = [resumed.train_step() for _ in range(2)]
     for want, got in zip(expected[2:], again, strict=True):
         assert got["reader_loss"] == pytest.approx(want["reader_loss"], rel=1e-6)
-        assert got["retriever_loss"] == pytest.approx(want["retriever_loss"], rel=1e-6, nan_ok=False)
+        if want["retriever_loss"] is None:  # a warm-up step: the retriever is frozen
+            assert got["retriever_loss"] is None
+        else:
+            assert got["retriever_loss"] == pytest.approx(want["retriever_loss"], rel=1e-6)
     for name, value in uninterrupted.retriever.state_dict().items():
         torch.testing.assert_close(resumed.retriever.state_dict()[name], value, rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(resumed.index.get(np.arange(10)), uninterrupted.index.get(np.arange(10)))

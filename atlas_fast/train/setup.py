@@ -76,9 +76,10 @@ def build_models(config: TrainConfig) -> tuple[Retriever, FiDReader]:
     if not config.reader_train_encoder:
         reader.model.encoder.requires_grad_(False)
     if config.gradient_checkpointing:
-        reader.model.gradient_checkpointing_enable()
-        retriever.query_encoder.gradient_checkpointing_enable()
-        retriever.passage_encoder.gradient_checkpointing_enable()
+        for model in (reader.model, retriever.query_encoder, retriever.passage_encoder):
+            # transformers ≥ 5 renamed it; earlier versions only have the old name.
+            enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+            enable()
     return retriever, reader
 
 
