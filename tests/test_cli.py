@@ -35,8 +35,9 @@ def test_index_build_search_info(tmp_path, capsys):
     assert cli.main(["index", "info", str(index_path)]) == 0
     assert "documents: 120" in capsys.readouterr().out
     query = "Castle 3 is a"
-    assert (
-        cli.main(
+
+    def search(k: int) -> int:
+        return cli.main(
             [
                 "index",
                 "search",
@@ -44,31 +45,16 @@ def test_index_build_search_info(tmp_path, capsys):
                 config.passages,
                 query,
                 "-k",
-                "3",
+                str(k),
                 "--retriever",
                 config.retriever_path,
             ]
         )
-        == 0
-    )
+
+    assert search(3) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == query and len(lines) == 4
-    assert (
-        cli.main(
-            [
-                "index",
-                "search",
-                str(index_path),
-                config.passages,
-                query,
-                "-k",
-                "500",
-                "--retriever",
-                config.retriever_path,
-            ]
-        )
-        == 2
-    )
+    assert search(500) == 2
     assert "k must be between 1 and the 120" in capsys.readouterr().err
 
 

@@ -24,7 +24,9 @@ __all__ = ["evaluate"]
 def evaluate(trainer, generate: bool = True, batch_size: int = 32) -> dict:
     """Metrics of the trainer's models on its eval examples (this rank's share; rank 0 reports)."""
     config = trainer.config
-    examples = trainer.eval_examples[trainer.rank :: trainer.world_size]
+    # Every rank must make the same number of (collective) searches: equal shares, the remainder dropped.
+    usable = len(trainer.eval_examples) // trainer.world_size * trainer.world_size
+    examples = trainer.eval_examples[:usable][trainer.rank :: trainer.world_size]
     depth = max(max(config.eval_k), config.n_context)
     hits, retrieved = [], []
     batches = range(0, len(examples), batch_size)
