@@ -31,6 +31,7 @@ def test_atlas_defaults():
         (["refresh='rerank'", "rerank_candidates=2"], "rerank_candidates .2. must be ≥ n_context"),
         (["reader='t5'"], "needs reader_path"),
         (["steps"], "--set expects key=value"),
+        (["index_device='gpu0'"], "index_device must be auto or host or a torch device"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

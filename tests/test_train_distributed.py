@@ -31,6 +31,7 @@ def _train_on_two_ranks(rank, world_size, rendezvous, tmp_path):
         trainer.save_checkpoint()
         metrics = evaluate(trainer, generate=True)
         assert 0.0 <= metrics["recall@1"] <= 1.0
+        assert metrics["generated"] == 8  # 4 eval examples per rank, combined
         resumed = Trainer(tiny_config(tmp_path, refresh="incremental", refresh_budget=8))
         assert resumed.resume()
         assert resumed.step == 2 and len(resumed.index) == len(trainer.passages)

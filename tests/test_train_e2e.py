@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from atlas_fast.index import TorchDocumentIndex
 from atlas_fast.train import ConfigError, Trainer, train
 from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.reader_cache import EncodedExamples
@@ -52,6 +53,7 @@ def test_a_whole_run_reports_and_writes_its_outputs(tmp_path):
     "overrides",
     [
         {"reader_train_encoder": True, "untied_retriever": True},
+        {"index_device": "cpu"},  # the index in a torch tensor (TorchDocumentIndex), as on a GPU
         {"freeze_retriever_steps": 3, "warmup_cache_examples": 8},  # resumes inside the cached warm-up
     ],
 )
@@ -70,6 +72,7 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, over
     resumed = Trainer(config)
     assert resumed.resume()
     assert resumed.step == 2
+    assert isinstance(resumed.index, TorchDocumentIndex) == (overrides.get("index_device") == "cpu")
     again = [resumed.train_step() for _ in range(2)]
     for want, got in zip(expected[2:], again, strict=True):
         assert got["reader_loss"] == pytest.approx(want["reader_loss"], rel=1e-6)

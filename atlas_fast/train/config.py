@@ -14,6 +14,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
@@ -65,6 +67,8 @@ class TrainConfig:
     refresh_order: str = "oldest"  # "oldest" | "hot"
     rerank_candidates: int = 20  # "rerank": over-retrieve this many, re-score with the current encoder
     index_dtype: str = "float32"
+    index_device: str = "host"  # "host": the C++ DocumentIndex; a torch device ("cuda", "auto"): TorchDocumentIndex
+    device: str = "auto"  # models: "auto" = this rank's GPU when there is one, else "cpu"
     # optimisation
     steps: int = 650
     batch_size: int = 16
@@ -123,6 +127,15 @@ class TrainConfig:
         for key in ("temperature_score", "temperature_gold", "reader_lr"):
             if not getattr(self, key) > 0:
                 raise ConfigError(f"{key} must be > 0; got {getattr(self, key)!r}")
+        for key, allowed in (("device", ("auto",)), ("index_device", ("auto", "host"))):
+            value = getattr(self, key)
+            if value not in allowed:
+                try:
+                    torch.device(value)
+                except (RuntimeError, TypeError):
+                    raise ConfigError(
+                        f"{key} must be {' or '.join(allowed)} or a torch device; got {value!r}"
+                    ) from None
         if self.query_side_only and not self.untied_retriever:
             raise ConfigError("query_side_only needs untied_retriever = true (separate passage encoder weights)")
         if self.refresh == "rerank" and self.rerank_candidates < self.n_context:

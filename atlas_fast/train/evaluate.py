@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.metrics import exact_match, f1_score, passage_hits, recall_at
+from atlas_fast.train.setup import collective_device
 
 __all__ = ["evaluate"]
 
@@ -40,7 +41,7 @@ def evaluate(trainer, generate: bool = True, batch_size: int = 32) -> dict:
     if generate:
         metrics.update(_reader_metrics(trainer, examples, retrieved, hits, batch_size))
     if trainer.world_size > 1:
-        metrics = _average_over_ranks(metrics, len(examples))
+        metrics = _combine_over_ranks(metrics, len(examples))
     return metrics
 
 
@@ -79,14 +80,28 @@ def _reader_metrics(trainer, examples, retrieved, hits, batch_size: int) -> dict
     metrics["teacher@1"] = float(np.mean(teacher_first)) if teacher_first else 0.0
     metrics["retriever@1_same_examples"] = float(np.mean(retriever_first)) if retriever_first else 0.0
     metrics["teacher_examples"] = len(teacher_first)
+    metrics["generated"] = n
     return metrics
 
 
-def _average_over_ranks(metrics: dict, count: int) -> dict:
+def _combine_over_ranks(metrics: dict, examples: int) -> dict:
+    """Every rank's metrics -> the whole eval set's: means weighted by how many examples each rank's
+    mean is over, counts summed."""
     import torch.distributed as dist
 
+    generated, teacher = metrics.get("generated", 0), metrics.get("teacher_examples", 0)
+    weights = {key: examples for key in metrics if key.startswith("recall@")}
+    weights |= {key: generated for key in ("em", "f1", "em_other_passages", "em_top1_title") if key in metrics}
+    weights |= {key: teacher for key in ("teacher@1", "retriever@1_same_examples") if key in metrics}
     keys = sorted(metrics)
-    values = torch.tensor([metrics[k] * count for k in keys] + [count], dtype=torch.float64)
-    dist.all_reduce(values)
-    total = values[-1].item()
-    return {k: values[i].item() / max(total, 1.0) for i, k in enumerate(keys)}
+    sums = torch.tensor(
+        [metrics[k] * weights.get(k, 1) for k in keys] + [weights.get(k, 1) for k in keys],
+        dtype=torch.float64,
+        device=collective_device(),
+    )
+    dist.all_reduce(sums)
+    combined = {}
+    for i, key in enumerate(keys):
+        total, weight = sums[i].item(), sums[len(keys) + i].item()
+        combined[key] = (total / weight if weight else 0.0) if key in weights else int(total)
+    return combined

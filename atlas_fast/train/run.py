@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.plot import plot_metrics
+from atlas_fast.train.setup import collective_device
 from atlas_fast.train.trainer import Trainer
 
 __all__ = ["format_summary", "train"]
@@ -55,7 +56,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         "steps": trainer.step,
         "before": before,
         "after": after,
-        "documents_reembedded": trainer.refresh.documents_embedded,
+        "documents_reembedded": _sum_over_ranks(trainer.refresh.documents_embedded, trainer.world_size),
         "training_seconds": training_seconds,
         "total_seconds": time.perf_counter() - started,
     }
@@ -64,6 +65,18 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         plot_metrics(trainer.output_dir / "metrics.jsonl", trainer.output_dir / "metrics.png")
         say(format_summary(summary))
     return summary
+
+
+def _sum_over_ranks(value: int, world_size: int) -> int:
+    """Each rank re-embeds its own shard: the run's cost is the sum."""
+    if world_size == 1:
+        return value
+    import torch
+    import torch.distributed as dist
+
+    total = torch.tensor([value], dtype=torch.int64, device=collective_device())
+    dist.all_reduce(total)
+    return int(total.item())
 
 
 def _maybe(value) -> str:

@@ -15,17 +15,35 @@ from atlas_fast.data.prepare import TASKS, ensure_prepared
 from atlas_fast.models import FiDReader, Retriever, packaged_minilm_path
 from atlas_fast.train.config import ConfigError, TrainConfig
 
-__all__ = ["build_models", "build_optimizer", "init_distributed", "load_data"]
+__all__ = ["build_models", "build_optimizer", "collective_device", "init_distributed", "load_data", "resolve_device"]
 
 
 def init_distributed() -> tuple[int, int]:
     """(rank, world size): joins the torchrun group when WORLD_SIZE > 1 (gloo on CPU, NCCL on CUDA)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1 and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
     if dist.is_initialized():
         return dist.get_rank(), dist.get_world_size()
     return 0, 1
+
+
+def collective_device() -> torch.device:
+    """Where tensors of a torch.distributed collective must live: the GPU for NCCL, the CPU for gloo."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    """ "auto" -> this rank's GPU (LOCAL_RANK) when CUDA is available, else the CPU; anything else as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        return torch.device("cpu")
+    return torch.device(name)
 
 
 def load_data(config: TrainConfig) -> tuple[list[Passage], list[Example], list[Example]]:

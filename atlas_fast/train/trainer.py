@@ -23,13 +23,13 @@ import torch.distributed as dist
 
 from atlas_fast import losses
 from atlas_fast.data.formats import Example, Passage
-from atlas_fast.index import DocumentIndex, ShardedIndex
+from atlas_fast.index import DocumentIndex, ShardedIndex, TorchDocumentIndex
 from atlas_fast.index.refresh import RefreshPolicy
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.reader_cache import EncodedExamples
-from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data
+from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data, resolve_device
 
 __all__ = ["Trainer"]
 
@@ -49,18 +49,14 @@ class Trainer:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         self.passages, self.train_examples, self.eval_examples = data if data is not None else load_data(config)
-        self.retriever, self.reader = models if models is not None else build_models(config)
-        self.retriever.train()
-        self.reader.train()
+        self.device = resolve_device(config.device)
+        retriever, reader = models if models is not None else build_models(config)
+        self.retriever, self.reader = retriever.to(self.device).train(), reader.to(self.device).train()
         self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)
         self.refresh = RefreshPolicy(
             config.refresh, config.refresh_every, config.refresh_budget, config.refresh_order, config.rerank_candidates
         )
-        self.index = (
-            ShardedIndex(self.retriever.dim, config.index_dtype)
-            if self.world_size > 1
-            else DocumentIndex(self.retriever.dim, config.index_dtype)
-        )
+        self.index = self.new_index()
         self.step = 0
         self.output_dir = Path(config.output_dir)
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
@@ -70,7 +66,7 @@ class Trainer:
 
     # ---- helpers ---------------------------------------------------------------------
     @property
-    def local_index(self) -> DocumentIndex:
+    def local_index(self) -> DocumentIndex | TorchDocumentIndex:
         return self.index.local if isinstance(self.index, ShardedIndex) else self.index
 
     def autocast(self):
@@ -98,6 +94,17 @@ class Trainer:
                 handle.write(json.dumps(record) + "\n")
 
     # ---- index -----------------------------------------------------------------------
+    def _index_device(self) -> torch.device | None:
+        """None: host memory (C++ DocumentIndex); else the device of a TorchDocumentIndex."""
+        return None if self.config.index_device == "host" else resolve_device(self.config.index_device)
+
+    def new_index(self):
+        """An empty index: this rank's shard of a ShardedIndex when distributed."""
+        dim, dtype, device = self.retriever.dim, self.config.index_dtype, self._index_device()
+        if self.world_size > 1:
+            return ShardedIndex(dim, dtype, device=device)
+        return DocumentIndex(dim, dtype) if device is None else TorchDocumentIndex(dim, dtype, device)
+
     def build_index(self) -> None:
         """Embed every document (each rank its own shard) and upsert them at step 0."""
         ids = self.owned_ids()
@@ -199,7 +206,7 @@ class Trainer:
         epoch, position = divmod(index, per_epoch)
         order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + epoch))
         chosen = order[position * self.config.batch_size : (position + 1) * self.config.batch_size].tolist()
-        states, mask, labels = self._warmup_cache.batch(chosen)
+        states, mask, labels = (t.to(self.device) for t in self._warmup_cache.batch(chosen))
         times["retrieve"] += time.perf_counter() - clock
         clock = time.perf_counter()
         with self.autocast():
@@ -320,8 +327,11 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.refresh.documents_embedded = int(state["documents_embedded"])
-        index_path = path / checkpoint.INDEX_FILE
-        self.index = (
-            ShardedIndex.load(index_path) if self.world_size > 1 else DocumentIndex.load(index_path, mmap=False)
-        )
+        index_path, device = path / checkpoint.INDEX_FILE, self._index_device()
+        if self.world_size > 1:
+            self.index = ShardedIndex.load(index_path, device=device)
+        elif device is None:
+            self.index = DocumentIndex.load(index_path, mmap=False)
+        else:
+            self.index = TorchDocumentIndex.load(index_path, device)
         return True
