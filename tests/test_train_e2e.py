@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
 from atlas_fast.index import TorchDocumentIndex
 from atlas_fast.train import ConfigError, Trainer, train
@@ -183,3 +184,27 @@ def test_gradient_checkpointing_and_accumulation_keep_the_losses(tmp_path):
     assert checkpointed["retriever_loss"] == pytest.approx(plain["retriever_loss"], rel=1e-5)
     accumulated = first_step(accumulation_steps=2, batch_size=2)
     assert np.isfinite([accumulated["reader_loss"], accumulated["retriever_loss"]]).all()
+
+
+def test_a_local_t5_checkpoint_trains_as_the_reader(tmp_path):
+    config = T5Config(
+        vocab_size=384,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "tiny-t5")
+    ByT5Tokenizer().save_pretrained(tmp_path / "tiny-t5")
+    trainer = Trainer(
+        tiny_config(tmp_path, reader="t5", reader_path=str(tmp_path / "tiny-t5"), gold_score_mode="adist")
+    )
+    assert trainer.reader.is_t5 and trainer.reader.text_format.query.endswith("<extra_id_0>")
+    trainer.build_index()
+    records = [trainer.train_step() for _ in range(2)]
+    assert np.isfinite([r["reader_loss"] for r in records] + [r["retriever_loss"] for r in records]).all()
+    assert {"em", "teacher@1"} <= set(evaluate(trainer, generate=True))
