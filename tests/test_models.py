@@ -3,13 +3,11 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
 from atlas_fast.data.formats import Passage
-from atlas_fast.data.formatting import TextFormat
 from atlas_fast.models import FiDReader, Retriever
 from atlas_fast.train.gold import reader_gold_scores
-from atlas_fast.train.tiny import write_tiny_bert
+from atlas_fast.train.tiny import write_tiny_bert, write_tiny_t5
 
 PASSAGES = [
     [
@@ -27,23 +25,13 @@ def bert_dir(tmp_path_factory):
     return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
-def _t5_reader():
-    torch.manual_seed(0)
-    config = T5Config(
-        vocab_size=384,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        dropout_rate=0.0,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    return FiDReader(
-        T5ForConditionalGeneration(config).eval(), ByT5Tokenizer(), TextFormat.atlas_t5(), passage_max_length=40
-    )
+@pytest.fixture(scope="module")
+def t5_dir(tmp_path_factory):
+    return write_tiny_t5(tmp_path_factory.mktemp("tiny-t5"))
+
+
+def _t5_reader(t5_dir):
+    return FiDReader.from_t5(t5_dir, passage_max_length=40).eval()
 
 
 def _bert_reader(bert_dir):
@@ -52,8 +40,8 @@ def _bert_reader(bert_dir):
 
 
 @pytest.fixture(params=["t5", "bert"])
-def reader(request, bert_dir):
-    return _t5_reader() if request.param == "t5" else _bert_reader(bert_dir)
+def reader(request, bert_dir, t5_dir):
+    return _t5_reader(t5_dir) if request.param == "t5" else _bert_reader(bert_dir)
 
 
 def test_retriever_mean_pools_real_tokens_only(bert_dir):

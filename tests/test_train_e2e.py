@@ -3,13 +3,12 @@
 import numpy as np
 import pytest
 import torch
-from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
 
 from atlas_fast.index import TorchDocumentIndex
 from atlas_fast.train import ConfigError, Trainer, train
 from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.reader_cache import EncodedExamples
-from atlas_fast.train.tiny import tiny_config
+from atlas_fast.train.tiny import tiny_config, write_tiny_t5
 
 pytestmark = pytest.mark.slow
 
@@ -187,19 +186,7 @@ def test_gradient_checkpointing_and_accumulation_keep_the_losses(tmp_path):
 
 
 def test_a_local_t5_checkpoint_trains_as_the_reader(tmp_path):
-    config = T5Config(
-        vocab_size=384,
-        d_model=32,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        decoder_start_token_id=0,
-        pad_token_id=0,
-        eos_token_id=1,
-    )
-    T5ForConditionalGeneration(config).save_pretrained(tmp_path / "tiny-t5")
-    ByT5Tokenizer().save_pretrained(tmp_path / "tiny-t5")
+    write_tiny_t5(tmp_path / "tiny-t5")
     trainer = Trainer(
         tiny_config(tmp_path, reader="t5", reader_path=str(tmp_path / "tiny-t5"), gold_score_mode="adist")
     )

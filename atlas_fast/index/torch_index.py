@@ -248,6 +248,7 @@ class TorchDocumentIndex:
     def memory_bytes(self) -> int:
         """Bytes held: row storage (device) plus per-document metadata (host)."""
         rows = self._rows.numel() * self._rows.element_size() + self._row_ids_device.numel() * 8
+        # The id -> row dict: about 100 bytes a CPython entry (key, value and table slot).
         return rows + self._ids.nbytes + self._steps.nbytes + self._retrieved.nbytes + 100 * len(self._row_of)
 
     # ---- persistence (through host memory, the CPU index's file format) ----------------

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlas_fast.models.modes import eval_mode
+
 __all__ = ["Retriever", "packaged_minilm_path"]
 
 
@@ -107,14 +109,12 @@ class Retriever(nn.Module):
         """(n, d) float32 numpy embeddings in eval mode, batched (for index builds and refreshes)."""
         from tqdm.auto import tqdm
 
-        was_training = self.passage_encoder.training
-        self.passage_encoder.eval()
         # Sorting by length keeps padding, hence wasted work, small; the order is undone below.
         order = np.argsort([len(text) for text in texts], kind="stable")
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         starts = range(0, len(texts), batch_size)
-        for start in tqdm(starts, desc="embedding passages", unit="batch", disable=not progress, leave=False):
-            chosen = order[start : start + batch_size]
-            out[chosen] = self.embed_passages([texts[i] for i in chosen]).cpu().numpy()
-        self.passage_encoder.train(was_training)
+        with eval_mode(self.passage_encoder):
+            for start in tqdm(starts, desc="embedding passages", unit="batch", disable=not progress, leave=False):
+                chosen = order[start : start + batch_size]
+                out[chosen] = self.embed_passages([texts[i] for i in chosen]).cpu().numpy()
         return out

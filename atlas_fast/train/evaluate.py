@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from atlas_fast.models.modes import eval_mode
 from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.metrics import exact_match, f1_score, passage_hits, recall_at
 from atlas_fast.train.setup import collective_device
@@ -51,31 +52,29 @@ def _reader_metrics(trainer, examples, retrieved, hits, batch_size: int) -> dict
     n = min(len(examples), config.eval_generate_examples)
     answered = {"em": [], "f1": [], "em_other_passages": [], "em_top1_title": []}
     teacher_first, retriever_first = [], []
-    was_training = reader.training
-    reader.eval()
-    for start in tqdm(
-        range(0, n, batch_size), desc="evaluating reader", disable=not config.progress or trainer.rank, leave=False
-    ):
-        batch = examples[start : min(n, start + batch_size)]
-        passages = [row[:K] for row in retrieved[start : start + len(batch)]]
-        queries = trainer.queries(batch)
-        with trainer.autocast():
-            states, mask = reader.encode(*reader.tokenize_passages(queries, passages))
-            predictions = reader.generate(states, mask, K)
-            # The control: each question with the passages of the next question in the batch.
-            other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions
-            labels = reader.tokenize_targets([e.answers[0] for e in batch])
-            gold = reader_gold_scores(reader, "pdist", states, mask, labels, K)
-        batch_hits = hits[start : start + len(batch), :K]
-        for row, example in enumerate(batch):
-            answered["em"].append(exact_match(predictions[row], example.answers))
-            answered["f1"].append(f1_score(predictions[row], example.answers))
-            answered["em_other_passages"].append(exact_match(other[row], example.answers))
-            answered["em_top1_title"].append(exact_match(passages[row][0].title, example.answers))
-            if batch_hits[row].any():
-                teacher_first.append(bool(batch_hits[row, int(gold[row].argmax())]))
-                retriever_first.append(bool(batch_hits[row, 0]))
-    reader.train(was_training)
+    with eval_mode(reader):
+        for start in tqdm(
+            range(0, n, batch_size), desc="evaluating reader", disable=not config.progress or trainer.rank, leave=False
+        ):
+            batch = examples[start : min(n, start + batch_size)]
+            passages = [row[:K] for row in retrieved[start : start + len(batch)]]
+            queries = trainer.queries(batch)
+            with trainer.autocast():
+                states, mask = reader.encode(*reader.tokenize_passages(queries, passages))
+                predictions = reader.generate(states, mask, K)
+                # The control: each question with the passages of the next question in the batch.
+                other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions
+                labels = trainer.labels(batch)
+                gold = reader_gold_scores(reader, "pdist", states, mask, labels, K)
+            batch_hits = hits[start : start + len(batch), :K]
+            for row, example in enumerate(batch):
+                answered["em"].append(exact_match(predictions[row], example.answers))
+                answered["f1"].append(f1_score(predictions[row], example.answers))
+                answered["em_other_passages"].append(exact_match(other[row], example.answers))
+                answered["em_top1_title"].append(exact_match(passages[row][0].title, example.answers))
+                if batch_hits[row].any():
+                    teacher_first.append(bool(batch_hits[row, int(gold[row].argmax())]))
+                    retriever_first.append(bool(batch_hits[row, 0]))
     metrics = {key: float(np.mean(values)) if values else 0.0 for key, values in answered.items()}
     metrics["teacher@1"] = float(np.mean(teacher_first)) if teacher_first else 0.0
     metrics["retriever@1_same_examples"] = float(np.mean(retriever_first)) if retriever_first else 0.0

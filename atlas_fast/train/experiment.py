@@ -18,6 +18,7 @@ import time
 
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.evaluate import evaluate
+from atlas_fast.train.run import format_metrics
 from atlas_fast.train.trainer import Trainer
 
 __all__ = ["POLICIES", "format_table", "refresh_experiment"]
@@ -31,7 +32,7 @@ def refresh_experiment(config: TrainConfig, joint_steps: int, policies: tuple[st
     warm = Trainer(warm_config)
     warm.build_index()
     before = evaluate(warm, generate=False)
-    print("before joint training: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items()))
+    print("before joint training: " + format_metrics(before))
     while warm.step < config.freeze_retriever_steps:
         warm.train_step()
     checkpoint = warm.save_checkpoint()
@@ -52,8 +53,8 @@ def refresh_experiment(config: TrainConfig, joint_steps: int, policies: tuple[st
         fresh = {f"{key} fresh": value for key, value in evaluate(run, generate=False).items()}
         row = {**metrics, **fresh, "documents_reembedded": trained_reembedded, "seconds": seconds}
         results["policies"][policy] = row
-        scores = ", ".join(f"{k} {v:.3f}" for k, v in {**metrics, **fresh}.items())
-        print(f"{policy}: {scores}, {trained_reembedded} documents re-embedded, {seconds:.0f} s")
+        cost = f"{trained_reembedded} documents re-embedded, {seconds:.0f} s"
+        print(f"{policy}: {format_metrics({**metrics, **fresh})}, {cost}")
     with open(f"{config.output_dir}/refresh_experiment.json", "w", encoding="utf-8") as handle:
         json.dump({"config": warm_config.to_dict(), **results}, handle, indent=1)
     return results

@@ -12,6 +12,7 @@ import torch
 
 from atlas_fast.gold_scores import adist_gold_scores, emdr_token_logprobs, pdist_gold_scores
 from atlas_fast.loop import loop_gold_scores
+from atlas_fast.models.modes import eval_mode
 from atlas_fast.models.reader import FiDReader
 
 __all__ = ["reader_gold_scores"]
@@ -39,30 +40,25 @@ def reader_gold_scores(
     """
     B, KL, H = states.shape
     K = n_passages
-    was_training = reader.training
-    reader.eval()
-    try:
-        with torch.no_grad():
-            if mode == "loop":
-                return loop_gold_scores(reader.model, states, attention_mask, labels, K)
-            if mode == "adist":
-                reader.fid.collect_mass = True
-                try:
-                    reader.decoder_hidden(states, attention_mask, reader.shift_labels(labels), K)
-                    return adist_gold_scores(reader.fid.passage_mass(), labels, reader.n_decoder_layers)
-                finally:
-                    reader.fid.collect_mass = False
-            # PDist and EMDR²: each passage alone with the query, a batch of B·K.
-            single_labels = labels.repeat_interleave(K, dim=0)
-            hidden = reader.decoder_hidden(
-                states.reshape(B * K, KL // K, H),
-                attention_mask.reshape(B * K, KL // K),
-                reader.shift_labels(single_labels),
-                1,
-            )
-            features, weight = reader.lm_head_features(hidden.view(B, K, *hidden.shape[1:]))
-            if mode == "pdist":
-                return pdist_gold_scores(features.float(), weight.float(), labels)
-            return emdr_token_logprobs(features.float(), weight.float(), labels, temperature_gold)
-    finally:
-        reader.train(was_training)
+    with eval_mode(reader), torch.no_grad():
+        if mode == "loop":
+            return loop_gold_scores(reader.model, states, attention_mask, labels, K)
+        if mode == "adist":
+            reader.fid.collect_mass = True
+            try:
+                reader.decoder_hidden(states, attention_mask, reader.shift_labels(labels), K)
+                return adist_gold_scores(reader.fid.passage_mass(), labels, reader.n_decoder_layers)
+            finally:
+                reader.fid.collect_mass = False
+        # PDist and EMDR²: each passage alone with the query, a batch of B·K.
+        single_labels = labels.repeat_interleave(K, dim=0)
+        hidden = reader.decoder_hidden(
+            states.reshape(B * K, KL // K, H),
+            attention_mask.reshape(B * K, KL // K),
+            reader.shift_labels(single_labels),
+            1,
+        )
+        features, weight = reader.lm_head_features(hidden.view(B, K, *hidden.shape[1:]))
+        if mode == "pdist":
+            return pdist_gold_scores(features.float(), weight.float(), labels)
+        return emdr_token_logprobs(features.float(), weight.float(), labels, temperature_gold)

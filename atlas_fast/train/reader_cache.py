@@ -13,6 +13,7 @@ import torch
 from tqdm.auto import tqdm
 
 from atlas_fast.data.formats import Example
+from atlas_fast.models.modes import eval_mode
 
 __all__ = ["EncodedExamples"]
 
@@ -26,23 +27,20 @@ class EncodedExamples:
         self.states: list[torch.Tensor] = []  # each (K, L_i, H) bfloat16
         self.masks: list[torch.Tensor] = []  # each (K, L_i) bool
         self.labels: list[torch.Tensor] = []  # each (T_i,)
-        was_training = reader.training
-        reader.eval()
         starts = range(0, len(examples), batch_size)
         for start in tqdm(starts, desc="caching reader encoder states", disable=not progress, leave=False):
             batch = examples[start : start + batch_size]
             passages = trainer.retrieve(batch, K)
             input_ids, mask = reader.tokenize_passages(trainer.queries(batch), passages)
-            with torch.no_grad(), trainer.autocast():
+            with eval_mode(reader), torch.no_grad(), trainer.autocast():
                 states, _ = reader.encode(input_ids, mask)
             states = states.view(len(batch), K, input_ids.shape[2], -1)
-            labels = reader.tokenize_targets([e.answers[0] for e in batch])
+            labels = trainer.labels(batch)
             for row in range(len(batch)):
                 length = int(mask[row].sum(-1).max())
                 self.states.append(states[row, :, :length].to(torch.bfloat16).clone())
                 self.masks.append(mask[row, :, :length].bool().clone())
                 self.labels.append(labels[row][labels[row] != -100].clone())
-        reader.train(was_training)
 
     def __len__(self) -> int:
         return len(self.states)

@@ -13,7 +13,7 @@ from atlas_fast.train.plot import plot_metrics
 from atlas_fast.train.setup import collective_device
 from atlas_fast.train.trainer import Trainer
 
-__all__ = ["format_summary", "train"]
+__all__ = ["format_metrics", "format_summary", "train"]
 
 
 def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = None) -> dict:
@@ -30,7 +30,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         say(f"index: {len(trainer.passages)} passages embedded in {time.perf_counter() - clock:.1f} s")
         before = evaluate(trainer, generate=False)
         trainer.log({"step": 0, "split": "eval", **before})
-        say("before training: " + _format_metrics(before))
+        say("before training: " + format_metrics(before))
     training_started = time.perf_counter()
     progress = tqdm(
         total=config.steps, initial=trainer.step, desc="training", disable=not config.progress or trainer.rank
@@ -83,7 +83,8 @@ def _maybe(value) -> str:
     return "frozen" if value is None else f"{value:.3f}"
 
 
-def _format_metrics(metrics: dict) -> str:
+def format_metrics(metrics: dict) -> str:
+    """One line: "key value, ..." with floats to 3 decimals."""
     return ", ".join(
         f"{key} {value:.3f}" if isinstance(value, float) else f"{key} {value}" for key, value in metrics.items()
     )

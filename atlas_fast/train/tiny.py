@@ -1,4 +1,4 @@
-"""A tiny Atlas setup: a synthetic corpus and QA files, a tiny BERT checkpoint, the configuration over them.
+"""A tiny Atlas setup: a synthetic corpus and QA files, tiny BERT and T5 checkpoints, the configuration over them.
 
 Used by the trainer's tests, the train-step benchmark and `atlas-fast smoke`.
 
@@ -73,6 +73,29 @@ def write_tiny_bert(directory: Path) -> Path:
     )
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_tiny_t5(directory: Path) -> Path:
+    """A 2-layer, 32-wide T5 checkpoint with the byte-level ByT5 tokenizer (which needs no vocabulary file)."""
+    import torch
+    from transformers import ByT5Tokenizer, T5Config, T5ForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=384,
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        dropout_rate=0.0,
+        decoder_start_token_id=0,
+        pad_token_id=0,
+        eos_token_id=1,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(directory)
+    ByT5Tokenizer().save_pretrained(directory)
     return directory
 
 

@@ -25,6 +25,7 @@ from atlas_fast import losses
 from atlas_fast.data.formats import Example, Passage
 from atlas_fast.index import DocumentIndex, ShardedIndex, TorchDocumentIndex
 from atlas_fast.index.refresh import RefreshPolicy
+from atlas_fast.models.modes import eval_mode
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.gold import reader_gold_scores
@@ -88,6 +89,10 @@ class Trainer:
     def queries(self, examples: list[Example]) -> list[str]:
         return [self.reader.text_format.format_query(e.question) for e in examples]
 
+    def labels(self, examples: list[Example]) -> torch.Tensor:
+        """(B, T) reader labels: each example's first answer is its training target."""
+        return self.reader.tokenize_targets([e.answers[0] for e in examples])
+
     def log(self, record: dict) -> None:
         if self.rank == 0:
             with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
@@ -122,14 +127,12 @@ class Trainer:
     @torch.no_grad()
     def retrieve(self, examples: list[Example], k: int) -> list[list[Passage]]:
         """The top-k passages of each example (rerank: the top-k of fresh scores over the candidates)."""
-        was_training = self.retriever.training
-        self.retriever.eval()
-        with self.autocast():
-            query_emb = self.retriever.embed_queries(self.queries(examples))
-        _, ids = self.index.search(query_emb.cpu().numpy(), self.refresh.retrieval_depth(k))
-        if self.refresh.name == "rerank":
-            ids = self._rerank(query_emb, ids, k)
-        self.retriever.train(was_training)
+        with eval_mode(self.retriever):
+            with self.autocast():
+                query_emb = self.retriever.embed_queries(self.queries(examples))
+            _, ids = self.index.search(query_emb.cpu().numpy(), self.refresh.retrieval_depth(k))
+            if self.refresh.name == "rerank":
+                ids = self._rerank(query_emb, ids, k)
         self.local_index.record_retrieved(ids)
         return [[self.passages[i] for i in row if i >= 0] for row in ids]
 
@@ -142,14 +145,22 @@ class Trainer:
         return np.take_along_axis(candidate_ids, order, axis=1)
 
     # ---- training --------------------------------------------------------------------
-    def micro_batch(self, index: int) -> list[Example]:
-        """The examples of micro-batch ``index`` of this rank: a fixed shuffle per epoch, resumable by index."""
-        local = self.train_examples[self.rank :: self.world_size]
-        per_epoch = max(1, len(local) // self.config.batch_size)
+    @property
+    def local_train_examples(self) -> list[Example]:
+        """This rank's share of the training examples."""
+        return self.train_examples[self.rank :: self.world_size]
+
+    def _batch_positions(self, size: int, index: int) -> list[int]:
+        """Positions among ``size`` items of micro-batch ``index``: a fixed shuffle per epoch, resumable by index."""
+        per_epoch = max(1, size // self.config.batch_size)
         epoch, position = divmod(index, per_epoch)
-        order = torch.randperm(len(local), generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        chosen = order[position * self.config.batch_size : (position + 1) * self.config.batch_size]
-        return [local[i] for i in chosen.tolist()]
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + epoch))
+        return order[position * self.config.batch_size : (position + 1) * self.config.batch_size].tolist()
+
+    def micro_batch(self, index: int) -> list[Example]:
+        """The examples of micro-batch ``index`` of this rank."""
+        local = self.local_train_examples
+        return [local[i] for i in self._batch_positions(len(local), index)]
 
     def train_step(self) -> dict:
         """One optimiser step (``accumulation_steps`` micro-batches); returns losses and per-phase seconds."""
@@ -193,19 +204,15 @@ class Trainer:
         """Examples whose reader encoder states the warm-up caches (0: no cache)."""
         if self.config.reader_train_encoder or not self.config.warmup_cache_examples:
             return 0
-        return min(self.config.warmup_cache_examples, len(self.train_examples[self.rank :: self.world_size]))
+        return min(self.config.warmup_cache_examples, len(self.local_train_examples))
 
     def _cached_reader_step(self, index: int, times: dict) -> float:
         """A reader-only warm-up micro-batch over cached encoder states (built on first use)."""
         clock = time.perf_counter()
         if self._warmup_cache is None:
-            examples = self.train_examples[self.rank :: self.world_size][: self.warmup_cache_size()]
+            examples = self.local_train_examples[: self.warmup_cache_size()]
             self._warmup_cache = EncodedExamples(self, examples, progress=self.config.progress and self.rank == 0)
-        size = len(self._warmup_cache)
-        per_epoch = max(1, size // self.config.batch_size)
-        epoch, position = divmod(index, per_epoch)
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        chosen = order[position * self.config.batch_size : (position + 1) * self.config.batch_size].tolist()
+        chosen = self._batch_positions(len(self._warmup_cache), index)
         states, mask, labels = (t.to(self.device) for t in self._warmup_cache.batch(chosen))
         times["retrieve"] += time.perf_counter() - clock
         clock = time.perf_counter()
@@ -223,7 +230,7 @@ class Trainer:
         passages = self.retrieve(examples, K)
         times["retrieve"] += time.perf_counter() - clock
         queries = self.queries(examples)
-        labels = self.reader.tokenize_targets([e.answers[0] for e in examples])
+        labels = self.labels(examples)
         input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
         retriever_loss = torch.zeros(())
         with self.autocast():
@@ -266,11 +273,8 @@ class Trainer:
 
     @torch.no_grad()
     def _eval_encoder_states(self, input_ids: torch.Tensor, passage_mask: torch.Tensor) -> torch.Tensor:
-        was_training = self.reader.training
-        self.reader.eval()
-        states, _ = self.reader.encode(input_ids, passage_mask)
-        self.reader.train(was_training)
-        return states
+        with eval_mode(self.reader):
+            return self.reader.encode(input_ids, passage_mask)[0]
 
     def _all_reduce_gradients(self) -> None:
         """Average gradients over ranks (data parallelism: one flat all-reduce per step, as DDP's buckets do)."""
