@@ -45,7 +45,7 @@ __all__ = [
 
 # Largest K the kernels hold in registers (kernels/kldivloss.py and kernels/emdr_loss.py);
 # kept here so that dispatch does not import Triton to read it.
-_KLDIV_MAX_K = 16384
+_KLDIV_MAX_K = 8192
 _EMDR_MAX_K = 8192
 
 

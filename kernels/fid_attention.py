@@ -25,17 +25,23 @@ import torch
 import triton
 import triton.language as tl
 
-_MASS_PROB, _MASS_VNORM = 0, 1
-_FLOAT32_MIN = -3.4028234663852886e38
+# A kernel may read a global only when it is a constexpr.
+_FLOAT32_MIN: tl.constexpr = tl.constexpr(-3.4028234663852886e38)
 
 
 @triton.jit
-def _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT: tl.constexpr):
+def _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed):
     """(rows, keys) factor 0 or 1/(1-p) from Philox(seed, position): the same in forward, backward and replay."""
-    if HAS_DROPOUT:
-        positions = (batch_head * T + rows)[:, None] * KL + keys[None, :]
-        return tl.where(tl.rand(seed, positions) >= dropout_p, 1.0 / (1.0 - dropout_p), 0.0)
-    return 1.0
+    positions = (batch_head * T + rows)[:, None] * KL + keys[None, :]
+    return tl.where(tl.rand(seed, positions) >= dropout_p, 1.0 / (1.0 - dropout_p), 0.0)
+
+
+@triton.jit
+def _dot(a, b, IEEE_FP32: tl.constexpr):
+    """a·b with fp32 accumulation: IEEE fp32 FMAs for fp32 operands, tensor cores for fp16/bf16."""
+    if IEEE_FP32:
+        return tl.dot(a, b, input_precision="ieee")
+    return tl.dot(a, b)
 
 
 @triton.jit
@@ -43,9 +49,7 @@ def _dropout_mask_kernel(out_ptr, T, KL, dropout_p, seed, BLOCK_T: tl.constexpr,
     batch_head = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     keys = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
-    factor = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, True) + tl.zeros(
-        (BLOCK_T, BLOCK_N), dtype=tl.float32
-    )
+    factor = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed)
     tl.store(
         out_ptr + (batch_head * T + rows)[:, None] * KL + keys[None, :],
         factor,
@@ -55,11 +59,11 @@ def _dropout_mask_kernel(out_ptr, T, KL, dropout_p, seed, BLOCK_T: tl.constexpr,
 
 @triton.jit
 def _fid_attention_fwd_kernel(
-    q_ptr, k_ptr, v_ptr, mask_ptr, out_ptr, mass_ptr, max_ptr, row_max_ptr, row_sum_ptr,
+    q_ptr, k_ptr, v_ptr, mask_ptr, key_weight_ptr, out_ptr, mass_ptr, max_ptr, row_max_ptr, row_sum_ptr,
     NH, T, L, K, D, scale, dropout_p, seed,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kj, stride_mb,
     stride_ob, stride_oh, stride_ot, stride_sb, stride_sh, stride_st,
-    MASS_KIND: tl.constexpr, IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+    HAS_KEY_WEIGHT: tl.constexpr, IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     batch_head = tl.program_id(0)
@@ -90,7 +94,7 @@ def _fid_attention_fwd_kernel(
             kv_mask = in_passage[:, None] & dim_ok[None, :]
             k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
             v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
-            logits = tl.dot(q, tl.trans(k), input_precision="ieee") if IEEE_FP32 else tl.dot(q, tl.trans(k))
+            logits = _dot(q, tl.trans(k), IEEE_FP32)
             logits = tl.where(real[None, :], logits * scale, _FLOAT32_MIN)
             logits = tl.where(in_passage[None, :], logits, float("-inf"))  # keys past the passage end
             new_max = tl.maximum(running_max, tl.max(logits, axis=1))
@@ -98,17 +102,15 @@ def _fid_attention_fwd_kernel(
             weights = tl.exp(logits - new_max[:, None])
             running_sum = running_sum * rescale + tl.sum(weights, axis=1)
             # Dropout acts on the output only: the normaliser and the mass see every key.
-            dropped = weights * _dropout_scale(batch_head, rows, keys, T, K * L, dropout_p, seed, HAS_DROPOUT)
-            if IEEE_FP32:
-                acc = acc * rescale[:, None] + tl.dot(dropped, v, input_precision="ieee")
-            else:
-                acc = acc * rescale[:, None] + tl.dot(dropped.to(v.dtype), v)
-            if MASS_KIND == 1:
-                v32 = v.to(tl.float32)
-                key_weight = tl.sqrt(tl.sum(v32 * v32, axis=1))
-            else:
-                key_weight = tl.full((BLOCK_L,), 1.0, dtype=tl.float32)
-            key_weight = tl.where(real & in_passage, key_weight, 0.0)
+            dropped = weights
+            if HAS_DROPOUT:
+                dropped = weights * _dropout_scale(batch_head, rows, keys, T, K * L, dropout_p, seed)
+            acc = acc * rescale[:, None] + _dot(dropped.to(v.dtype), v, IEEE_FP32)
+            counted = real & in_passage
+            if HAS_KEY_WEIGHT:  # "vnorm": ‖v_j‖, computed once per key on the host instead of once per row block
+                key_weight = tl.load(key_weight_ptr + batch_head * K * L + keys, mask=counted, other=0.0)
+            else:  # "prob"
+                key_weight = counted.to(tl.float32)
             passage_mass = passage_mass * rescale + tl.sum(weights * key_weight[None, :], axis=1)
             running_max = new_max
         tl.store(mass_base + passage, passage_mass, mask=row_ok)
@@ -134,19 +136,28 @@ def _fid_attention_fwd_kernel(
 
 @triton.jit
 def _recomputed_tile(
-    q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32: tl.constexpr
-):
-    """For a (rows, keys) tile: the dropped probabilities p·z and the logits' gradient p·(do·vᵀ·z − δ).
+    q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta,
+    batch_head, rows, keys, T, KL, dropout_p, seed, scale,
+    IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+):  # fmt: skip
+    """For a (rows, keys) tile: the dropped probabilities p·z and the logits' gradient p·(do·vᵀ·z − δ), fp32.
 
     p is recomputed from the forward's row max and sum; padded keys and rows past T give 0.
+    Both dots take the inputs' dtype (tensor cores for fp16/bf16), as flash attention's backward does.
     """
-    logits = tl.dot(q, tl.trans(k), input_precision="ieee") if IEEE_FP32 else tl.dot(q, tl.trans(k))
+    logits = _dot(q, tl.trans(k), IEEE_FP32)
     logits = tl.where(real[None, :], logits * scale, _FLOAT32_MIN)
     probs = tl.exp(logits - row_max[:, None]) / row_sum[:, None]
     probs = tl.where(key_ok[None, :] & row_ok[:, None], probs, 0.0)
-    grad_probs = tl.dot(grad_out, tl.trans(v.to(tl.float32)), input_precision="ieee") * dropout
+    grad_probs = _dot(grad_out, tl.trans(v), IEEE_FP32)
+    if HAS_DROPOUT:
+        dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed)
+        grad_probs = grad_probs * dropout
+        probs_dropped = probs * dropout
+    else:
+        probs_dropped = probs
     grad_logits = tl.where(real[None, :], probs * (grad_probs - delta[:, None]), 0.0)
-    return probs * dropout, grad_logits
+    return probs_dropped, grad_logits
 
 
 @triton.jit
@@ -158,7 +169,7 @@ def _load_row_block(
     row_mask = row_ok[:, None] & (dims < D)[None, :]
     row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
     q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
-    grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0).to(tl.float32)
+    grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0)
     row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
     row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
     delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
@@ -197,12 +208,12 @@ def _fid_attention_bwd_dkdv_kernel(
         row_ok, _, _, q, grad_out, row_max, row_sum, delta = _load_row_block(
             q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
         )
-        dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
         dropped, grad_logits = _recomputed_tile(
-            q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32
-        )
-        grad_v += tl.dot(tl.trans(dropped), grad_out, input_precision="ieee")
-        grad_k += tl.dot(tl.trans(grad_logits), q.to(tl.float32), input_precision="ieee") * scale
+            q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta,
+            batch_head, rows, keys, T, KL, dropout_p, seed, scale, IEEE_FP32, HAS_DROPOUT,
+        )  # fmt: skip
+        grad_v += _dot(tl.trans(dropped.to(grad_out.dtype)), grad_out, IEEE_FP32)
+        grad_k += _dot(tl.trans(grad_logits.to(q.dtype)), q, IEEE_FP32) * scale
     tl.store(grad_k_ptr + kv_offsets, grad_k.to(grad_k_ptr.dtype.element_ty), mask=kv_mask)
     tl.store(grad_v_ptr + kv_offsets, grad_v.to(grad_v_ptr.dtype.element_ty), mask=kv_mask)
 
@@ -226,21 +237,37 @@ def _fid_attention_bwd_dq_kernel(
     for start in range(0, KL, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
         key_ok, real, _, _, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D)
-        dropout = _dropout_scale(batch_head, rows, keys, T, KL, dropout_p, seed, HAS_DROPOUT)
         _, grad_logits = _recomputed_tile(
-            q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta, dropout, scale, IEEE_FP32
-        )
-        grad_q += tl.dot(grad_logits, k.to(tl.float32), input_precision="ieee") * scale
+            q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta,
+            batch_head, rows, keys, T, KL, dropout_p, seed, scale, IEEE_FP32, HAS_DROPOUT,
+        )  # fmt: skip
+        grad_q += _dot(grad_logits.to(k.dtype), k, IEEE_FP32) * scale
     tl.store(grad_q_ptr + row_offsets, grad_q.to(grad_q_ptr.dtype.element_ty), mask=row_mask)
 
 
-def _blocks(T: int, L: int, D: int) -> tuple[int, int, int]:
-    """BLOCK_T, BLOCK_L (keys per step) and BLOCK_D: powers of two, at least 16 for tl.dot, keys and rows <= 64."""
+# Block sizes are bound by registers (the compile gate, `python -m atlas_fast.compile_gate`, checks that
+# nothing spills on sm_80 and sm_90 at the benchmarks' shapes): fp32 dots run on FMA units with their
+# operands replicated across threads, so fp32 tiles are smaller than fp16/bf16 ones.
+
+
+def _forward_config(T: int, L: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """BLOCK_T, BLOCK_L (keys per step), BLOCK_D and num_warps of the forward: powers of two, ≥ 16 for tl.dot."""
+    block_d = max(16, triton.next_power_of_2(D))
+    keys = 32 if dtype != torch.float32 and block_d <= 64 else 16
     return (
-        max(16, min(64, triton.next_power_of_2(T))),
-        max(16, min(64, triton.next_power_of_2(L))),
-        max(16, triton.next_power_of_2(D)),
+        max(16, min(32, triton.next_power_of_2(T))),
+        max(16, min(keys, triton.next_power_of_2(L))),
+        block_d,
+        4,
     )
+
+
+def _backward_config(T: int, D: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """BLOCK_T, BLOCK_N (keys per block, across passages), BLOCK_D and num_warps of both backward kernels."""
+    block_d = max(16, triton.next_power_of_2(D))
+    if dtype == torch.float32:
+        return 16, 16, block_d, 8
+    return max(16, min(64, triton.next_power_of_2(T))), 32, block_d, 4
 
 
 class FiDAttentionFunction(torch.autograd.Function):
@@ -255,17 +282,19 @@ class FiDAttentionFunction(torch.autograd.Function):
         mask = attention_mask.to(torch.int8).contiguous()
         out = torch.empty_like(q)
         mass = torch.empty((B, NH, T, n_passages), device=q.device, dtype=torch.float32)
+        # (B, NH, K·L) ‖v_j‖ in fp32 for "vnorm"; "prob" weighs every real key by 1 (the pointer is unused).
+        key_weight = torch.linalg.vector_norm(v, dim=-1, dtype=torch.float32) if passage_mass == "vnorm" else mass
         passage_max = torch.empty_like(mass)
         row_max = torch.empty((B, NH, T), device=q.device, dtype=torch.float32)
         row_sum = torch.empty_like(row_max)
-        block_t, block_l, block_d = _blocks(T, L, D)
+        block_t, block_l, block_d, num_warps = _forward_config(T, L, D, q.dtype)
         _fid_attention_fwd_kernel[(B * NH, triton.cdiv(T, block_t))](
-            q, k, v, mask, out, mass, passage_max, row_max, row_sum,
+            q, k, v, mask, key_weight, out, mass, passage_max, row_max, row_sum,
             NH, T, L, n_passages, D, scale, dropout_p, seed,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
             out.stride(0), out.stride(1), out.stride(2), mass.stride(0), mass.stride(1), mass.stride(2),
-            MASS_KIND=_MASS_VNORM if passage_mass == "vnorm" else _MASS_PROB, IEEE_FP32=q.dtype == torch.float32,
-            HAS_DROPOUT=dropout_p > 0, BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=4,
+            HAS_KEY_WEIGHT=passage_mass == "vnorm", IEEE_FP32=q.dtype == torch.float32,
+            HAS_DROPOUT=dropout_p > 0, BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps,
         )  # fmt: skip
         ctx.save_for_backward(q, k, v, mask, out, row_max, row_sum)
         ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
@@ -280,10 +309,10 @@ class FiDAttentionFunction(torch.autograd.Function):
         grad_out = grad_out.contiguous()
         delta = (grad_out.float() * out.float()).sum(-1)  # δ_t = Σ_d do·o, (B, NH, T)
         grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        block_t, block_n, block_d = _blocks(T, 64, D)  # the backward walks keys in blocks of 64, across passages
+        block_t, block_n, block_d, num_warps = _backward_config(T, D, q.dtype)
         common = dict(
             IEEE_FP32=q.dtype == torch.float32, HAS_DROPOUT=ctx.dropout_p > 0,
-            BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d,
+            BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
         )  # fmt: skip
         shapes = (NH, T, KL, D, ctx.scale, ctx.dropout_p, ctx.seed)
         _fid_attention_bwd_dkdv_kernel[(B * NH, triton.cdiv(KL, block_n))](

@@ -84,7 +84,9 @@ def token_logprobs_triton(
     if n_rows == 0:
         return out
     block_m = 64 if n_rows >= 64 else max(16, triton.next_power_of_2(n_rows))
-    block_v, block_h = 64, 64 if dim >= 64 else max(16, triton.next_power_of_2(dim))
+    # fp32 dots run on FMA units with replicated operands: a narrower H slab keeps them in registers.
+    widest_h = 16 if hidden.dtype == torch.float32 else 64
+    block_v, block_h = 64, min(widest_h, max(16, triton.next_power_of_2(dim)))
     _token_logprobs_kernel[(triton.cdiv(n_rows, block_m),)](
         hidden, lm_head_weight, labels, out,
         n_rows, vocab, dim, hidden.stride(0), lm_head_weight.stride(0), temperature,
