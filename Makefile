@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
-.PHONY: install run smoke test lint bench bench-smoke clean
+.PHONY: install run smoke test lint bench bench-smoke gpu-report gpu-check clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,19 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-json=$(BENCH_JSON) $(BENCH_ARGS)
 	$(PY) benchmarks/render.py $(BENCH_JSON) --output BENCHMARKS.md --command "make bench BENCH_ARGS='$(BENCH_ARGS)'" \
 		--notes benchmarks/notes.md
+
+# Every Triton kernel compiled for sm_80 and sm_90 through the triton wheel's ptxas (no GPU needed), checked
+# (no spill, shared memory within limits, fp16/bf16 dots on tensor cores), and the static report with each
+# case's roofline bound written into BENCHMARKS.md. `make test` runs the same gate as a test.
+gpu-report: install
+	env -u TRITON_INTERPRET $(PY) -m atlas_fast.compile_gate --json benchmarks/compile_gate.json; status=$$?; \
+		$(PY) benchmarks/gpu_report.py benchmarks/compile_gate.json --output BENCHMARKS.md && exit $$status
+
+# On a CUDA machine (< 8 min on one H100/H200): the gpu-marked tests, then the headline GPU benchmarks, with
+# the device name and each Triton kernel's roofline fraction, into BENCHMARKS.md.
+gpu-check: install
+	env -u TRITON_INTERPRET $(PY) -m pytest -q -m gpu tests
+	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info atlas_fast/_C*.so

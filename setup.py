@@ -10,7 +10,7 @@ import os
 import sys
 
 from pybind11.setup_helpers import Pybind11Extension, build_ext
-from setuptools import setup
+from setuptools import find_packages, setup
 
 # OpenMP is what lets the C++ loops use the cores; on Linux gcc and clang ship it.
 openmp_flags = ["-fopenmp"] if sys.platform.startswith("linux") else []
@@ -28,7 +28,8 @@ c_extension = Pybind11Extension(
 )
 
 setup(
-    packages=["atlas_fast", "atlas_fast.reference", "atlas_fast.index", "atlas_fast.kernels"],
+    # Every subpackage of atlas_fast/, discovered, plus kernels/ under its installed name.
+    packages=[*find_packages(include=["atlas_fast", "atlas_fast.*"]), "atlas_fast.kernels"],
     package_dir={"atlas_fast": "atlas_fast", "atlas_fast.kernels": "kernels"},
     package_data={"atlas_fast": ["py.typed", "_C.pyi"]},
     ext_modules=[c_extension],

@@ -15,6 +15,8 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
+from sections import sections
+
 
 def _format_time(seconds: float) -> str:
     if seconds >= 1:
@@ -113,6 +115,9 @@ def main() -> None:
         lines += [f"## {path.name}", "", *render_results(json.loads(path.read_text()))]
     if args.notes:
         lines += [args.notes.read_text().rstrip(), ""]
+    # The static GPU report and the GPU check's figures are written by their own scripts: keep them.
+    kept = sections(args.output.read_text(encoding="utf-8")) if args.output.exists() else []
+    lines += [block + "\n" for block in kept]
     args.output.write_text("\n".join(lines))
 
 

@@ -60,14 +60,21 @@ def _kldiv_case(B: int, K: int, dtype: str, mask: bool, reduction: str, grad: bo
         if grad:
             loss.backward(torch.ones_like(loss))
 
+    flags = f"{'mask' if mask else 'nomask'} {reduction} {'grad' if grad else 'nograd'}"
+    return Case(
+        f"kldivloss B={B} K={K} {dtype} {flags}", dtype, run, kldivloss_work(B, K, dtype, mask, reduction, grad)
+    )
+
+
+def kldivloss_work(B: int, K: int, dtype: str, mask: bool, reduction: str, grad: bool) -> dict[str, Work]:
+    """Per kernel: read scores, gold (and mask) once, write the loss or the gradient once."""
     elements = B * K
     read = elements * (2 * _size(dtype) + (1 if mask else 0))
     forward_write = elements * 4 if reduction == "none" or grad else 4
     work = {"_kldiv_fwd_kernel": Work(read + forward_write, 12 * elements)}
     if grad and reduction == "none":
         work["_kldiv_bwd_pointwise_kernel"] = Work(read + elements * (4 + _size(dtype)), 14 * elements)
-    flags = f"{'mask' if mask else 'nomask'} {reduction} {'grad' if grad else 'nograd'}"
-    return Case(f"kldivloss B={B} K={K} {dtype} {flags}", dtype, run, work)
+    return work
 
 
 def kldivloss_cases() -> list[Case]:
@@ -100,10 +107,14 @@ def _emdr_case(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -> Ca
         if grad:
             loss.backward()
 
-    read = B * K * T * _size(dtype) + B * K * (_size(dtype) + (1 if mask else 0)) + B * T * 8
-    work = {"_emdr_fwd_kernel": Work(read + (B * K * 4 if grad else 4), 8 * B * K * T)}
     flags = f"{'mask' if mask else 'nomask'} {'grad' if grad else 'nograd'}"
-    return Case(f"emdr_loss B={B} K={K} T={T} {dtype} {flags}", dtype, run, work)
+    return Case(f"emdr_loss B={B} K={K} T={T} {dtype} {flags}", dtype, run, emdr_loss_work(B, K, T, dtype, mask, grad))
+
+
+def emdr_loss_work(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -> dict[str, Work]:
+    """Read the (B, K, T) log-probabilities, scores and labels once; write the (B, K) gradient."""
+    read = B * K * T * _size(dtype) + B * K * (_size(dtype) + (1 if mask else 0)) + B * T * 8
+    return {"_emdr_fwd_kernel": Work(read + (B * K * 4 if grad else 4), 8 * B * K * T)}
 
 
 def emdr_loss_cases() -> list[Case]:
@@ -127,11 +138,15 @@ def _token_logprobs_case(n_rows: int, hidden_size: int, vocab: int, dtype: str) 
         weight = torch.randn(vocab, hidden_size, dtype=DTYPES[dtype])
         token_logprobs_triton(hidden, weight, torch.zeros(n_rows, dtype=torch.int64))
 
+    name = f"token_logprobs N={n_rows} H={hidden_size} V={vocab} {dtype}"
+    return Case(name, dtype, run, token_logprobs_work(n_rows, hidden_size, vocab, dtype))
+
+
+def token_logprobs_work(n_rows: int, hidden_size: int, vocab: int, dtype: str) -> dict[str, Work]:
+    """The LM-head matmul's FLOPs; hidden states and head read once, one float per row written."""
     read = (n_rows + vocab) * hidden_size * _size(dtype) + n_rows * 8
     work = Work(read + n_rows * 4, 2 * n_rows * vocab * hidden_size, tensor_cores=dtype in HALF_DTYPES)
-    return Case(
-        f"token_logprobs N={n_rows} H={hidden_size} V={vocab} {dtype}", dtype, run, {"_token_logprobs_kernel": work}
-    )
+    return {"_token_logprobs_kernel": work}
 
 
 def token_logprobs_cases() -> list[Case]:
@@ -156,6 +171,13 @@ def _fid_case(B, NH, T, K, L, D, dtype, mass, dropout, backward) -> Case:
         if backward:
             out.sum().backward()
 
+    name = f"fid_attention B={B} NH={NH} T={T} K={K} L={L} Dh={D} {dtype} {mass} dropout={dropout}"
+    work = fid_attention_work(B, NH, T, K, L, D, dtype, backward)
+    return Case(name + (" fwd+bwd" if backward else " fwd"), dtype, run, work)
+
+
+def fid_attention_work(B, NH, T, K, L, D, dtype: str, backward: bool) -> dict[str, Work]:
+    """Flash-attention minimum: q, k, v, out (and do, dq, dk, dv) once, 2 FLOPs per multiply-add of each dot."""
     size = _size(dtype)
     rows, keys = B * NH * T * D, B * NH * K * L * D
     pairs = B * NH * T * K * L * D  # (row, key, dim) triples: one multiply-add per dot
@@ -166,8 +188,7 @@ def _fid_case(B, NH, T, K, L, D, dtype, mass, dropout, backward) -> Case:
         stats = B * NH * T * 3 * 4  # row max, row sum, δ
         work["_fid_attention_bwd_dkdv_kernel"] = Work((2 * rows + 4 * keys) * size + stats, 8 * pairs, tensor)
         work["_fid_attention_bwd_dq_kernel"] = Work((3 * rows + 2 * keys) * size + stats, 6 * pairs, tensor)
-    name = f"fid_attention B={B} NH={NH} T={T} K={K} L={L} Dh={D} {dtype} {mass} dropout={dropout}"
-    return Case(name + (" fwd+bwd" if backward else " fwd"), dtype, run, work)
+    return work
 
 
 def _dropout_mask_case() -> Case:
@@ -208,12 +229,18 @@ def _index_topk_case(n_queries: int, n_rows: int, dim: int, k: int, dtype: str) 
         rows = torch.empty(n_rows, dim, dtype=DTYPES[dtype])
         search_triton(queries, rows, torch.arange(n_rows), k)
 
+    name = f"index_topk q={n_queries} N={n_rows} d={dim} k={k} {dtype}"
+    return Case(name, dtype, run, index_topk_work(n_queries, n_rows, dim, dtype))
+
+
+def index_topk_work(n_queries: int, n_rows: int, dim: int, dtype: str) -> dict[str, Work]:
+    """Every row (and its id) read once, every score computed once; the top-k output is negligible."""
     work = Work(
         n_rows * (dim * _size(dtype) + 8) + n_queries * dim * 4,
         2 * n_queries * n_rows * dim,
         tensor_cores=dtype in HALF_DTYPES,
     )
-    return Case(f"index_topk q={n_queries} N={n_rows} d={dim} k={k} {dtype}", dtype, run, {"_score_topk_kernel": work})
+    return {"_score_topk_kernel": work}
 
 
 def index_topk_cases() -> list[Case]:
