@@ -4,7 +4,8 @@ Algorithm: one program owns BLOCK_T target positions of one (batch, head). It wa
 the K passages in order, each in blocks of BLOCK_L keys, with flash attention's
 online softmax (running max m, running sum l, output accumulator rescaled when m
 grows). For the passage being walked it also accumulates u = Σ_j exp(s_j − m)·w_j,
-with w_j = 1 ("prob") or ‖v_j‖ ("vnorm"), 0 for padded keys, rescaled with the
+with w_j = 1 ("prob") or ‖v_j‖ ("vnorm", the (B, NH, K·L) norms computed once on the
+host rather than once per row block), 0 for padded keys, rescaled with the
 same factor, and stores (u, m) when the passage ends. A second loop over the K
 passages turns them into the mass u·exp(m_p − m_final)/l_final. So the
 (B, NH, T, K·L) map never exists; the extra memory is O(B·NH·T·K).
@@ -17,6 +18,9 @@ numbers indexed by position, so the backward and the tests replay the same mask
 from the seed. The backward recomputes the probabilities block by block from the
 forward's per-row max and sum (flash attention's recomputation): one kernel over key
 blocks for dk and dv, one over target rows for dq; padded keys get no gradient.
+Every dot takes the inputs' dtype, so fp16/bf16 run on tensor cores: as in flash
+attention's backward, the probabilities and their gradient are rounded to that dtype
+before they multiply do, q or k (fp32 accumulation throughout).
 """
 
 from __future__ import annotations
