@@ -98,6 +98,15 @@ def _peaks(device: str) -> Target | None:
     return None
 
 
+def _describe_peaks(peaks: Target | None) -> str:
+    if peaks is None:
+        return "no known peaks (an unlisted device: no roofline fractions)"
+    return (
+        f"{peaks.device} peaks ({peaks.hbm_bytes_per_s / 1e12:.2f} TB/s, {peaks.tensor_flops / 1e12:.0f} TFLOP/s "
+        f"tensor, {peaks.fp32_flops / 1e12:.0f} TFLOP/s fp32)"
+    )
+
+
 def render(results: dict) -> str:
     from gpu_report import _format_us
     from render import _format_bytes, _format_time
@@ -117,9 +126,7 @@ def render(results: dict) -> str:
         "",
         f"`make gpu-check`, {results['datetime']}: median of pytest-benchmark rounds; speed-up over the op's",
         "baseline in the same run; roofline = bound / measured for the Triton rows, the bound from the",
-        f"compile gate's work model at {peaks.device if peaks else 'unknown'} peaks"
-        + (f" ({peaks.hbm_bytes_per_s / 1e12:.2f} TB/s, {peaks.tensor_flops / 1e12:.0f} TFLOP/s tensor, "
-           f"{peaks.fp32_flops / 1e12:.0f} TFLOP/s fp32)." if peaks else "."),  # fmt: skip
+        f"compile gate's work model at {_describe_peaks(peaks)}.",
         "",
         "| op | shape | mode | provider | median | speed-up | peak memory | bound | roofline |",
         "|---|---|---|---|---|---|---|---|---|",
