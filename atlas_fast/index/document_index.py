@@ -18,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +75,10 @@ class DocumentIndex:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
         self._core = _ext.native().DocumentIndex(int(dim), dtype)
         self.n_threads = n_threads
+        # Held by every call that changes rows or counts, and by `save` for its whole write: the C++ core
+        # locks each call, but a file is many calls, and must be one consistent snapshot. Searches, which
+        # only read, do not take it, so they still run during an upsert (and during a save).
+        self._writing = threading.Lock()
 
     @property
     def dim(self) -> int:
@@ -122,15 +127,17 @@ class DocumentIndex:
             raise ValueError("ids must not contain -1, which marks padding in search results")
         if not 0 <= step < 2**31:
             raise ValueError(f"step must be in [0, 2**31); got {step}")
-        self._core.upsert(ids, vectors, int(step), self._threads())  # C++ invalid_argument -> ValueError
+        with self._writing:
+            self._core.upsert(ids, vectors, int(step), self._threads())  # C++ invalid_argument -> ValueError
 
     def remove(self, ids) -> None:
         """Remove documents (O(1) each); every id must be present (KeyError otherwise, nothing removed)."""
         ids = _as_ids("ids", ids)
         if np.unique(ids).size != ids.size:
             raise ValueError("ids to remove must be distinct")
-        self._require_present(ids)
-        self._core.remove(ids)
+        with self._writing:
+            self._require_present(ids)
+            self._core.remove(ids)
 
     def get(self, ids) -> np.ndarray:
         """(n, d) float32 stored vectors of present ids (KeyError for absent ones)."""
@@ -170,7 +177,8 @@ class DocumentIndex:
     def record_retrieved(self, ids) -> None:
         """Count a retrieval of each id (any shape; -1 and unknown ids are ignored)."""
         array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids)
-        self._core.record_retrieved(np.ascontiguousarray(array.reshape(-1), dtype=np.int64))
+        with self._writing:
+            self._core.record_retrieved(np.ascontiguousarray(array.reshape(-1), dtype=np.int64))
 
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """The next ≤ budget documents to re-embed.
@@ -208,14 +216,16 @@ class DocumentIndex:
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` atomically: a temporary file, fsync, then rename.
 
-        A crash at any point leaves the previous file intact. The file is versioned
+        The file is one consistent snapshot: upserts, removes and retrieval counts from other
+        threads wait until it is written (searches do not). A crash at any point leaves the
+        previous file intact. The file is versioned
         and ends with a SHA-256 of its contents; no pickle is involved.
         """
         path = Path(path)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         digest = hashlib.sha256()
         try:
-            with open(temporary, "wb") as file:
+            with open(temporary, "wb") as file, self._writing:  # no upsert or remove between header and rows
                 header = self._header()
                 for part in (_PREAMBLE.pack(_MAGIC, _FORMAT_VERSION, len(header)), header):
                     file.write(part)

@@ -1,29 +1,56 @@
-"""Checkpoints: everything needed to resume a run exactly, written atomically, read without pickle.
+"""Checkpoints: everything needed to resume a run exactly, written atomically, verified, read without pickle.
 
 A checkpoint is a directory: ``state.pt`` (model, optimiser and scheduler state,
 RNG states, step; loaded with ``torch.load(weights_only=True)``, so a file from a
 stranger cannot run code), the document index (atlas_fast's own sha256-checked
-format) and ``config.json``. It is written beside its final name and renamed into
-place, so a crash mid-write leaves the previous checkpoint intact; ``latest`` is
-a small text file naming the newest one, also replaced atomically.
+format), ``config.json`` and ``manifest.json``, the size and sha256 of every other
+file, written last. A checkpoint is only read once the manifest verifies: a
+truncated, flipped, missing or extra file gives a CheckpointError naming it.
+
+Nothing is overwritten: each save writes a new directory beside its final name
+(``checkpoint-{step}``, or ``checkpoint-{step}.{n}`` when that step was saved
+before), renames it into place, then moves ``latest`` (a small text file naming
+the newest, replaced atomically) and only then prunes the checkpoint it
+supersedes. A crash at any moment leaves ``latest`` naming a complete checkpoint;
+when ``latest`` is missing, unreadable, names something outside the output
+directory or a checkpoint that does not verify, the newest checkpoint that does
+verify is used instead.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
+import re
 import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["latest_checkpoint", "load_state", "rng_state", "save_checkpoint", "set_rng_state"]
+__all__ = [
+    "CheckpointError",
+    "checkpoints",
+    "latest_checkpoint",
+    "load_state",
+    "rng_state",
+    "save_checkpoint",
+    "set_rng_state",
+    "verify_checkpoint",
+]
 
 STATE_FILE = "state.pt"
 INDEX_FILE = "index"
+MANIFEST = "manifest.json"
 LATEST = "latest"
+STATE_KEYS = ("step", "retriever", "reader", "optimizer", "scheduler", "rng", "documents_embedded")
+_NAME = re.compile(r"checkpoint-(\d+)(?:\.(\d+))?")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be trusted: missing, truncated, corrupted, incomplete or foreign."""
 
 
 def rng_state() -> dict:
@@ -48,8 +75,80 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        for block in iter(lambda: file.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _payload(directory: Path) -> dict[str, Path]:
+    """Every file of a checkpoint but its manifest, by path relative to the directory."""
+    return {
+        path.relative_to(directory).as_posix(): path
+        for path in sorted(directory.rglob("*"))
+        if path.is_file() and path.name != MANIFEST
+    }
+
+
+def _write_manifest(directory: Path) -> None:
+    files = {}
+    for name, path in _payload(directory).items():
+        with open(path, "rb") as file:
+            os.fsync(file.fileno())  # the data is on disk before the manifest vouches for it
+        files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    (directory / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n", encoding="utf-8")
+
+
+def verify_checkpoint(checkpoint: str | os.PathLike) -> Path:
+    """Check every file of ``checkpoint`` against its manifest; returns the path, raises CheckpointError."""
+    directory = Path(checkpoint)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a checkpoint directory (it does not exist or is a file)")
+    manifest_path = directory / MANIFEST
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        expected = {name: (int(entry["bytes"]), str(entry["sha256"])) for name, entry in manifest["files"].items()}
+    except FileNotFoundError as error:
+        raise CheckpointError(f"{manifest_path}: missing (not an atlas_fast checkpoint, or incomplete)") from error
+    except (OSError, ValueError, KeyError, TypeError, AttributeError, RecursionError) as error:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({type(error).__name__}: {error})") from error
+    present = _payload(directory)
+    extra = sorted(set(present) - set(expected))
+    if extra:
+        raise CheckpointError(f"{directory / extra[0]}: not listed in the manifest (the checkpoint was altered)")
+    for name, (size, sha256) in expected.items():
+        path = directory / name
+        if name not in present:
+            raise CheckpointError(f"{path}: missing")
+        if path.stat().st_size != size:
+            raise CheckpointError(f"{path}: {path.stat().st_size} bytes, the manifest says {size} (truncated?)")
+        if _sha256(path) != sha256:
+            raise CheckpointError(f"{path}: checksum mismatch (the file is corrupted)")
+    return directory
+
+
+def checkpoints(output_dir: str | os.PathLike) -> list[Path]:
+    """The checkpoint directories under ``output_dir``, oldest first (by step, then by save)."""
+    found = []
+    for path in Path(output_dir).glob("checkpoint-*"):
+        match = _NAME.fullmatch(path.name)
+        if match and path.is_dir():
+            found.append(((int(match.group(1)), int(match.group(2) or 0)), path))
+    return [path for _, path in sorted(found)]
+
+
+def _fresh_name(output_dir: Path, step: int) -> str:
+    name, again = f"checkpoint-{step}", 0
+    while (output_dir / name).exists():
+        again += 1
+        name = f"checkpoint-{step}.{again}"
+    return name
+
+
 def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict, save_index, config: dict) -> Path:
-    """Write ``checkpoint-{step}`` under ``output_dir`` atomically; returns its path.
+    """Write a new checkpoint of ``step`` under ``output_dir``; returns its path. Never overwrites one.
 
     Args:
         state: tensors, numbers, strings, lists and dicts only.
@@ -57,30 +156,74 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict, save_
         config: the run's configuration, as JSON.
     """
     output_dir = Path(output_dir)
-    final = output_dir / f"checkpoint-{step}"
-    partial = output_dir / f".checkpoint-{step}.partial"
+    final = output_dir / _fresh_name(output_dir, step)
+    partial = output_dir / f".{final.name}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
-    torch.save(state, partial / STATE_FILE)
-    save_index(partial / INDEX_FILE)
-    (partial / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
+    try:
+        torch.save(state, partial / STATE_FILE)
+        save_index(partial / INDEX_FILE)
+        (partial / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+        _write_manifest(partial)
+        os.replace(partial, final)
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)  # a failed save (disk full, ...) leaves no debris
     pointer = output_dir / f".{LATEST}.tmp"
     pointer.write_text(final.name + "\n", encoding="utf-8")
     os.replace(pointer, output_dir / LATEST)
+    for older in checkpoints(output_dir):  # what this save supersedes: earlier saves of the same step
+        if older != final and _NAME.fullmatch(older.name).group(1) == str(step):
+            shutil.rmtree(older)
     return final
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint under ``output_dir``, or None."""
-    pointer = Path(output_dir) / LATEST
-    if not pointer.is_file():
+def _named_by_latest(output_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names, if it is readable and names a checkpoint directory of output_dir."""
+    try:
+        name = (output_dir / LATEST).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
         return None
-    path = Path(output_dir) / pointer.read_text(encoding="utf-8").strip()
-    return path if (path / STATE_FILE).is_file() else None
+    return output_dir / name if _NAME.fullmatch(name) else None  # no separators, no "..": stays inside
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The newest checkpoint under ``output_dir`` that verifies; None when there is no checkpoint at all.
+
+    ``latest`` is tried first, then every checkpoint from the newest down.
+
+    Raises:
+        CheckpointError: there are checkpoints, but none verifies (each one's reason is given).
+    """
+    output_dir = Path(output_dir)
+    candidates = checkpoints(output_dir)[::-1]
+    named = _named_by_latest(output_dir)
+    if named is not None:
+        candidates = [named] + [path for path in candidates if path != named]
+    reasons = []
+    for path in candidates:
+        try:
+            return verify_checkpoint(path)
+        except CheckpointError as error:
+            reasons.append(str(error))
+    if reasons:
+        raise CheckpointError(f"{output_dir}: no checkpoint verifies: " + "; ".join(reasons))
+    return None
 
 
 def load_state(checkpoint: str | os.PathLike) -> dict:
-    """The state dict of a checkpoint directory (no pickle: weights_only=True)."""
-    return torch.load(Path(checkpoint) / STATE_FILE, map_location="cpu", weights_only=True)
+    """The state dict of a verified checkpoint directory (no pickle: weights_only=True).
+
+    Raises:
+        CheckpointError: the checkpoint does not verify, its state does not load, or a key is missing.
+    """
+    path = verify_checkpoint(checkpoint) / STATE_FILE
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises many kinds for a bad file; all mean "not a state file"
+        raise CheckpointError(f"{path}: does not load ({type(error).__name__}: {error})") from error
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dictionary")
+    missing = [key for key in STATE_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"{path}: missing {', '.join(missing)}")
+    return state

@@ -7,6 +7,7 @@ import time
 
 from tqdm.auto import tqdm
 
+from atlas_fast.train import checkpoint
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.plot import plot_metrics
@@ -21,10 +22,18 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
     started = time.perf_counter()
     trainer = trainer if trainer is not None else Trainer(config)
     say = print if trainer.rank == 0 else (lambda *_: None)
-    if resume and trainer.resume():
-        say(f"resumed from step {trainer.step}")
+    existing = checkpoint.checkpoints(trainer.output_dir)
+    if existing and not resume:
+        raise ValueError(
+            f"output_dir {trainer.output_dir} already holds checkpoints (newest {existing[-1].name}); "
+            "pass --resume to continue from them, or choose another output_dir"
+        )
+    if resume and trainer.resume():  # a CheckpointError (none verifies) stops here: nothing is overwritten
+        say(f"resumed from step {trainer.step} ({trainer.resumed_from})")
         before = None
     else:
+        if resume:
+            say(f"no checkpoint in {trainer.output_dir}: starting at step 0")
         clock = time.perf_counter()
         trainer.build_index()
         say(f"index: {len(trainer.passages)} passages embedded in {time.perf_counter() - clock:.1f} s")
@@ -51,7 +60,8 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
     training_seconds = time.perf_counter() - training_started
     after = evaluate(trainer, generate=True)
     trainer.log({"step": trainer.step, "split": "eval", **after})
-    trainer.save_checkpoint()
+    if trainer.saved_step != trainer.step:  # a periodic save of this step holds the exact state to continue from
+        trainer.save_checkpoint()
     summary = {
         "steps": trainer.step,
         "before": before,

@@ -59,6 +59,8 @@ class Trainer:
         )
         self.index = self.new_index()
         self.step = 0
+        self.resumed_from: Path | None = None  # the checkpoint `resume` restored
+        self.saved_step: int | None = None  # the step of the newest checkpoint written or restored
         self.output_dir = Path(config.output_dir)
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
         self.normalized_text: dict[str, str] = {}  # passage id -> normalised text, for answer-containment hits
@@ -304,6 +306,7 @@ class Trainer:
 
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes model state; every rank its index shard)."""
+        self.saved_step = self.step
         if self.world_size > 1:
             directory = self.output_dir / f".index-{self.step}"
             self.index.save(directory)  # collective: every rank writes its shard
@@ -319,17 +322,22 @@ class Trainer:
         )
 
     def resume(self, path: str | Path | None = None) -> bool:
-        """Restore the newest (or the given) checkpoint; False when there is none."""
+        """Restore the newest verified (or the given) checkpoint; False when output_dir holds none.
+
+        Raises:
+            CheckpointError: the given checkpoint, or every checkpoint in output_dir, fails verification.
+        """
         path = Path(path) if path is not None else checkpoint.latest_checkpoint(self.output_dir)
         if path is None:
             return False
         state = checkpoint.load_state(path)
+        self.resumed_from = path
         self.retriever.load_state_dict(state["retriever"])
         self.reader.load_state_dict(state["reader"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
-        self.step = int(state["step"])
+        self.step = self.saved_step = int(state["step"])
         self.refresh.documents_embedded = int(state["documents_embedded"])
         index_path, device = path / checkpoint.INDEX_FILE, self._index_device()
         if self.world_size > 1:
