@@ -213,3 +213,128 @@ def test_training_into_a_folder_with_checkpoints_needs_resume_and_never_overwrit
         (path / "state.pt").write_bytes(b"corrupted")
     with pytest.raises(CheckpointError, match="no checkpoint verifies"):
         train(config, resume=True)
+
+
+def test_torch_index_under_concurrent_search_upsert_and_remove_stays_whole():
+    from atlas_fast.index import TorchDocumentIndex
+
+    dim = 8
+    index = TorchDocumentIndex(dim, "float32", "cpu")
+    index.upsert(np.arange(2000), np.ones((2000, dim), np.float32))
+    errors = []
+
+    def run(work):
+        try:
+            for round_ in range(60):
+                work(round_)
+        except Exception as error:  # recorded: a torn row or a broken id map shows up here
+            errors.append(error)
+
+    def churn(round_):
+        ids = np.arange(2000 + 100 * round_, 2100 + 100 * round_)
+        index.upsert(ids, np.full((100, dim), round_, np.float32), step=round_)
+        index.remove(ids[::2])
+
+    def search(_):
+        scores, found = index.search(np.ones((4, dim), np.float32), 10)
+        assert (found >= 0).all() and np.isfinite(scores).all()
+
+    threads = [threading.Thread(target=run, args=(work,)) for work in (churn, search, search)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    ids = index.ids()
+    assert index.get(ids).shape == (ids.size, dim) and ids.size == 2000 + 60 * 50
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda i: i.upsert([2**63], np.ones((1, 4))), "ids must fit in int64"),
+        (lambda i: i.upsert([1], torch.ones(1, 4, dtype=torch.int64)), "vectors must hold floats"),
+        (lambda i: i.upsert([1], np.ones((1, 4), np.int64)), "vectors must hold floats"),
+        (lambda i: i.upsert([1], np.ones((1, 4)), step=1.7), r"step must be an integer in \[0, 2\*\*31\); got 1.7"),
+        (lambda i: i.record_retrieved(np.array([1.9])), "ids must hold integers; got dtype float64"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["host", "torch"])
+def test_no_silent_conversion(kind, call, message):
+    from atlas_fast.index import TorchDocumentIndex
+
+    index = DocumentIndex(4) if kind == "host" else TorchDocumentIndex(4, "float32", "cpu")
+    index.upsert([1], np.zeros((1, 4)), step=3)
+    with pytest.raises(ValueError, match=message):
+        call(index)
+    assert index.ids().tolist() == [1] and index.step_of([1]).tolist() == [3]
+
+
+def _sharded_validation(rank, world_size, rendezvous):
+    import torch.distributed as dist
+
+    from atlas_fast.index import ShardedIndex
+
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
+    try:
+        index = ShardedIndex(64)
+        index.upsert(np.arange(4) + 10 * rank, np.ones((4, 64)))
+        before = len(index)
+        cases = [
+            (lambda: index.upsert([1, 2], np.ones((2, 128))), r"vectors must have shape \(n, 64\)"),
+            (lambda: index.search(np.ones((2, 32)), 3), r"queries must have shape \(n, 64\)"),
+            (lambda: index.upsert(np.array([1.5, 2.5]), np.ones((2, 64))), "ids must hold integers"),
+            (lambda: index.search(np.ones((1, 64)), 0), "k must be a positive integer"),
+        ]
+        for call, message in cases:
+            with pytest.raises(ValueError, match=message):
+                call()
+        # Bad input on rank 1 only: rank 0 must not hang in the all-gather, and says where the error is.
+        bad = np.ones((1, 128)) if rank == 1 else np.ones((1, 64))
+        expected = r"vectors must have shape" if rank == 1 else "invalid input on another rank"
+        with pytest.raises(ValueError, match=expected):
+            index.upsert([100 + rank], bad)
+        assert len(index) == before
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_sharded_index_validates_like_document_index_on_every_rank(tmp_path):
+    import torch.multiprocessing as mp
+
+    mp.spawn(_sharded_validation, args=(2, tmp_path / "rendezvous"), nprocs=2, join=True)
+
+
+def test_every_numeric_config_key_has_a_range_that_refuses_values_outside():
+    import dataclasses
+
+    from atlas_fast.train.config import NUMERIC_RANGES, ConfigError, TrainConfig
+
+    numeric = {f.name for f in dataclasses.fields(TrainConfig) if f.type in ("int", "float", "tuple[int, ...]")}
+    assert numeric == set(NUMERIC_RANGES)
+    for key, (low, open_low) in NUMERIC_RANGES.items():
+        bad = low if open_low else low - 1
+        with pytest.raises(ConfigError, match=key):
+            TrainConfig.tiny(**{key: (1, bad) if key == "eval_k" else bad})
+
+
+@pytest.mark.parametrize("item", ["retriever_lr=-1", "max_passages=-100", "time_budget_s=nan"])
+def test_out_of_range_settings_exit_2_naming_key_and_range(item, capsys):
+    from atlas_fast import cli
+
+    assert cli.main(["train", "--set", item]) == 2
+    key = item.split("=")[0]
+    assert f"{key} must be in [0, ∞)" in capsys.readouterr().err
+
+
+def test_the_training_target_is_the_first_non_blank_answer(tmp_path):
+    from atlas_fast.data.formats import DataFormatError, read_examples
+
+    path = tmp_path / "qa.jsonl"
+    path.write_text('{"question": "q1", "answers": ["", "  ", "Canyon 0"]}\n{"question": "q2", "answers": [""]}\n')
+    with pytest.raises(DataFormatError, match=r"qa\.jsonl:2: the question has no answers"):
+        read_examples(path)
+    path.write_text('{"question": "q1", "answers": ["", "  ", "Canyon 0"]}\n')
+    (example,) = read_examples(path)
+    assert example.target == "Canyon 0" and example.answers[0] == ""

@@ -36,6 +36,11 @@ class Example:
     id: str = ""
     passage_id: str | None = None
 
+    @property
+    def target(self) -> str:
+        """The training target: the first non-blank answer (the reader never trains on an end token alone)."""
+        return next(answer for answer in self.answers if answer.strip())
+
 
 def _records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     """(line number, object) for every non-blank line of a jsonl file."""

@@ -39,14 +39,40 @@ class IndexFileError(ValueError):
     """An index file is truncated, corrupted, or not an atlas_fast index."""
 
 
-def _as_ids(name: str, ids) -> np.ndarray:
+def _as_integer_array(name: str, ids) -> np.ndarray:
+    """Any-shape integer ids as int64; floats, and values that do not fit an int64, are refused (no wrap-around)."""
     array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids)
-    if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise ValueError(f"{name} must be a 1-D integer array; got dtype {array.dtype}, shape {array.shape}")
+    if not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
+        raise ValueError(f"{name} must hold integers; got dtype {array.dtype}")
+    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name} must fit in int64; got {int(array.max())}")
     return np.ascontiguousarray(array, dtype=np.int64)
 
 
+def _as_ids(name: str, ids) -> np.ndarray:
+    array = _as_integer_array(name, ids)
+    if array.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D integer array; got shape {array.shape}")
+    return array
+
+
+def _as_k(k) -> int:
+    """Results per query: a positive integer."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
+        raise ValueError(f"k must be a positive integer; got {k!r}")
+    return int(k)
+
+
+def _as_step(step) -> int:
+    """A training step: an integer in [0, 2³¹) (1.7 is refused, not stored as 1)."""
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**31:
+        raise ValueError(f"step must be an integer in [0, 2**31); got {step!r}")
+    return int(step)
+
+
 def _as_matrix(name: str, values, dim: int, check_finite: bool = True) -> np.ndarray:
+    if hasattr(values, "detach") and not values.is_floating_point():  # as numpy: integer vectors are refused
+        raise ValueError(f"{name} must hold floats; got dtype {values.dtype}")
     array = np.asarray(values.detach().cpu().float() if hasattr(values, "detach") else values)
     if array.ndim != 2 or array.shape[1] != dim:
         raise ValueError(f"{name} must have shape (n, {dim}); got {array.shape}")
@@ -125,10 +151,9 @@ class DocumentIndex:
             raise ValueError(f"vectors has {vectors.shape[0]} rows but ids has {ids.shape[0]}")
         if (ids == -1).any():
             raise ValueError("ids must not contain -1, which marks padding in search results")
-        if not 0 <= step < 2**31:
-            raise ValueError(f"step must be in [0, 2**31); got {step}")
+        step = _as_step(step)
         with self._writing:
-            self._core.upsert(ids, vectors, int(step), self._threads())  # C++ invalid_argument -> ValueError
+            self._core.upsert(ids, vectors, step, self._threads())  # C++ invalid_argument -> ValueError
 
     def remove(self, ids) -> None:
         """Remove documents (O(1) each); every id must be present (KeyError otherwise, nothing removed)."""
@@ -164,9 +189,7 @@ class DocumentIndex:
             first); id -1 and score -inf pad rows when the index holds fewer than k documents.
         """
         queries = _as_matrix("queries", queries, self.dim)
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer; got {k!r}")
-        return self._core.search(queries, int(k), self._threads())
+        return self._core.search(queries, _as_k(k), self._threads())
 
     def step_of(self, ids) -> np.ndarray:
         """(n,) int32 training step each present document was embedded at."""
@@ -176,9 +199,9 @@ class DocumentIndex:
 
     def record_retrieved(self, ids) -> None:
         """Count a retrieval of each id (any shape; -1 and unknown ids are ignored)."""
-        array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids)
+        array = _as_integer_array("ids", ids).reshape(-1)
         with self._writing:
-            self._core.record_retrieved(np.ascontiguousarray(array.reshape(-1), dtype=np.int64))
+            self._core.record_retrieved(array)
 
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """The next ≤ budget documents to re-embed.

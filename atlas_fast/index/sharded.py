@@ -23,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atlas_fast.index.document_index import DocumentIndex, IndexFileError
+from atlas_fast.index.document_index import DocumentIndex, IndexFileError, _as_ids, _as_k, _as_matrix, _as_step
 from atlas_fast.index.merge import merge_topk
 from atlas_fast.index.torch_index import TorchDocumentIndex
 
@@ -91,10 +91,32 @@ class ShardedIndex:
         dist.all_reduce(total, group=self.group)
         return int(total.item())
 
+    def _agreed(self, validate):
+        """``validate()``'s result; when it raises ValueError on any rank, every rank raises before a collective.
+
+        So bad input on one rank never leaves the others waiting in an all-gather.
+        """
+        try:
+            result, error = validate(), None
+        except ValueError as raised:
+            result, error = None, raised
+        if self._any_rank(error is not None):
+            raise error if error is not None else ValueError("invalid input on another rank (it reports why)")
+        return result
+
+    def _checked_batch(self, ids, vectors, step) -> tuple[np.ndarray, np.ndarray, int]:
+        """The checks of DocumentIndex.upsert, made before anything is gathered."""
+        ids = _as_ids("ids", ids)
+        vectors = _as_matrix("vectors", vectors, self.dim)
+        if vectors.shape[0] != ids.shape[0]:
+            raise ValueError(f"vectors has {vectors.shape[0]} rows but ids has {ids.shape[0]}")
+        if (ids == -1).any():
+            raise ValueError("ids must not contain -1, which marks padding in search results")
+        return ids, vectors, _as_step(step)
+
     def upsert(self, ids, vectors, step: int = 0) -> None:
         """Collective upsert; each rank passes its own batch. Across ranks, later ranks win on duplicate ids."""
-        ids = np.asarray(ids, dtype=np.int64).reshape(-1)
-        vectors = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32).reshape(-1, self.dim))
+        ids, vectors, step = self._agreed(lambda: self._checked_batch(ids, vectors, step))
         all_ids = np.concatenate(self._all_gather(ids))
         all_vectors = np.concatenate(self._all_gather(vectors))
         mine = self.owner(all_ids) == self.rank
@@ -102,7 +124,8 @@ class ShardedIndex:
 
     def remove(self, ids) -> None:
         """Collective remove; an id absent everywhere raises KeyError on every rank and nothing is removed."""
-        all_ids = np.unique(np.concatenate(self._all_gather(np.asarray(ids, dtype=np.int64).reshape(-1))))
+        ids = self._agreed(lambda: _as_ids("ids", ids))
+        all_ids = np.unique(np.concatenate(self._all_gather(ids)))
         mine = all_ids[self.owner(all_ids) == self.rank]
         present = self.local.contains(mine)
         if self._any_rank(not present.all()):
@@ -119,7 +142,7 @@ class ShardedIndex:
         Returns:
             scores float32 (q, k), ids int64 (q, k), as DocumentIndex.search.
         """
-        queries = np.ascontiguousarray(np.asarray(queries, dtype=np.float32).reshape(-1, self.dim))
+        queries, k = self._agreed(lambda: (_as_matrix("queries", queries, self.dim), _as_k(k)))
         per_rank = self._all_gather(queries)
         counts = [part.shape[0] for part in per_rank]
         scores, ids = self.local.search(np.concatenate(per_rank), k)

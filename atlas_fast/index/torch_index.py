@@ -8,6 +8,10 @@ drift and the file format are the CPU DocumentIndex's (files are interchangeable
 persistence goes through host memory and the same writer). Upsert writes rows with
 ``index_copy_``; remove moves the last rows into the holes (swap-with-last).
 
+Threads may share an index: one lock serialises every call (searches included, unlike
+the CPU index, whose searches run during an upsert), so no call sees a half-written row
+or a half-updated id map.
+
 Differences from the CPU index: ids must lie in [0, 2³² − 1) (the kernel packs an id
 and its score into one int64); rows in fp16/bf16 are scored with the queries rounded
 to that dtype, as Atlas does.
@@ -15,18 +19,40 @@ to that dtype, as Atlas does.
 
 from __future__ import annotations
 
+import functools
 import os
+import threading
 
 import numpy as np
 import torch
 
 from atlas_fast import _dispatch
-from atlas_fast.index.document_index import DTYPES, POLICIES, DocumentIndex, _as_ids, _as_matrix
+from atlas_fast.index.document_index import (
+    DTYPES,
+    POLICIES,
+    DocumentIndex,
+    _as_ids,
+    _as_integer_array,
+    _as_k,
+    _as_matrix,
+    _as_step,
+)
 from atlas_fast.reference.index_topk import MAX_ID, search_ref
 
 __all__ = ["TorchDocumentIndex"]
 
 _TORCH_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _serialised(method):
+    """Run ``method`` holding the index's lock: rows, id map and host metadata change together."""
+
+    @functools.wraps(method)
+    def locked(self, *args, **kwargs):
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class TorchDocumentIndex:
@@ -52,6 +78,7 @@ class TorchDocumentIndex:
         self._steps = np.empty(0, dtype=np.int32)
         self._retrieved = np.empty(0, dtype=np.uint32)
         self._drift_sum, self._drift_count = 0.0, 0
+        self._lock = threading.RLock()  # re-entrant: public methods call one another
 
     @property
     def dim(self) -> int:
@@ -61,6 +88,7 @@ class TorchDocumentIndex:
     def dtype(self) -> str:
         return self._dtype
 
+    @_serialised
     def __len__(self) -> int:
         return self._count
 
@@ -73,10 +101,12 @@ class TorchDocumentIndex:
     def _rows_of(self, ids: np.ndarray) -> np.ndarray:
         return np.fromiter((self._row_of.get(int(i), -1) for i in ids), dtype=np.int64, count=ids.size)
 
+    @_serialised
     def contains(self, ids) -> np.ndarray:
         """(n,) bool: whether each id is in the index."""
         return self._rows_of(_as_ids("ids", ids)) >= 0
 
+    @_serialised
     def __contains__(self, doc_id: int) -> bool:
         return bool(self.contains([doc_id])[0])
 
@@ -87,6 +117,7 @@ class TorchDocumentIndex:
             raise KeyError(f"ids not in the index: {missing[:10].tolist()}{' ...' if missing.size > 10 else ''}")
         return rows
 
+    @_serialised
     def ids(self) -> np.ndarray:
         """(n,) int64 ids of all documents, in storage order."""
         return self._ids[: self._count].copy()
@@ -108,6 +139,7 @@ class TorchDocumentIndex:
             grown[: self._count] = array[: self._count]
             setattr(self, name, grown)
 
+    @_serialised
     def upsert(self, ids, vectors, step: int = 0) -> None:
         """Insert new documents or overwrite existing ones in place (duplicate ids: the last wins).
 
@@ -120,6 +152,8 @@ class TorchDocumentIndex:
         if isinstance(vectors, torch.Tensor):
             if vectors.dim() != 2 or vectors.shape[1] != self._dim:
                 raise ValueError(f"vectors must have shape (n, {self._dim}); got {tuple(vectors.shape)}")
+            if not vectors.is_floating_point():
+                raise ValueError(f"vectors must hold floats; got dtype {vectors.dtype}")
             values = vectors.detach().to(self.device, torch.float32)
             if not torch.isfinite(values).all():
                 raise ValueError("vectors contains NaN or infinite values")
@@ -129,8 +163,7 @@ class TorchDocumentIndex:
             raise ValueError(f"vectors has {values.shape[0]} rows but ids has {ids.shape[0]}")
         if ids.size and (ids.min() < 0 or ids.max() >= MAX_ID):
             raise ValueError(f"ids must lie in [0, 2**32 - 1) for a TorchDocumentIndex; got {ids.min()}..{ids.max()}")
-        if not 0 <= step < 2**31:
-            raise ValueError(f"step must be in [0, 2**31); got {step}")
+        step = _as_step(step)
         # The last occurrence of a repeated id wins, as in the CPU index.
         last = ids.size - 1 - np.unique(ids[::-1], return_index=True)[1]
         ids, values = ids[last], values[torch.from_numpy(last).to(self.device)]
@@ -156,6 +189,7 @@ class TorchDocumentIndex:
         self._retrieved[rows] = 0
         self._count += int(new.sum())
 
+    @_serialised
     def remove(self, ids) -> None:
         """Remove documents: the last rows move into the holes. Every id must be present (KeyError otherwise)."""
         ids = _as_ids("ids", ids)
@@ -180,16 +214,17 @@ class TorchDocumentIndex:
             self._row_of[int(self._ids[row])] = row
         self._count = remaining
 
+    @_serialised
     def get(self, ids) -> np.ndarray:
         """(n, d) float32 stored vectors of present ids (KeyError for absent ones)."""
         rows = self._require_present(_as_ids("ids", ids))
         return self._rows[torch.from_numpy(rows).to(self.device)].float().cpu().numpy()
 
     # ---- search ------------------------------------------------------------------------
+    @_serialised
     def search_tensors(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k on the index's device: scores (q, k) float32 and ids (q, k) int64 tensors, ties by smaller id."""
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-            raise ValueError(f"k must be a positive integer; got {k!r}")
+        k = _as_k(k)
         if queries.dim() != 2 or queries.shape[1] != self._dim:
             raise ValueError(f"queries must have shape (n, {self._dim}); got {tuple(queries.shape)}")
         queries = queries.to(self.device, torch.float32)
@@ -205,6 +240,7 @@ class TorchDocumentIndex:
                 raise _dispatch.TritonUnavailable(f"index_search: k = {k} is above the kernel's limit of {MAX_K}")
         return search_ref(queries, rows, row_ids, int(k))
 
+    @_serialised
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k, as DocumentIndex.search: numpy scores float32 (q, k) and ids int64 (q, k)."""
         if not isinstance(queries, torch.Tensor):
@@ -215,17 +251,19 @@ class TorchDocumentIndex:
         return scores.cpu().numpy(), ids.cpu().numpy()
 
     # ---- staleness ---------------------------------------------------------------------
+    @_serialised
     def step_of(self, ids) -> np.ndarray:
         """(n,) int32 step each present id was last embedded at."""
         return self._steps[self._require_present(_as_ids("ids", ids))].copy()
 
+    @_serialised
     def record_retrieved(self, ids) -> None:
         """Count a retrieval of each id (any shape; -1 and unknown ids are ignored)."""
-        array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids).reshape(-1)
-        rows = self._rows_of(array.astype(np.int64))
+        rows = self._rows_of(_as_integer_array("ids", ids).reshape(-1))
         rows = rows[rows >= 0]
         np.add.at(self._retrieved, rows, 1)
 
+    @_serialised
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """The next ≤ budget documents to re-embed ("oldest": smallest step first; "hot": most retrieved first)."""
         if policy not in POLICIES:
@@ -238,6 +276,7 @@ class TorchDocumentIndex:
             keys = (*keys, -self._retrieved[:n].astype(np.int64))
         return self._ids[np.lexsort(keys)[:budget]].copy()
 
+    @_serialised
     def drift(self, reset: bool = True) -> tuple[float, int]:
         """Mean cosine between old and new vectors of documents overwritten since the last reset, and their count."""
         result = (self._drift_sum / self._drift_count if self._drift_count else 0.0, self._drift_count)
@@ -245,6 +284,7 @@ class TorchDocumentIndex:
             self._drift_sum, self._drift_count = 0.0, 0
         return result
 
+    @_serialised
     def memory_bytes(self) -> int:
         """Bytes held: row storage (device) plus per-document metadata (host)."""
         rows = self._rows.numel() * self._rows.element_size() + self._row_ids_device.numel() * 8
@@ -252,6 +292,7 @@ class TorchDocumentIndex:
         return rows + self._ids.nbytes + self._steps.nbytes + self._retrieved.nbytes + 100 * len(self._row_of)
 
     # ---- persistence (through host memory, the CPU index's file format) ----------------
+    @_serialised
     def to_document_index(self) -> DocumentIndex:
         """A CPU DocumentIndex with the same rows, steps and retrieval counts."""
         index = DocumentIndex(self._dim, self._dtype)
@@ -282,6 +323,7 @@ class TorchDocumentIndex:
             result._count += n
         return result
 
+    @_serialised
     def save(self, path: str | os.PathLike) -> None:
         """Write the CPU index's file format, atomically (see DocumentIndex.save)."""
         self.to_document_index().save(path)

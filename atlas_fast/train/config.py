@@ -9,6 +9,7 @@ tests use.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import sys
 from dataclasses import dataclass
@@ -27,6 +28,22 @@ GOLD_SCORE_MODES = ("pdist", "adist", "loop", "emdr")
 REFRESH_POLICIES = ("none", "full", "incremental", "rerank", "query-side")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
+
+
+# Every numeric key's allowed values: (lower bound, whether the bound itself is excluded); no upper bounds,
+# and never NaN or infinity. 0 means "off" or "all" where the field's comment says so.
+NUMERIC_RANGES: dict[str, tuple[float, bool]] = {
+    **dict.fromkeys(("max_passages", "max_train_examples", "max_eval_examples", "reader_decoder_layers"), (0, False)),
+    **dict.fromkeys(
+        ("query_max_length", "passage_max_length", "reader_passage_max_length", "target_max_length"), (1, False)
+    ),
+    **dict.fromkeys(("n_context", "refresh_every", "rerank_candidates", "steps", "batch_size"), (1, False)),
+    **dict.fromkeys(("accumulation_steps", "eval_k"), (1, False)),
+    **dict.fromkeys(("temperature_score", "temperature_gold", "reader_lr"), (0, True)),
+    **dict.fromkeys(("retriever_lr", "weight_decay", "clip_norm", "time_budget_s"), (0, False)),
+    **dict.fromkeys(("refresh_budget", "warmup_steps", "freeze_retriever_steps", "warmup_cache_examples"), (0, False)),
+    **dict.fromkeys(("seed", "eval_every", "eval_generate_examples", "checkpoint_every"), (0, False)),
+}
 
 
 class ConfigError(ValueError):
@@ -109,24 +126,12 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
-        positive = (
-            "n_context",
-            "steps",
-            "batch_size",
-            "accumulation_steps",
-            "refresh_every",
-            "rerank_candidates",
-            "query_max_length",
-            "passage_max_length",
-            "reader_passage_max_length",
-            "target_max_length",
-        )
-        for key in positive:
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"{key} must be > 0; got {getattr(self, key)!r}")
-        for key in ("temperature_score", "temperature_gold", "reader_lr"):
-            if not getattr(self, key) > 0:
-                raise ConfigError(f"{key} must be > 0; got {getattr(self, key)!r}")
+        for key, (low, open_low) in NUMERIC_RANGES.items():
+            values = getattr(self, key)
+            for value in values if isinstance(values, tuple) else (values,):
+                if not math.isfinite(value) or value < low or (open_low and value == low):
+                    interval = f"({low}, ∞)" if open_low else f"[{low}, ∞)"
+                    raise ConfigError(f"{key} must be in {interval}; got {value!r}")
         for key, allowed in (("device", ("auto",)), ("index_device", ("auto", "host"))):
             value = getattr(self, key)
             if value not in allowed:

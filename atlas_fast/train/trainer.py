@@ -92,8 +92,8 @@ class Trainer:
         return [self.reader.text_format.format_query(e.question) for e in examples]
 
     def labels(self, examples: list[Example]) -> torch.Tensor:
-        """(B, T) reader labels: each example's first answer is its training target."""
-        return self.reader.tokenize_targets([e.answers[0] for e in examples])
+        """(B, T) reader labels: each example's first non-blank answer is its training target."""
+        return self.reader.tokenize_targets([e.target for e in examples])
 
     def log(self, record: dict) -> None:
         if self.rank == 0:
