@@ -338,3 +338,82 @@ def test_the_training_target_is_the_first_non_blank_answer(tmp_path):
     path.write_text('{"question": "q1", "answers": ["", "  ", "Canyon 0"]}\n')
     (example,) = read_examples(path)
     assert example.target == "Canyon 0" and example.answers[0] == ""
+
+
+def _resigned(path, data: bytes) -> None:
+    """Write ``data`` (a whole index file) with a valid trailing checksum: a crafted file."""
+    import hashlib
+
+    body = data[:-32]
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+def _index_file(tmp_path, dtype="float32"):
+    index = DocumentIndex(4, dtype)
+    index.upsert([5, 6], np.ones((2, 4), np.float32), step=2)
+    path = tmp_path / "crafted.afi"
+    index.save(path)
+    return path, bytearray(path.read_bytes())
+
+
+def _header_end(data: bytes) -> int:
+    import struct
+
+    (length,) = struct.unpack_from("<I", data, 12)
+    return 16 + length
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("field", ["id", "step", "vector"])
+def test_crafted_index_rows_with_a_valid_checksum_are_refused(tmp_path, dtype, field):
+    from atlas_fast.index import IndexFileError
+
+    path, data = _index_file(tmp_path, dtype)
+    start = _header_end(data)  # rows: 2 ids (int64), 2 steps (int32), 2 counts (uint32), then vectors
+    if field == "id":
+        data[start : start + 8] = np.int64(-1).tobytes()
+        message = "holds id -1"
+    elif field == "step":
+        data[start + 16 : start + 20] = np.int32(-3).tobytes()
+        message = "negative steps"
+    else:
+        nan = {"float32": np.float32(np.nan), "float16": np.float16(np.nan), "bfloat16": np.uint16(0x7FC0)}[dtype]
+        data[start + 32 : start + 32 + nan.nbytes] = nan.tobytes()
+        message = "NaN or infinite"
+    _resigned(path, bytes(data))
+    with pytest.raises(IndexFileError, match=message):
+        DocumentIndex.load(path)
+
+
+@pytest.mark.parametrize(
+    "header", [b'{"dim": 1e30, "dtype": "float32", "count": 0, "chunk_rows": 1}', b"[" * 100_000 + b"]" * 100_000]
+)
+def test_crafted_index_headers_give_index_file_errors(tmp_path, header):
+    import struct
+
+    from atlas_fast.index import IndexFileError
+
+    path = tmp_path / "crafted.afi"
+    _resigned(path, b"ATLASIDX" + struct.pack("<II", 1, len(header)) + header + bytes(32))
+    with pytest.raises(IndexFileError, match="invalid header|unreadable header"):
+        DocumentIndex.load(path)
+
+
+def test_index_info_on_a_missing_file_or_a_directory_is_a_clear_error(tmp_path):
+    from atlas_fast.index import IndexFileError
+
+    with pytest.raises(IndexFileError, match="no such index file"):
+        DocumentIndex.load(tmp_path / "absent.afi")
+    with pytest.raises(IndexFileError, match="it is a directory"):
+        DocumentIndex.load(tmp_path)
+
+
+def test_temporaries_of_killed_saves_are_cleaned_up(tmp_path):
+    path, _ = _index_file(tmp_path)
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".crafted.afi.tmp-{int(dead.stdout)}"
+    stale.write_bytes(b"x" * 1000)
+    alive = tmp_path / f".crafted.afi.tmp-{os.getppid()}"  # a live process's save in progress is left alone
+    alive.write_bytes(b"y")
+    DocumentIndex.load(path).save(path)
+    assert not stale.exists() and alive.exists()

@@ -32,11 +32,26 @@ POLICIES = ("oldest", "hot")
 _MAGIC = b"ATLASIDX"
 _FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")  # magic, format version, header length
+_MAX_DIM = 1 << 20  # far beyond any embedding; a larger header value is a crafted or corrupted file
 _CHUNK_ROWS = 65536  # rows per read/write chunk: bounded extra memory while saving and loading
 
 
 class IndexFileError(ValueError):
     """An index file is truncated, corrupted, or not an atlas_fast index."""
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Delete ``.NAME.tmp-PID`` files that saves of ``path`` by processes no longer alive left behind (a kill)."""
+    for temporary in path.parent.glob(f".{path.name}.tmp-*"):
+        pid = temporary.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            temporary.unlink(missing_ok=True)
+        except PermissionError:
+            pass  # alive, another user's
 
 
 def _as_integer_array(name: str, ids) -> np.ndarray:
@@ -82,6 +97,22 @@ def _as_matrix(name: str, values, dim: int, check_finite: bool = True) -> np.nda
     if check_finite and not np.isfinite(array).all():
         raise ValueError(f"{name} contains NaN or infinite values")
     return array
+
+
+def _check_rows(path: Path, ids: np.ndarray, steps: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
+    """What a file with a valid checksum may still hold but no index does: id -1, negative steps, NaN or inf."""
+    if (ids == -1).any():
+        raise IndexFileError(f"{path}: holds id -1, which marks padding")
+    if (steps < 0).any():
+        raise IndexFileError(f"{path}: holds negative steps")
+    if dtype == "float32":
+        finite = np.isfinite(vectors).all()
+    elif dtype == "float16":
+        finite = np.isfinite(vectors.view(np.float16)).all()
+    else:  # bfloat16: an all-ones exponent is inf or NaN
+        finite = not ((vectors & 0x7F80) == 0x7F80).any()
+    if not finite:
+        raise IndexFileError(f"{path}: holds NaN or infinite vector values")
 
 
 class DocumentIndex:
@@ -245,6 +276,7 @@ class DocumentIndex:
         and ends with a SHA-256 of its contents; no pickle is involved.
         """
         path = Path(path)
+        _remove_stale_temporaries(path)
         temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
         digest = hashlib.sha256()
         try:
@@ -286,6 +318,9 @@ class DocumentIndex:
             IndexFileError: wrong magic, unknown version, wrong size or checksum mismatch.
         """
         path = Path(path)
+        if not path.is_file():
+            raise IndexFileError(f"{path}: no such index file" + (" (it is a directory)" if path.is_dir() else ""))
+        _remove_stale_temporaries(path)
         size = path.stat().st_size
         with open(path, "rb") as file:
             preamble = file.read(_PREAMBLE.size)
@@ -298,12 +333,12 @@ class DocumentIndex:
                 raise IndexFileError(f"{path}: format version {version}; this atlas_fast reads {_FORMAT_VERSION}")
             try:
                 header = json.loads(file.read(header_length))
-                dim, dtype, count = int(header["dim"]), header["dtype"], int(header["count"])
-                chunk_rows = int(header["chunk_rows"])
-            except (ValueError, KeyError, TypeError) as error:
-                raise IndexFileError(f"{path}: unreadable header ({error})") from error
-        if dtype not in DTYPES or dim <= 0 or count < 0 or chunk_rows <= 0:
-            raise IndexFileError(f"{path}: invalid header {header}")
+                dim, dtype, count, chunk_rows = (header[key] for key in ("dim", "dtype", "count", "chunk_rows"))
+            except (ValueError, KeyError, TypeError, RecursionError) as error:
+                raise IndexFileError(f"{path}: unreadable header ({type(error).__name__}: {error})") from error
+        integers_ok = all(type(value) is int for value in (dim, count, chunk_rows))
+        if not integers_ok or dtype not in DTYPES or not 0 < dim <= _MAX_DIM or count < 0 or chunk_rows <= 0:
+            raise IndexFileError(f"{path}: invalid header {str(header)[:200]}")
         value_bytes = 4 if dtype == "float32" else 2
         body_start = _PREAMBLE.size + header_length
         row_bytes = 8 + 4 + 4 + dim * value_bytes
@@ -326,6 +361,7 @@ class DocumentIndex:
             steps = raw[offset + 8 * n : offset + 12 * n].view(np.int32)
             retrieved = raw[offset + 12 * n : offset + 16 * n].view(np.uint32)
             vectors = raw[offset + 16 * n : offset + n * row_bytes].view(storage).reshape(n, dim)
+            _check_rows(path, ids, steps, vectors, dtype)
             index._core.append_raw(ids, steps, retrieved, np.ascontiguousarray(vectors))
             offset += n * row_bytes
         if np.unique(index.ids()).size != count:
