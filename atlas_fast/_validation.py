@@ -85,6 +85,22 @@ def finite(name: str, value: torch.Tensor) -> None:
         raise ValueError(f"{name} contains NaN or infinite values; use mask to exclude passages instead")
 
 
+def finite_when_scaled(name: str, value: torch.Tensor, temperature_name: str, temperature: float) -> None:
+    """``value / temperature`` must stay finite in float32, where the kernels and the reference divide.
+
+    Finite scores of 3e38, or τ = 1e-45, overflow to inf and the softmax to NaN; say so instead.
+    Skipped under ATLAS_FAST_CHECK_FINITE=0, and for float64, which the reference keeps in float64.
+    """
+    if os.environ.get("ATLAS_FAST_CHECK_FINITE", "1") == "0" or value.dtype == torch.float64 or value.numel() == 0:
+        return
+    largest = float(value.detach().abs().max())
+    if largest / temperature > torch.finfo(torch.float32).max:
+        raise ValueError(
+            f"{name} / {temperature_name} overflows float32 (max |{name}| = {largest:.3g}, {temperature_name} = "
+            f"{temperature:.3g}); rescale {name} or raise {temperature_name}"
+        )
+
+
 def constant(name: str, value: torch.Tensor) -> None:
     """Targets are constants in Atlas (computed under no_grad); a grad-requiring one is a caller error."""
     if value.requires_grad:

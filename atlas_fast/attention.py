@@ -22,6 +22,15 @@ __all__ = ["PASSAGE_MASS_KINDS", "fid_cross_attention"]
 PASSAGE_MASS_KINDS = (None, "prob", "vnorm")
 
 
+def _empty_attention(q, k, v, n_passages, passage_mass):
+    """Zeros of the output shapes, still connected to q, k and v for autograd (their gradients are 0)."""
+    B, NH, T, Dh = q.shape
+    out = q.new_zeros((B, NH, T, Dh)) + (q.sum() + k.sum() + v.sum()) * 0
+    if passage_mass is None:
+        return out
+    return out, torch.zeros((B, NH, T, n_passages), device=q.device, dtype=torch.float32)
+
+
 def fid_cross_attention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -50,7 +59,8 @@ def fid_cross_attention(
         dropout_p: dropout on the attention weights (T5 in training); the mass is taken before it.
 
     Returns:
-        out (B, NH, T, Dh) in q's dtype; with passage_mass, (out, mass (B, NH, T, K) float32).
+        out (B, NH, T, Dh) in q's dtype; with passage_mass, (out, mass (B, NH, T, K) float32). Empty inputs
+        (B, NH, T, L or Dh = 0) give zeros: with no key to attend to, out and mass are 0.
     """
     _validation.float_tensor("q", q, 4)
     _validation.float_tensor("k", k, 4)
@@ -75,6 +85,8 @@ def fid_cross_attention(
         raise ValueError(f"passage_mass must be one of None, 'prob', 'vnorm'; got {passage_mass!r}")
     if not isinstance(dropout_p, (int, float)) or not 0 <= dropout_p < 1:
         raise ValueError(f"dropout_p must be in [0, 1); got {dropout_p!r}")
+    if q.numel() == 0 or k.numel() == 0:  # B, NH, T, L or Dh = 0: no key to attend to, nothing attends
+        return _empty_attention(q, k, v, n_passages, passage_mass)
     # Without mass, the reference is SDPA, already fused; the kernels exist for the mass.
     if passage_mass is not None and (
         _dispatch.choose_backend("fid_cross_attention", q.device, dtype=q.dtype) == "triton"

@@ -58,6 +58,7 @@ def _validate_lm_head_inputs(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
     if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab):
         raise ValueError(f"labels must be -100 (padding) or token ids in [0, {vocab}); got values outside")
     _validation.finite("hidden", hidden)
+    _validation.finite("lm_head_weight", lm_head_weight)
 
 
 def _token_logprobs(

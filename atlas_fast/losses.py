@@ -98,7 +98,7 @@ def kldivloss(
         reduction: "mean" | "batchmean" (÷ rows with a passage) | "sum" | "none" → (B, K).
 
     Returns:
-        float32 scalar, or (B, K) for reduction="none".
+        float32 scalar, or (B, K) for reduction="none"; 0 when K = 0.
     """
     _validation.float_tensor("scores", scores, 2)
     _validation.float_tensor("gold_scores", gold_scores, 2)
@@ -111,6 +111,11 @@ def kldivloss(
     _validation.constant("gold_scores", gold_scores)
     _validation.finite("scores", scores)
     _validation.finite("gold_scores", gold_scores)
+    _validation.finite_when_scaled("scores", scores, "temperature_score", temperature_score)
+    _validation.finite_when_scaled("gold_scores", gold_scores, "temperature_gold", temperature_gold)
+    if scores.shape[1] == 0:  # no passage: as a fully masked row, every row contributes 0
+        empty = scores.float() * 0.0  # (B, 0), connected to scores for autograd
+        return empty if reduction == "none" else empty.sum()
     unsupported = _kernel_limit(scores.shape[1], _KLDIV_MAX_K)
     if _dispatch.choose_backend("kldivloss", scores.device, unsupported, scores.dtype) == "triton":
         from atlas_fast.kernels.kldivloss import kldivloss_triton
@@ -140,7 +145,7 @@ def emdr_loss(
         mask: optional (B, K) bool, True = a real passage.
 
     Returns:
-        float32 scalar.
+        float32 scalar; 0 when K = 0.
     """
     _validation.float_tensor("scores", scores, 2)
     _validation.float_tensor("token_logprobs", token_logprobs, 3)
@@ -153,6 +158,9 @@ def emdr_loss(
     _validation.constant("token_logprobs", token_logprobs)
     _validation.finite("scores", scores)
     _validation.finite("token_logprobs", token_logprobs)
+    _validation.finite_when_scaled("scores", scores, "temperature_score", temperature_score)
+    if K == 0:  # no passage: nothing to marginalise, 0 as kldivloss gives (the gradient is empty)
+        return scores.sum(dtype=torch.float32) * 0.0
     unsupported = _kernel_limit(K, _EMDR_MAX_K)
     if _dispatch.choose_backend("emdr_loss", scores.device, unsupported, scores.dtype) == "triton":
         from atlas_fast.kernels.emdr_loss import emdr_loss_triton

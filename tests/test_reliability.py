@@ -395,7 +395,7 @@ def test_crafted_index_headers_give_index_file_errors(tmp_path, header):
 
     path = tmp_path / "crafted.afi"
     _resigned(path, b"ATLASIDX" + struct.pack("<II", 1, len(header)) + header + bytes(32))
-    with pytest.raises(IndexFileError, match="invalid header|unreadable header"):
+    with pytest.raises(IndexFileError, match=r"invalid header|unreadable header"):
         DocumentIndex.load(path)
 
 
@@ -417,3 +417,38 @@ def test_temporaries_of_killed_saves_are_cleaned_up(tmp_path):
     alive.write_bytes(b"y")
     DocumentIndex.load(path).save(path)
     assert not stale.exists() and alive.exists()
+
+
+@pytest.mark.parametrize(("B", "T", "L"), [(0, 4, 3), (2, 0, 3), (2, 4, 0)])
+@pytest.mark.parametrize("mass", [None, "prob", "vnorm"])
+def test_fid_cross_attention_on_empty_inputs_gives_zeros_of_the_right_shapes(B, T, L, mass):
+    from atlas_fast.attention import fid_cross_attention
+
+    q = torch.randn(B, 2, T, 8, requires_grad=True)
+    k = torch.randn(B, 2, 2 * L, 8, requires_grad=True)
+    v = torch.randn(B, 2, 2 * L, 8)
+    result = fid_cross_attention(q, k, v, torch.ones(B, 2 * L, dtype=torch.bool), 2, passage_mass=mass)
+    out = result if mass is None else result[0]
+    assert out.shape == (B, 2, T, 8) and not out.any()
+    if mass is not None:
+        assert result[1].shape == (B, 2, T, 2) and not result[1].any()
+    out.sum().backward()
+    assert not q.grad.any() and not k.grad.any()
+
+
+def test_loss_edge_cases_are_results_or_named_errors():
+    from atlas_fast import losses
+
+    scores = torch.randn(3, 0, requires_grad=True)
+    loss = losses.emdr_loss(scores, torch.randn(3, 0, 4), torch.zeros(3, 4, dtype=torch.long))
+    assert loss.item() == 0.0 == losses.kldivloss(torch.randn(3, 0), torch.randn(3, 0)).item()
+    with pytest.raises(ValueError, match=r"scores / temperature_score overflows float32 \(max \|scores\| = 3e\+38"):
+        losses.kldivloss(torch.full((2, 3), 3e38), torch.zeros(2, 3))
+    with pytest.raises(ValueError, match="overflows float32"):
+        losses.kldivloss(torch.ones(2, 3), torch.zeros(2, 3), temperature_score=1e-45)
+    with pytest.raises(ValueError, match="scores / temperature_score overflows"):
+        losses.emdr_loss(torch.full((2, 3), 3e38), torch.zeros(2, 3, 4), torch.zeros(2, 4, dtype=torch.long))
+    weight = torch.randn(10, 4)
+    weight[3, 1] = float("nan")
+    with pytest.raises(ValueError, match="lm_head_weight contains NaN"):
+        losses.pdist_gold_scores(torch.randn(1, 2, 3, 4), weight, torch.zeros(1, 3, dtype=torch.long))
