@@ -191,16 +191,9 @@ def _run(args: argparse.Namespace) -> int:
 
         train(TrainConfig.load(args.config, args.overrides), resume=args.resume)
     elif args.command == "evaluate":
-        import json
+        from atlas_fast.train.run import evaluate_checkpoint
 
-        from atlas_fast.train.evaluate import evaluate
-        from atlas_fast.train.trainer import Trainer
-
-        stored = json.loads((Path(args.checkpoint) / "config.json").read_text(encoding="utf-8"))
-        overrides = [f"{key}={json.dumps(value)}" for key, value in stored.items()] + args.overrides
-        trainer = Trainer(TrainConfig.load(None, overrides))
-        trainer.resume(args.checkpoint)
-        for key, value in evaluate(trainer).items():
+        for key, value in evaluate_checkpoint(args.checkpoint, args.overrides).items():
             print(f"{key}: {value:.4f}" if isinstance(value, float) else f"{key}: {value}")
     elif args.command == "index":
         from atlas_fast.index import commands

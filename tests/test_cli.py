@@ -79,13 +79,16 @@ def test_train_then_evaluate_the_checkpoint(tmp_path, capsys):
     ]
     assert cli.main(["train", *[arg for o in overrides for arg in ("--set", o)]]) == 0
     assert "after 2 steps" in capsys.readouterr().out
-    assert cli.main(["evaluate", str(tmp_path / "run" / "checkpoint-2")]) == 0
-    assert "recall@1:" in capsys.readouterr().out
+    paths = [arg for o in overrides if o.split("=")[0] != "output_dir" for arg in ("--set", o)]
+    assert cli.main(["evaluate", str(tmp_path / "run" / "checkpoint-2"), *paths]) == 0
+    out = capsys.readouterr().out
+    assert "recall@1:" in out
+    assert "not taken from the checkpoint (paths: --set them where the defaults differ): eval_data, output_dir" in out
 
 
 def test_errors_are_reported_not_raised(tmp_path, capsys):
     assert cli.main(["train", "--set", "steps=0"]) == 2
-    assert "steps must be > 0" in capsys.readouterr().err
+    assert "steps must be in [1, ∞); got 0" in capsys.readouterr().err
     config = tiny_config(tmp_path)
     (tmp_path / "empty.jsonl").write_text("")
     assert (

@@ -24,9 +24,9 @@ def test_atlas_defaults():
     [
         (["stepz=3"], "unknown configuration keys: stepz"),
         (["steps=three"], "steps must be a int"),
-        (["steps=0"], "steps must be > 0"),
+        (["steps=0"], r"steps must be in \[1, ∞\)"),
         (["gold_score_mode='ppmean'"], "gold_score_mode must be one of"),
-        (["temperature_gold=0"], "temperature_gold must be > 0"),
+        (["temperature_gold=0"], r"temperature_gold must be in \(0, ∞\)"),
         (["eval_k=[0]"], "eval_k must be a list of positive integers"),
         (["refresh='rerank'", "rerank_candidates=2"], "rerank_candidates .2. must be ≥ n_context"),
         (["reader='t5'"], "needs reader_path"),

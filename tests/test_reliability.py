@@ -452,3 +452,47 @@ def test_loss_edge_cases_are_results_or_named_errors():
     weight[3, 1] = float("nan")
     with pytest.raises(ValueError, match="lm_head_weight contains NaN"):
         losses.pdist_gold_scores(torch.randn(1, 2, 3, 4), weight, torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_index_search_refuses_another_passages_file(tmp_path, capsys):
+    from atlas_fast import cli
+
+    config = tiny_config(tmp_path)
+    index_path = tmp_path / "corpus.afi"
+    assert cli.main(["index", "build", config.passages, str(index_path), "--retriever", config.retriever_path]) == 0
+    other = tmp_path / "other.jsonl"
+    lines = Path(config.passages).read_text(encoding="utf-8").splitlines()
+    other.write_text("\n".join([lines[1], lines[0], *lines[2:]]) + "\n", encoding="utf-8")  # same rows, reordered
+    capsys.readouterr()
+    command = ["index", "search", str(index_path), str(other), "Castle 3", "--retriever", config.retriever_path]
+    assert cli.main(command) == 2
+    assert "other.jsonl is not the passages file" in capsys.readouterr().err
+
+
+def test_index_build_checks_its_output_before_embedding(tmp_path, capsys):
+    from atlas_fast import cli
+
+    config = tiny_config(tmp_path)
+    for output, message in ((tmp_path, "is a directory"), (tmp_path / "no" / "x.afi", "does not exist")):
+        assert cli.main(["index", "build", config.passages, str(output), "--retriever", config.retriever_path]) == 2
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_evaluate_takes_no_path_from_a_strangers_checkpoint(tmp_path, capsys):
+    from atlas_fast import cli
+
+    config = tiny_config(tmp_path, steps=2, checkpoint_every=2, freeze_retriever_steps=0)
+    train(config)
+    stranger = tmp_path / "run" / "checkpoint-2"
+    stored = json.loads((stranger / "config.json").read_text())
+    stored.update(data_root=str(tmp_path / "evil-data"), output_dir=str(tmp_path / "evil-out"))
+    (stranger / "config.json").write_text(json.dumps(stored))
+    (stranger / "manifest.json").unlink()
+    checkpoint._write_manifest(stranger)  # a consistent, checksummed stranger's checkpoint
+    paths = ["passages", "train_data", "eval_data", "retriever_path"]
+    settings = [arg for key in paths for arg in ("--set", f"{key}={json.dumps(getattr(config, key))}")]
+    before = sorted(path.name for path in tmp_path.rglob("*"))
+    assert cli.main(["evaluate", str(stranger), *settings]) == 0
+    assert "recall@1:" in capsys.readouterr().out
+    assert sorted(path.name for path in tmp_path.rglob("*")) == before  # nothing written anywhere under tmp_path

@@ -6,6 +6,7 @@ same passages file maps search results back to text.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -16,11 +17,30 @@ from atlas_fast.data.formatting import TextFormat
 from atlas_fast.index.document_index import DocumentIndex
 from atlas_fast.models.retriever import Retriever, packaged_minilm_path
 
-__all__ = ["build_index", "index_info", "search_index"]
+__all__ = ["build_index", "index_info", "passages_fingerprint", "search_index"]
 
 
 def _retriever(path: str | None) -> Retriever:
     return Retriever.from_pretrained(Path(path) if path else packaged_minilm_path())
+
+
+def passages_fingerprint(passages: str | os.PathLike) -> str:
+    """The sha256 of a passages file: an index records it, and search refuses any other file."""
+    digest = hashlib.sha256()
+    with open(passages, "rb") as file:
+        for block in iter(lambda: file.read(4 * 2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_writable(output: Path) -> None:
+    """Fail before hours of embedding, not after: the index file must be creatable at ``output``."""
+    if output.is_dir():
+        raise ValueError(f"{output}: is a directory; give the index file's path")
+    if not output.parent.is_dir():
+        raise ValueError(f"{output}: its folder {output.parent} does not exist")
+    if not os.access(output.parent, os.W_OK | os.X_OK) or (output.exists() and not os.access(output, os.W_OK)):
+        raise ValueError(f"{output}: not writable")
 
 
 def build_index(
@@ -30,13 +50,15 @@ def build_index(
     dtype: str = "float32",
     batch_size: int = 128,
 ) -> DocumentIndex:
-    """Embed every passage (``{title} {text}``) and save the index to ``output``."""
+    """Embed every passage (``{title} {text}``) and save the index to ``output``, with the file's fingerprint."""
+    _check_writable(Path(output))
     rows = read_passages(passages)
     encoder = _retriever(retriever)
     texts = [TextFormat().format_retriever_passage(p) for p in rows]
     vectors = encoder.embed_passages_for_index(texts, batch_size=batch_size, progress=True)
     index = DocumentIndex(encoder.dim, dtype)
     index.upsert(np.arange(len(rows)), vectors)
+    index.metadata["passages_sha256"] = passages_fingerprint(passages)
     index.save(output)
     return index
 
@@ -50,6 +72,12 @@ def search_index(
 ) -> list[list[tuple[float, str, str]]]:
     """(score, passage id, title) of the top-k passages of each query."""
     index = DocumentIndex.load(index_path)
+    expected = index.metadata.get("passages_sha256")
+    if expected is not None and passages_fingerprint(passages) != expected:
+        raise ValueError(
+            f"{passages} is not the passages file {index_path} was built from (its sha256 differs); "
+            "search with that file, or build an index of this one"
+        )
     rows = read_passages(passages)
     if len(rows) < len(index):
         raise ValueError(f"{passages} has {len(rows)} passages but the index holds {len(index)}: not its passages file")

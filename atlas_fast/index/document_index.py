@@ -136,6 +136,8 @@ class DocumentIndex:
         # locks each call, but a file is many calls, and must be one consistent snapshot. Searches, which
         # only read, do not take it, so they still run during an upsert (and during a save).
         self._writing = threading.Lock()
+        # Strings saved with the index (in its header), e.g. the fingerprint of the passages it embeds.
+        self.metadata: dict[str, str] = {}
 
     @property
     def dim(self) -> int:
@@ -263,9 +265,8 @@ class DocumentIndex:
 
     def _header(self) -> bytes:
         # Rows are written in chunks of chunk_rows: ids, steps, retrieval counts, then vectors.
-        return json.dumps(
-            {"dim": self.dim, "dtype": self.dtype, "count": len(self), "chunk_rows": _CHUNK_ROWS}
-        ).encode()
+        header = {"dim": self.dim, "dtype": self.dtype, "count": len(self), "chunk_rows": _CHUNK_ROWS}
+        return json.dumps({**header, "metadata": self.metadata}).encode()
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the index to ``path`` atomically: a temporary file, fsync, then rename.
@@ -336,6 +337,9 @@ class DocumentIndex:
                 dim, dtype, count, chunk_rows = (header[key] for key in ("dim", "dtype", "count", "chunk_rows"))
             except (ValueError, KeyError, TypeError, RecursionError) as error:
                 raise IndexFileError(f"{path}: unreadable header ({type(error).__name__}: {error})") from error
+        metadata = header.get("metadata", {})
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in (*metadata, *metadata.values())):
+            raise IndexFileError(f"{path}: invalid metadata (expected a mapping of strings)")
         integers_ok = all(type(value) is int for value in (dim, count, chunk_rows))
         if not integers_ok or dtype not in DTYPES or not 0 < dim <= _MAX_DIM or count < 0 or chunk_rows <= 0:
             raise IndexFileError(f"{path}: invalid header {str(header)[:200]}")
@@ -366,4 +370,5 @@ class DocumentIndex:
             offset += n * row_bytes
         if np.unique(index.ids()).size != count:
             raise IndexFileError(f"{path}: duplicate ids")
+        index.metadata = dict(metadata)
         return index

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import time
 
 from tqdm.auto import tqdm
@@ -14,7 +16,37 @@ from atlas_fast.train.plot import plot_metrics
 from atlas_fast.train.setup import collective_device
 from atlas_fast.train.trainer import Trainer
 
-__all__ = ["format_metrics", "format_summary", "train"]
+__all__ = ["evaluate_checkpoint", "format_metrics", "format_summary", "train"]
+
+# Configuration keys that name files or folders. A checkpoint may come from a stranger, so its config.json
+# never decides what is read or written: these come from the user's --set (or the defaults) only.
+PATH_KEYS = ("data_root", "passages", "train_data", "eval_data", "retriever_path", "reader_path", "output_dir")
+
+
+def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = None) -> dict:
+    """Dev metrics of a checkpoint: its settings, but paths only from ``overrides`` (``key=value``) or defaults.
+
+    Nothing is written: the run's output goes to a temporary folder that is removed afterwards.
+
+    Raises:
+        CheckpointError: the checkpoint does not verify or its config.json is unreadable.
+    """
+    directory = checkpoint.verify_checkpoint(path)
+    try:
+        stored = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(stored, dict):
+            raise TypeError("not a JSON object")
+    except (OSError, ValueError, TypeError, RecursionError) as error:
+        raise checkpoint.CheckpointError(f"{directory / 'config.json'}: unreadable ({error})") from error
+    ignored = sorted(key for key in PATH_KEYS if stored.get(key))
+    if ignored:
+        print(f"not taken from the checkpoint (paths: --set them where the defaults differ): {', '.join(ignored)}")
+    settings = [f"{key}={json.dumps(value)}" for key, value in stored.items() if key not in PATH_KEYS]
+    with tempfile.TemporaryDirectory(prefix="atlas-fast-evaluate-") as scratch:
+        config = TrainConfig.load(None, [*settings, *(overrides or []), f"output_dir={json.dumps(scratch)}"])
+        trainer = Trainer(config)
+        trainer.resume(directory)
+        return evaluate(trainer)
 
 
 def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = None) -> dict:
