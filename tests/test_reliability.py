@@ -496,3 +496,32 @@ def test_evaluate_takes_no_path_from_a_strangers_checkpoint(tmp_path, capsys):
     assert cli.main(["evaluate", str(stranger), *settings]) == 0
     assert "recall@1:" in capsys.readouterr().out
     assert sorted(path.name for path in tmp_path.rglob("*")) == before  # nothing written anywhere under tmp_path
+
+
+@pytest.mark.slow
+def test_a_resume_logs_each_step_once_and_reports_before(tmp_path):
+    import shutil
+
+    config = tiny_config(tmp_path, steps=4, checkpoint_every=2, freeze_retriever_steps=0)
+    train(config)
+    output = tmp_path / "run"
+    shutil.rmtree(output / "checkpoint-4")  # as if the run had crashed between its two checkpoints
+    summary = train(config, resume=True)
+    records = [json.loads(line) for line in (output / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["split"] == "train"] == [1, 2, 3, 4]
+    assert summary["before"] is not None and "recall@1" in summary["before"]
+    assert json.loads((output / "summary.json").read_text())["before"] == summary["before"]
+
+
+def test_an_unknown_passage_id_is_a_file_line_error(tmp_path):
+    from atlas_fast.data.formats import DataFormatError
+    from atlas_fast.train.setup import load_data
+
+    config = tiny_config(tmp_path)
+    lines = Path(config.eval_data).read_text().splitlines()
+    record = json.loads(lines[2])
+    record["passage_id"] = "no-such-passage"
+    lines[2] = json.dumps(record)
+    Path(config.eval_data).write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError, match=r"eval\.jsonl:3: passage_id 'no-such-passage' is not in .*passages"):
+        load_data(config)

@@ -9,6 +9,7 @@ gold passage where it is known, which makes retrieval recall exact.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Iterable, Iterator
@@ -35,6 +36,7 @@ class Example:
     answers: tuple[str, ...]
     id: str = ""
     passage_id: str | None = None
+    line: int = dataclasses.field(default=0, compare=False)  # where it was read, for error messages
 
     @property
     def target(self) -> str:
@@ -109,6 +111,7 @@ def read_examples(path: str | os.PathLike) -> list[Example]:
                 answers=tuple(answers),
                 id=_string_field(Path(path), number, record, "id", required=False) or str(number),
                 passage_id=None if passage_id is None else str(passage_id),
+                line=number,
             )
         )
     if not examples:

@@ -62,7 +62,8 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         )
     if resume and trainer.resume():  # a CheckpointError (none verifies) stops here: nothing is overwritten
         say(f"resumed from step {trainer.step} ({trainer.resumed_from})")
-        before = None
+        logged = [r for r in trainer.logged() if r.get("step") == 0 and r.get("split") == "eval"]
+        before = {key: value for key, value in logged[0].items() if key not in ("step", "split")} if logged else None
     else:
         if resume:
             say(f"no checkpoint in {trainer.output_dir}: starting at step 0")

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from atlas_fast.data.formats import Example, Passage, read_examples, read_passages
+from atlas_fast.data.formats import DataFormatError, Example, Passage, read_examples, read_passages
 from atlas_fast.data.prepare import TASKS, ensure_prepared
 from atlas_fast.models import FiDReader, Retriever, packaged_minilm_path
 from atlas_fast.train.config import ConfigError, TrainConfig
@@ -59,6 +59,11 @@ def load_data(config: TrainConfig) -> tuple[list[Passage], list[Example], list[E
         paths = root / "wiki" / "passages.jsonl", root / config.task / "train.jsonl", root / config.task / "dev.jsonl"
     passages = read_passages(paths[0])
     train, dev = read_examples(paths[1]), read_examples(paths[2])
+    known = {p.id for p in passages}
+    for path, examples in ((paths[1], train), (paths[2], dev)):
+        unknown = next((e for e in examples if e.passage_id is not None and e.passage_id not in known), None)
+        if unknown is not None:  # it would silently count as a retrieval miss
+            raise DataFormatError(f"{path}:{unknown.line}: passage_id {unknown.passage_id!r} is not in {paths[0]}")
     if config.max_passages:
         passages = passages[: config.max_passages]
         kept = {p.id for p in passages}

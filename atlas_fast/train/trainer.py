@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import time
 from pathlib import Path
 
@@ -99,6 +100,27 @@ class Trainer:
         if self.rank == 0:
             with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
+
+    def logged(self) -> list[dict]:
+        """The records of metrics.jsonl so far (a line a crash cut short is left out)."""
+        path = self.output_dir / "metrics.jsonl"
+        if not path.is_file():
+            return []
+        records = []
+        for line in path.read_text(encoding="utf-8").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue
+        return records
+
+    def _forget_logged_after(self, step: int) -> None:
+        """Drop the records of steps after ``step``: a resume replays them, and must not log them twice."""
+        if self.rank == 0 and (self.output_dir / "metrics.jsonl").is_file():
+            kept = [record for record in self.logged() if record.get("step", 0) <= step]
+            temporary = self.output_dir / ".metrics.jsonl.tmp"
+            temporary.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
+            os.replace(temporary, self.output_dir / "metrics.jsonl")
 
     # ---- index -----------------------------------------------------------------------
     def _index_device(self) -> torch.device | None:
@@ -338,6 +360,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])
+        self._forget_logged_after(self.step)
         self.refresh.documents_embedded = int(state["documents_embedded"])
         index_path, device = path / checkpoint.INDEX_FILE, self._index_device()
         if self.world_size > 1:
