@@ -240,6 +240,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, DataUnavailableError) as error:  # bad input: configuration, data files, index files, k
         print(f"atlas-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:  # the machine: disk full, permissions (saves leave the previous files intact)
+        print(f"atlas-fast {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

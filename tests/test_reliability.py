@@ -525,3 +525,56 @@ def test_an_unknown_passage_id_is_a_file_line_error(tmp_path):
     Path(config.eval_data).write_text("\n".join(lines) + "\n")
     with pytest.raises(DataFormatError, match=r"eval\.jsonl:3: passage_id 'no-such-passage' is not in .*passages"):
         load_data(config)
+
+
+def _bad_data_cases(tmp_path):
+    return {
+        "deeply nested": ('{"id": "x", "title": ' + "[" * 100_000 + "]" * 100_000 + "}\n").encode(),
+        "lone surrogate": b'{"id": "x", "title": "\\ud800", "text": "t"}\n',
+        "not UTF-8": b'{"id": "x", "title": "ok", "text": "t"}\n{"id": "y", "title": "\xff\xfe", "text": "t"}\n',
+    }
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("deeply nested", r"passages\.jsonl:1: JSON nested too deeply"),
+        ("lone surrogate", r"passages\.jsonl:1: holds a lone surrogate"),
+        ("not UTF-8", r"passages\.jsonl:2: not UTF-8 text"),
+    ],
+)
+def test_bad_passage_lines_name_file_and_line(tmp_path, case, message):
+    from atlas_fast.data.formats import DataFormatError, read_passages
+
+    path = tmp_path / "passages.jsonl"
+    path.write_bytes(_bad_data_cases(tmp_path)[case])
+    with pytest.raises(DataFormatError, match=message):
+        read_passages(path)
+
+
+def test_cli_errors_instead_of_tracebacks(tmp_path, capsys):
+    from atlas_fast import cli
+
+    (tmp_path / "bad.toml").write_bytes(b'steps = 3\ntask = "\xff"\n')
+    cases = [
+        (["train", "--config", str(tmp_path)], "is a directory; give a TOML file"),
+        (["train", "--config", str(tmp_path / "bad.toml")], "bad.toml:2: not UTF-8 text"),
+        (["evaluate", str(tmp_path)], "manifest.json: missing"),
+        (["index", "info", str(tmp_path / "absent.afi")], "no such index file"),
+        (["index", "info", str(tmp_path)], "it is a directory"),
+    ]
+    for command, message in cases:
+        assert cli.main(command) == 2, command
+        assert message in capsys.readouterr().err
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given where there is no CUDA")
+def test_cuda_without_cuda_and_a_file_as_output_dir_are_config_errors(tmp_path):
+    from atlas_fast.train import ConfigError, Trainer
+    from atlas_fast.train.setup import resolve_device
+
+    with pytest.raises(ConfigError, match="device 'cuda': CUDA is not available"):
+        resolve_device("cuda")
+    (tmp_path / "plain-file").write_text("x")
+    with pytest.raises(ConfigError, match="plain-file: cannot be created"):
+        Trainer(tiny_config(tmp_path, output_dir=str(tmp_path / "plain-file")))

@@ -49,14 +49,23 @@ def _records(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise DataFormatError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with path.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise DataFormatError(f"{path}:{number}: not UTF-8 text (byte {error.start} of the line)") from None
             if not line.strip():
                 continue
             try:
                 record = json.loads(line)
+                json.dumps(record, ensure_ascii=False).encode("utf-8")  # lone surrogates ("\ud800") fail here
             except json.JSONDecodeError as error:
                 raise DataFormatError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            except RecursionError:
+                raise DataFormatError(f"{path}:{number}: JSON nested too deeply") from None
+            except UnicodeEncodeError:
+                raise DataFormatError(f"{path}:{number}: holds a lone surrogate (\\ud800-\\udfff), not text") from None
             if not isinstance(record, dict):
                 raise DataFormatError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}")
             yield number, record

@@ -163,10 +163,17 @@ class TrainConfig:
         """The defaults, then the TOML file's keys, then ``key=value`` overrides (values parsed as TOML)."""
         values: dict = {}
         if path is not None:
+            path = Path(path)
+            if path.is_dir():
+                raise ConfigError(f"config file {path} is a directory; give a TOML file")
             try:
-                values.update(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+                data = path.read_bytes()
+                values.update(tomllib.loads(data.decode("utf-8")))
             except FileNotFoundError:
                 raise ConfigError(f"config file {path} does not exist") from None
+            except UnicodeDecodeError as error:
+                line = data[: error.start].count(b"\n") + 1
+                raise ConfigError(f"config file {path}:{line}: not UTF-8 text") from None
             except tomllib.TOMLDecodeError as error:
                 raise ConfigError(f"config file {path} is not valid TOML: {error}") from None
         for item in overrides or []:

@@ -43,7 +43,10 @@ def resolve_device(name: str) -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         return torch.device("cpu")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r}: CUDA is not available here (use 'auto' or 'cpu')")
+    return device
 
 
 def load_data(config: TrainConfig) -> tuple[list[Passage], list[Example], list[Example]]:

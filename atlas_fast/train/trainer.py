@@ -28,12 +28,22 @@ from atlas_fast.index import DocumentIndex, ShardedIndex, TorchDocumentIndex
 from atlas_fast.index.refresh import RefreshPolicy
 from atlas_fast.models.modes import eval_mode
 from atlas_fast.train import checkpoint
-from atlas_fast.train.config import TrainConfig
+from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data, resolve_device
 
 __all__ = ["Trainer"]
+
+
+def _prepare_output_dir(output_dir: Path) -> None:
+    """Create output_dir, or say why it cannot hold a run (before any work is done)."""
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise ConfigError(f"output_dir {output_dir}: cannot be created ({error.strerror or error})") from None
+    if not os.access(output_dir, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {output_dir}: not writable")
 
 
 class Trainer:
@@ -66,7 +76,7 @@ class Trainer:
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
         self.normalized_text: dict[str, str] = {}  # passage id -> normalised text, for answer-containment hits
         if self.rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
+            _prepare_output_dir(self.output_dir)
 
     # ---- helpers ---------------------------------------------------------------------
     @property
