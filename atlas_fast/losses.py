@@ -28,7 +28,13 @@ from torch import nn
 from atlas_fast import _dispatch, _validation
 from atlas_fast.gold_scores import adist_gold_scores, emdr_token_logprobs, pdist_gold_scores, t5_lm_head_scale
 from atlas_fast.loop import loop_gold_scores
-from atlas_fast.reference.losses import emdr_loss_ref, kldivloss_ref, retriever_scores_ref
+from atlas_fast.reference.losses import (
+    EMDR_LOSS_MAX_K,
+    KLDIVLOSS_MAX_K,
+    emdr_loss_ref,
+    kldivloss_ref,
+    retriever_scores_ref,
+)
 
 __all__ = [
     "EMDRLoss",
@@ -45,8 +51,6 @@ __all__ = [
 
 # Largest K the kernels hold in registers (kernels/kldivloss.py and kernels/emdr_loss.py);
 # kept here so that dispatch does not import Triton to read it.
-_KLDIV_MAX_K = 8192
-_EMDR_MAX_K = 8192
 
 
 def _kernel_limit(K: int, max_k: int) -> str | None:
@@ -116,7 +120,7 @@ def kldivloss(
     if scores.shape[1] == 0:  # no passage: as a fully masked row, every row contributes 0
         empty = scores.float() * 0.0  # (B, 0), connected to scores for autograd
         return empty if reduction == "none" else empty.sum()
-    unsupported = _kernel_limit(scores.shape[1], _KLDIV_MAX_K)
+    unsupported = _kernel_limit(scores.shape[1], KLDIVLOSS_MAX_K)
     if _dispatch.choose_backend("kldivloss", scores.device, unsupported, scores.dtype) == "triton":
         from atlas_fast.kernels.kldivloss import kldivloss_triton
 
@@ -161,7 +165,7 @@ def emdr_loss(
     _validation.finite_when_scaled("scores", scores, "temperature_score", temperature_score)
     if K == 0:  # no passage: nothing to marginalise, 0 as kldivloss gives (the gradient is empty)
         return scores.sum(dtype=torch.float32) * 0.0
-    unsupported = _kernel_limit(K, _EMDR_MAX_K)
+    unsupported = _kernel_limit(K, EMDR_LOSS_MAX_K)
     if _dispatch.choose_backend("emdr_loss", scores.device, unsupported, scores.dtype) == "triton":
         from atlas_fast.kernels.emdr_loss import emdr_loss_triton
 

@@ -10,7 +10,7 @@ in the batch, read from device memory so the host never synchronises); the
 backward only scales it by grad_output.
 
 Reads B·K·T log-probabilities once; memory-bound. A row of K is held in
-registers, so K is capped at MAX_K (the reference takes larger K).
+registers, so K is capped at EMDR_LOSS_MAX_K (atlas_fast/reference/losses.py; the reference takes larger K).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_K = 8192
 _ELEMENTS_PER_TILE = 4096  # BLOCK_K · BLOCK_T
 
 
@@ -122,6 +121,6 @@ def emdr_loss_triton(
 ) -> torch.Tensor:
     """Triton EMDR² loss: the contract of atlas_fast.reference.emdr_loss_ref.
 
-    Inputs must be validated already (atlas_fast.losses.emdr_loss does it) and K ≤ MAX_K.
+    Inputs must be validated already (atlas_fast.losses.emdr_loss does it) and K ≤ EMDR_LOSS_MAX_K.
     """
     return EMDRLossFunction.apply(scores, token_logprobs, labels, mask, temperature_score)

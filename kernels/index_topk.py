@@ -28,7 +28,6 @@ from atlas_fast.kernels.launch import interpreting, multiprocessor_count
 
 from atlas_fast.reference.index_topk import EMPTY_KEY, unpack_keys
 
-MAX_K = 256  # K_PAD = next power of two ≥ k; the running lists live in registers
 _EMPTY: tl.constexpr = tl.constexpr(EMPTY_KEY)
 
 

@@ -11,8 +11,8 @@ both softmaxes instead of storing them.
 
 Reads 2·B·K inputs and writes B·K gradients: memory-bound, so the win over
 eager PyTorch is in doing ~10 elementwise passes as one. A row is held in
-registers whole, so K is capped at MAX_K; beyond that atlas_fast uses the
-reference. Accumulation is fp32 whatever the input dtype.
+registers whole, so K is capped at KLDIVLOSS_MAX_K (atlas_fast/reference/losses.py);
+beyond that atlas_fast uses the reference. Accumulation is fp32 whatever the input dtype.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import torch
 import triton
 import triton.language as tl
 
-MAX_K = 8192
 _ELEMENTS_PER_PROGRAM = 4096  # BLOCK_B · BLOCK_K: keeps a program's registers bounded
 
 _REDUCE_NONE, _REDUCE_SUM = 0, 1
@@ -124,7 +123,7 @@ def _launch_config(B: int, K: int) -> tuple[int, int, int, tuple[int]]:
     block_k = triton.next_power_of_2(max(K, 2))
     block_b = max(1, min(triton.next_power_of_2(B), _ELEMENTS_PER_PROGRAM // block_k))
     # ~10 fp32 tiles are live at once: at most 16 elements of each per thread keeps them in registers
-    # (32 per thread spills on sm_90), hence one warp per 512 elements, up to 32 warps for K = MAX_K.
+    # (32 per thread spills on sm_90), hence one warp per 512 elements, up to 32 warps for K = KLDIVLOSS_MAX_K.
     num_warps = min(32, max(4, block_b * block_k // 512))
     return block_b, block_k, num_warps, (triton.cdiv(B, block_b),)
 
@@ -210,6 +209,6 @@ def kldivloss_triton(
 ) -> torch.Tensor:
     """Triton kldivloss: the contract of atlas_fast.reference.kldivloss_ref.
 
-    Inputs must be validated already (atlas_fast.losses.kldivloss does it) and K ≤ MAX_K.
+    Inputs must be validated already (atlas_fast.losses.kldivloss does it) and K ≤ KLDIVLOSS_MAX_K.
     """
     return KLDivLossFunction.apply(scores, gold_scores, mask, temperature_score, temperature_gold, reduction)

@@ -7,8 +7,8 @@ and the FLOPs they must compute — from which the report derives its roofline b
 
 Coverage: dtypes (fp32, fp16, bf16 where the kernel takes them), mask on and off,
 every reduction, gradient on and off, small and large K (up to the kernels'
-MAX_K), both mass kinds, dropout on and off, the backward kernels, index_topk at
-1, 64 and 512 queries and at k = 16, 100 and MAX_K. `tests/test_compile_gate.py`
+limits), both mass kinds, dropout on and off, the backward kernels, index_topk at
+1, 64 and 512 queries and at k = 16, 100 and the kernels' largest k. `tests/test_compile_gate.py`
 fails when a kernel in kernels/ is launched by no case.
 """
 
@@ -18,6 +18,9 @@ import dataclasses
 from collections.abc import Callable
 
 import torch
+
+from atlas_fast.reference.index_topk import SEARCH_MAX_K
+from atlas_fast.reference.losses import EMDR_LOSS_MAX_K, KLDIVLOSS_MAX_K
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 HALF_DTYPES = ("fp16", "bf16")
@@ -78,15 +81,13 @@ def kldivloss_work(B: int, K: int, dtype: str, mask: bool, reduction: str, grad:
 
 
 def kldivloss_cases() -> list[Case]:
-    from atlas_fast.kernels.kldivloss import MAX_K
-
     cases = []
     for dtype in DTYPES:
         for mask in (False, True):
             for reduction in ("mean", "batchmean", "sum", "none"):
                 cases.append(_kldiv_case(64, 40, dtype, mask, reduction, grad=True))
     cases.append(_kldiv_case(64, 40, "fp32", False, "mean", grad=False))
-    for B, K in ((8, 20), (512, 100), (64, 1024), (8, MAX_K)):  # the benchmarks' shape classes and MAX_K
+    for B, K in ((8, 20), (512, 100), (64, 1024), (8, KLDIVLOSS_MAX_K)):  # the benchmarks' shape classes and the limit
         cases.append(_kldiv_case(B, K, "fp32", False, "mean", grad=True))
         cases.append(_kldiv_case(B, K, "bf16", True, "none", grad=True))
     return cases
@@ -118,11 +119,9 @@ def emdr_loss_work(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -
 
 
 def emdr_loss_cases() -> list[Case]:
-    from atlas_fast.kernels.emdr_loss import MAX_K
-
     cases = [_emdr_case(64, 40, 16, dtype, mask, True) for dtype in DTYPES for mask in (False, True)]
     cases.append(_emdr_case(64, 40, 16, "fp32", False, grad=False))
-    for B, K in ((8, 20), (512, 100), (64, 1024), (8, MAX_K)):
+    for B, K in ((8, 20), (512, 100), (64, 1024), (8, EMDR_LOSS_MAX_K)):
         cases.append(_emdr_case(B, K, 16, "fp32", True, grad=True))
     return cases
 
@@ -244,11 +243,9 @@ def index_topk_work(n_queries: int, n_rows: int, dim: int, dtype: str) -> dict[s
 
 
 def index_topk_cases() -> list[Case]:
-    from atlas_fast.kernels.index_topk import MAX_K
-
     cases = [_index_topk_case(q, 1_000_000, 768, 100, dtype) for dtype in DTYPES for q in (1, 64, 512)]
     cases += [_index_topk_case(64, 4_000_000, 768, 100, "fp16")]
-    cases += [_index_topk_case(64, 1_000_000, 768, k, "fp16") for k in (16, MAX_K)]
+    cases += [_index_topk_case(64, 1_000_000, 768, k, "fp16") for k in (16, SEARCH_MAX_K)]
     return cases
 
 

@@ -37,7 +37,7 @@ from atlas_fast.index.document_index import (
     _as_matrix,
     _as_step,
 )
-from atlas_fast.reference.index_topk import MAX_ID, search_ref
+from atlas_fast.reference.index_topk import MAX_ID, SEARCH_MAX_K, search_ref
 
 __all__ = ["TorchDocumentIndex"]
 
@@ -232,12 +232,13 @@ class TorchDocumentIndex:
         on_cpu = "the fused kernel serves CUDA shards; CPU tensors use the chunked reference"
         backend = _dispatch.choose_backend("index_search", self.device, on_cpu if self.device.type != "cuda" else None)
         if backend == "triton" and self._count:
-            from atlas_fast.kernels.index_topk import MAX_K, search_triton  # imports triton: CUDA only
+            from atlas_fast.kernels.index_topk import search_triton  # imports triton: CUDA only
 
-            if k <= MAX_K:
+            if k <= SEARCH_MAX_K:
                 return search_triton(queries, rows, row_ids, int(k))
             if _dispatch.requested_backend() == "triton":
-                raise _dispatch.TritonUnavailable(f"index_search: k = {k} is above the kernel's limit of {MAX_K}")
+                limit = f"the kernel's limit of {SEARCH_MAX_K}"
+                raise _dispatch.TritonUnavailable(f"index_search: k = {k} is above {limit}")
         return search_ref(queries, rows, row_ids, int(k))
 
     @_serialised

@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["EMPTY_KEY", "MAX_ID", "pack_keys", "search_ref", "unpack_keys"]
+__all__ = ["EMPTY_KEY", "MAX_ID", "SEARCH_MAX_K", "pack_keys", "search_ref", "unpack_keys"]
 
 MAX_ID = 2**32 - 1  # ids must be smaller: 0xFFFFFFFF − id stays in 32 bits, and −1 keeps its meaning
 EMPTY_KEY = -(2**63)
+SEARCH_MAX_K = 256  # the Triton kernel's largest k: its running lists of K_PAD ≥ k keys live in registers
 _LOW_BITS = 0xFFFFFFFF
 
 
