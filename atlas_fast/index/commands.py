@@ -6,31 +6,22 @@ same passages file maps search results back to text.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import numpy as np
 
+from atlas_fast._hashing import file_sha256
 from atlas_fast.data.formats import read_passages
 from atlas_fast.data.formatting import TextFormat
 from atlas_fast.index.document_index import DocumentIndex
 from atlas_fast.models.retriever import Retriever, packaged_minilm_path
 
-__all__ = ["build_index", "index_info", "passages_fingerprint", "search_index"]
+__all__ = ["build_index", "index_info", "search_index"]
 
 
 def _retriever(path: str | None) -> Retriever:
     return Retriever.from_pretrained(Path(path) if path else packaged_minilm_path())
-
-
-def passages_fingerprint(passages: str | os.PathLike) -> str:
-    """The sha256 of a passages file: an index records it, and search refuses any other file."""
-    digest = hashlib.sha256()
-    with open(passages, "rb") as file:
-        for block in iter(lambda: file.read(4 * 2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _check_writable(output: Path) -> None:
@@ -58,7 +49,7 @@ def build_index(
     vectors = encoder.embed_passages_for_index(texts, batch_size=batch_size, progress=True)
     index = DocumentIndex(encoder.dim, dtype)
     index.upsert(np.arange(len(rows)), vectors)
-    index.metadata["passages_sha256"] = passages_fingerprint(passages)
+    index.metadata["passages_sha256"] = file_sha256(passages)  # search refuses any other file
     index.save(output)
     return index
 
@@ -73,7 +64,7 @@ def search_index(
     """(score, passage id, title) of the top-k passages of each query."""
     index = DocumentIndex.load(index_path)
     expected = index.metadata.get("passages_sha256")
-    if expected is not None and passages_fingerprint(passages) != expected:
+    if expected is not None and file_sha256(passages) != expected:
         raise ValueError(
             f"{passages} is not the passages file {index_path} was built from (its sha256 differs); "
             "search with that file, or build an index of this one"

@@ -19,7 +19,6 @@ verify is used instead.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import random
@@ -29,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from atlas_fast._hashing import file_sha256
 
 __all__ = [
     "CheckpointError",
@@ -75,14 +76,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as file:
-        for block in iter(lambda: file.read(4 * 2**20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _payload(directory: Path) -> dict[str, Path]:
     """Every file of a checkpoint but its manifest, by path relative to the directory."""
     return {
@@ -97,7 +90,7 @@ def _write_manifest(directory: Path) -> None:
     for name, path in _payload(directory).items():
         with open(path, "rb") as file:
             os.fsync(file.fileno())  # the data is on disk before the manifest vouches for it
-        files[name] = {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+        files[name] = {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
     (directory / MANIFEST).write_text(json.dumps({"format": 1, "files": files}, indent=1) + "\n", encoding="utf-8")
 
 
@@ -124,7 +117,7 @@ def verify_checkpoint(checkpoint: str | os.PathLike) -> Path:
             raise CheckpointError(f"{path}: missing")
         if path.stat().st_size != size:
             raise CheckpointError(f"{path}: {path.stat().st_size} bytes, the manifest says {size} (truncated?)")
-        if _sha256(path) != sha256:
+        if file_sha256(path) != sha256:
             raise CheckpointError(f"{path}: checksum mismatch (the file is corrupted)")
     return directory
 
