@@ -26,6 +26,7 @@ __all__ = [
     "Backend",
     "TritonUnavailable",
     "choose_backend",
+    "interpreting",
     "requested_backend",
     "triton_status",
 ]
@@ -66,11 +67,16 @@ def _triton_import_error() -> str | None:
     return None
 
 
+def interpreting() -> bool:
+    """True under TRITON_INTERPRET=1: Triton kernels run in its CPU interpreter (launchers pick small blocks)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def triton_status(device: torch.device) -> str | None:
     """None when Triton kernels can run on ``device``, else the reason they cannot."""
     if device.type not in ("cpu", "cuda"):
         return f"Triton kernels do not run on {device.type} tensors"
-    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+    if device.type == "cpu" and not interpreting():
         return "Triton runs on CPU tensors only in its interpreter (set TRITON_INTERPRET=1)"
     error = _triton_import_error()
     return None if error is None else f"triton does not import ({error})"

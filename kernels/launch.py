@@ -1,13 +1,6 @@
-"""What the host launchers need to know about where their kernels will run."""
+"""The GPU the host launchers compile for: its SM count (whether Triton interprets: atlas_fast._dispatch)."""
 
 from __future__ import annotations
-
-import os
-
-
-def interpreting() -> bool:
-    """True under TRITON_INTERPRET=1: kernels run in Triton's CPU interpreter, so small blocks suffice."""
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def multiprocessor_count() -> int:
