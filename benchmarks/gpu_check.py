@@ -108,8 +108,7 @@ def _describe_peaks(peaks: Target | None) -> str:
 
 
 def render(results: dict) -> str:
-    from gpu_report import _format_us
-    from render import _format_bytes, _format_time
+    from render import format_bytes, format_time
 
     from atlas_fast.compile_gate.gate import bound_seconds
 
@@ -139,10 +138,10 @@ def render(results: dict) -> str:
         work = kernel_work(info["op"], info["shape"], info["mode"]) if "triton" in info["provider"] else None
         if work is not None and peaks is not None:
             seconds = bound_seconds(work, peaks)
-            bound, fraction = _format_us(seconds * 1e6), f"{seconds / median:.3g}"
+            bound, fraction = format_time(seconds), f"{seconds / median:.3g}"
         lines.append(
-            f"| {info['op']} | {info['shape']} | {info['mode']} | {info['provider']} | {_format_time(median)} "
-            f"| {f'x{base / median:.2f}' if base else '—'} | {_format_bytes(info.get('peak_bytes'))} "
+            f"| {info['op']} | {info['shape']} | {info['mode']} | {info['provider']} | {format_time(median)} "
+            f"| {f'x{base / median:.2f}' if base else '—'} | {format_bytes(info.get('peak_bytes'))} "
             f"| {bound} | {fraction} |"
         )
     return "\n".join(lines)

@@ -18,6 +18,7 @@ import subprocess
 from pathlib import Path
 
 import triton
+from render import format_time
 from sections import replace_section
 from triton import knobs
 
@@ -29,12 +30,6 @@ def _format_count(value: float, unit: str) -> str:
         if value >= scale:
             return f"{value / scale:.1f} {prefix}{unit}"
     return f"{value:.0f} {unit}"
-
-
-def _format_us(value: float) -> str:
-    if value >= 1e3:
-        return f"{value / 1e3:.2f} ms"
-    return f"{value:.1f} µs" if value >= 1 else f"{value * 1e3:.0f} ns"
 
 
 def _ptxas_version(arch: int) -> str:
@@ -91,7 +86,7 @@ def render(rows: list[dict]) -> str:
                 f"| {row['case']} | {row['kernel']} | {row['num_warps']}/{row['num_stages']} | {row['registers']} "
                 f"| {row['stack_bytes']} | {row['shared_bytes']:,} | {row['tensor_core_instructions']} | {row['dots']} "
                 f"| {_format_count(row['bytes'], 'B')} | {_format_count(row['flops'], 'FLOP')} "
-                f"| {_format_us(row['bound_us'])} | {verdict} |"
+                f"| {format_time(row['bound_us'] * 1e-6)} | {verdict} |"
             )
     return "\n".join(lines)
 

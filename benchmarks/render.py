@@ -18,15 +18,17 @@ from pathlib import Path
 from sections import sections
 
 
-def _format_time(seconds: float) -> str:
+def format_time(seconds: float) -> str:
     if seconds >= 1:
         return f"{seconds:.2f} s"
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
-    return f"{seconds * 1e6:.1f} µs"
+    if seconds >= 1e-6:
+        return f"{seconds * 1e6:.1f} µs"
+    return f"{seconds * 1e9:.0f} ns"  # roofline bounds of the smallest GPU cases
 
 
-def _format_bytes(n_bytes: int | None) -> str:
+def format_bytes(n_bytes: int | None) -> str:
     if n_bytes is None:
         return "-"
     return f"{n_bytes / 2**20:.1f} MiB"
@@ -72,7 +74,7 @@ def render_results(results: dict) -> list[str]:
                     continue
                 median = row[provider]["median"]
                 ratio = f" x{base_time / median:.2f}" if base_time else ""
-                cells.append(f"{_format_time(median)}{ratio}, {_format_bytes(row[provider]['peak'])}")
+                cells.append(f"{format_time(median)}{ratio}, {format_bytes(row[provider]['peak'])}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += _phase_table([b for b in results["benchmarks"] if b["extra_info"]["op"] == op])
@@ -91,7 +93,7 @@ def _phase_table(benchmarks: list[dict]) -> list[str]:
         info = bench["extra_info"]
         seconds = info["phase_seconds"]
         slowest = max(seconds, key=seconds.get)
-        cells = [f"**{_format_time(seconds[p])}**" if p == slowest else _format_time(seconds[p]) for p in phases]
+        cells = [f"**{format_time(seconds[p])}**" if p == slowest else format_time(seconds[p]) for p in phases]
         lines.append(f"| {info['shape']} | {info['provider']} | " + " | ".join(cells) + " |")
     return [*lines, ""]
 
