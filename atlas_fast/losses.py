@@ -113,10 +113,8 @@ def kldivloss(
     temperature_gold = _validation.temperature("temperature_gold", temperature_gold)
     _validation.reduction(reduction)
     _validation.constant("gold_scores", gold_scores)
-    _validation.finite("scores", scores)
-    _validation.finite("gold_scores", gold_scores)
-    _validation.finite_when_scaled("scores", scores, "temperature_score", temperature_score)
-    _validation.finite_when_scaled("gold_scores", gold_scores, "temperature_gold", temperature_gold)
+    _validation.finite("scores", scores, divided_by=("temperature_score", temperature_score))
+    _validation.finite("gold_scores", gold_scores, divided_by=("temperature_gold", temperature_gold))
     if scores.shape[1] == 0:  # no passage: as a fully masked row, every row contributes 0
         empty = scores.float() * 0.0  # (B, 0), connected to scores for autograd
         return empty if reduction == "none" else empty.sum()
@@ -160,9 +158,8 @@ def emdr_loss(
     _validation.same_device(scores=scores, token_logprobs=token_logprobs, labels=labels, mask=mask)
     temperature_score = _validation.temperature("temperature_score", temperature_score)
     _validation.constant("token_logprobs", token_logprobs)
-    _validation.finite("scores", scores)
+    _validation.finite("scores", scores, divided_by=("temperature_score", temperature_score))
     _validation.finite("token_logprobs", token_logprobs)
-    _validation.finite_when_scaled("scores", scores, "temperature_score", temperature_score)
     if K == 0:  # no passage: nothing to marginalise, 0 as kldivloss gives (the gradient is empty)
         return scores.sum(dtype=torch.float32) * 0.0
     unsupported = _kernel_limit(K, EMDR_LOSS_MAX_K)
