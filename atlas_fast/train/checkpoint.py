@@ -203,13 +203,17 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     return None
 
 
-def load_state(checkpoint: str | os.PathLike) -> dict:
+def load_state(checkpoint: str | os.PathLike, verified: bool = False) -> dict:
     """The state dict of a verified checkpoint directory (no pickle: weights_only=True).
+
+    Args:
+        verified: the caller has just checked the directory (`verify_checkpoint`, `latest_checkpoint`),
+            so its files are not hashed a second time.
 
     Raises:
         CheckpointError: the checkpoint does not verify, its state does not load, or a key is missing.
     """
-    path = verify_checkpoint(checkpoint) / STATE_FILE
+    path = (Path(checkpoint) if verified else verify_checkpoint(checkpoint)) / STATE_FILE
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many kinds for a bad file; all mean "not a state file"

@@ -45,7 +45,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = N
     with tempfile.TemporaryDirectory(prefix="atlas-fast-evaluate-") as scratch:
         config = TrainConfig.load(None, [*settings, *(overrides or []), f"output_dir={json.dumps(scratch)}"])
         trainer = Trainer(config)
-        trainer.resume(directory)
+        trainer.resume(directory, verified=True)
         return evaluate(trainer)
 
 

@@ -353,16 +353,20 @@ class Trainer:
             self.output_dir, self.step, self.state(), self.index.save, self.config.to_dict()
         )
 
-    def resume(self, path: str | Path | None = None) -> bool:
+    def resume(self, path: str | Path | None = None, verified: bool = False) -> bool:
         """Restore the newest verified (or the given) checkpoint; False when output_dir holds none.
+
+        ``verified``: the caller has just verified ``path`` (see `checkpoint.load_state`).
 
         Raises:
             CheckpointError: the given checkpoint, or every checkpoint in output_dir, fails verification.
         """
-        path = Path(path) if path is not None else checkpoint.latest_checkpoint(self.output_dir)
         if path is None:
-            return False
-        state = checkpoint.load_state(path)
+            path, verified = checkpoint.latest_checkpoint(self.output_dir), True
+            if path is None:
+                return False
+        path = Path(path)
+        state = checkpoint.load_state(path, verified=verified)
         self.resumed_from = path
         self.retriever.load_state_dict(state["retriever"])
         self.reader.load_state_dict(state["reader"])
