@@ -42,7 +42,7 @@ KERNEL_OPS: tuple[str, ...] = (
     "pdist_gold_scores",
     "emdr_token_logprobs",
     "fid_cross_attention",  # the no-grad path with passage mass
-    "index_search",  # TorchDocumentIndex on CUDA
+    "index_topk",  # TorchDocumentIndex on CUDA
 )
 
 

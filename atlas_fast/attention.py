@@ -1,10 +1,10 @@
 """FiD cross-attention with the per-passage attention signal (ADist).
 
 `fid_cross_attention` is the op. When the mass is asked for, it runs the fused
-kernels (kernels/fid_attention.py: forward with the per-passage accumulator,
+kernels (kernels/attention.py: forward with the per-passage accumulator,
 backward for q, k, v, Philox attention dropout) where Triton can run; otherwise
 the PyTorch reference (atlas_fast/reference/attention.py): SDPA without
-mass, a passage-chunked exact computation with it. atlas_fast.t5_fid routes a
+mass, a passage-chunked exact computation with it. atlas_fast.fid_patch routes a
 Hugging Face T5's decoder cross-attention through this op.
 """
 
@@ -91,7 +91,7 @@ def fid_cross_attention(
     if passage_mass is not None and (
         _dispatch.choose_backend("fid_cross_attention", q.device, dtype=q.dtype) == "triton"
     ):
-        from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+        from atlas_fast.kernels.attention import fid_cross_attention_triton
 
         return fid_cross_attention_triton(
             q, k, v, attention_mask, n_passages, float(scale), passage_mass, float(dropout_p)

@@ -16,8 +16,7 @@ count; a row whose mask excludes every passage contributes 0 and is excluded
 from the means; a loss with nothing to average is 0, never NaN.
 
 The gold scores that feed these losses (`pdist_gold_scores`, `emdr_token_logprobs`,
-`adist_gold_scores` from atlas_fast.gold_scores, `loop_gold_scores` from
-atlas_fast.loop) are re-exported here.
+`adist_gold_scores`, `loop_gold_scores`, from atlas_fast.gold_scores) are re-exported here.
 """
 
 from __future__ import annotations
@@ -26,8 +25,13 @@ import torch
 from torch import nn
 
 from atlas_fast import _dispatch, _validation
-from atlas_fast.gold_scores import adist_gold_scores, emdr_token_logprobs, pdist_gold_scores, t5_lm_head_scale
-from atlas_fast.loop import loop_gold_scores
+from atlas_fast.gold_scores import (
+    adist_gold_scores,
+    emdr_token_logprobs,
+    loop_gold_scores,
+    pdist_gold_scores,
+    t5_lm_head_scale,
+)
 from atlas_fast.reference.losses import (
     EMDR_LOSS_MAX_K,
     KLDIVLOSS_MAX_K,

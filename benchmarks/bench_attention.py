@@ -55,7 +55,7 @@ def test_fid_cross_attention(benchmark, provider, mode, B, NH, T, n_passages, L)
         if provider == "flex_no_mass":
             return _flex_attention(q, k, v, mask)
         if provider == "triton_vnorm":
-            from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+            from atlas_fast.kernels.attention import fid_cross_attention_triton
 
             return fid_cross_attention_triton(q, k, v, mask, n_passages, passage_mass="vnorm")[0]
         return fid_cross_attention_ref(q, k, v, mask, n_passages, passage_mass="vnorm")[0]

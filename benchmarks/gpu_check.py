@@ -27,7 +27,7 @@ from atlas_fast.compile_gate import cases
 from atlas_fast.compile_gate.driver import TARGETS, Target
 
 HERE = Path(__file__).resolve().parent
-FILES = ["bench_losses.py", "bench_gold_scores.py", "bench_attention.py", "bench_index_gpu.py"]
+FILES = ["bench_losses.py", "bench_gold_scores.py", "bench_attention.py", "bench_index_topk.py"]
 
 # Devices whose peaks differ from their architecture's entry in TARGETS (NVIDIA data sheets, dense).
 DEVICE_PEAKS = {
@@ -49,7 +49,7 @@ def _headline(test: str, parts: list[str]) -> bool:
         B, NH, T, K, L = parts[:5]
         wanted = ("naive_materialised", "sdpa_no_mass", "triton_vnorm")
         return (B, NH, T, L) == ("4", "32", "32", "256") and K in ("40", "100") and provider in wanted
-    if test == "test_gpu_shard_search":
+    if test == "test_index_topk":
         return provider in ("atlas_mm_topk", "triton")
     return False
 
@@ -79,11 +79,11 @@ def kernel_work(op: str, shape: str, mode: str) -> cases.Work | None:
         work = cases.kldivloss_work(f["B"], f["K"], "fp32", False, "mean", grad=True)
         extra = 8 * f["B"] * f["K"] if backward else 0  # the backward scales the stored gradient
     elif op == "pdist_gold_scores":
-        work, extra = cases.token_logprobs_work(f["B·K"] * f["T"], f["H"], f["V"], "fp32"), 0
+        work, extra = cases.gold_scores_work(f["B·K"] * f["T"], f["H"], f["V"], "fp32"), 0
     elif op == "fid_cross_attention":
-        work = cases.fid_attention_work(f["B"], f["NH"], f["T"], f["K"], f["L"], f["Dh"], "fp32", backward)
+        work = cases.attention_work(f["B"], f["NH"], f["T"], f["K"], f["L"], f["Dh"], "fp32", backward)
         extra = 0
-    elif op == "gpu_shard_search":
+    elif op == "index_topk":
         work, extra = cases.index_topk_work(f["q"], f["N"], f["d"], "fp16"), 0
     else:
         return None

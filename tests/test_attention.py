@@ -118,7 +118,7 @@ def test_bad_input_is_a_clear_value_error(kwargs, message):
 @pytest.mark.parametrize(("T", "K", "L", "Dh"), [(5, 5, 7, 8), (17, 3, 70, 20), (1, 1, 16, 16)])
 @pytest.mark.parametrize("passage_mass", ["prob", "vnorm"])
 def test_fused_kernel_matches_reference(dtype, T, K, L, Dh, passage_mass):
-    from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+    from atlas_fast.kernels.attention import fid_cross_attention_triton
 
     q, k, v, mask = (t.detach().to(kernel_device()) for t in _inputs(B=2, NH=2, T=T, K=K, L=L, Dh=Dh))
     q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
@@ -154,7 +154,7 @@ def test_public_op_dispatches_to_the_kernel(monkeypatch):
 @pytest.mark.interpret
 def test_kernel_dropout_replays_from_its_seed():
     """Output and gradients equal attention with the replayed Philox mask; the mass ignores dropout."""
-    from atlas_fast.kernels.fid_attention import dropout_keep_scale, fid_cross_attention_triton
+    from atlas_fast.kernels.attention import dropout_keep_scale, fid_cross_attention_triton
 
     q, k, v, mask = (t.detach().to(kernel_device()).requires_grad_(t.requires_grad) for t in _inputs())
     out, mass = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)

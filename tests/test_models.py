@@ -6,7 +6,6 @@ import torch.nn.functional as F
 
 from atlas_fast.data.formats import Passage
 from atlas_fast.models import FiDReader, Retriever
-from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.tiny import write_tiny_bert, write_tiny_t5
 
 PASSAGES = [
@@ -88,7 +87,7 @@ def test_pdist_gold_scores_are_each_passage_alone(reader):
     input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
     labels = reader.tokenize_targets(ANSWERS)
     states, flat_mask = reader.encode(input_ids, mask)
-    gold = reader_gold_scores(reader, "pdist", states, flat_mask, labels, 2)
+    gold = reader.gold_scores("pdist", states, flat_mask, labels, 2)
     for b in range(2):
         for k in range(2):
             one_ids, one_mask = input_ids[b, k : k + 1], mask[b, k : k + 1]
@@ -103,9 +102,17 @@ def test_other_gold_modes_have_their_shapes(reader, mode):
     input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
     labels = reader.tokenize_targets(ANSWERS)
     states, flat_mask = reader.encode(input_ids, mask)
-    gold = reader_gold_scores(reader, mode, states, flat_mask, labels, 2)
-    assert gold.shape == ((2, 2, labels.shape[1]) if mode == "emdr" else (2, 2))
-    assert torch.isfinite(gold).all() or mode == "emdr"
+    settings = reader.fid.n_passages, reader.fid.collect_mass
+    gold = reader.gold_scores(mode, states, flat_mask, labels, 2)
+    assert (reader.fid.n_passages, reader.fid.collect_mass) == settings  # nothing is left mutated by the call
+    if mode == "emdr":
+        assert gold.shape == (2, 2, labels.shape[1])
+        valid = (labels != -100)[:, None, :].expand_as(gold)
+        # Log-probabilities of the real target tokens: finite and at most 0 (padded positions are masked later).
+        assert torch.isfinite(gold[valid]).all() and (gold[valid] <= 0).all()
+    else:
+        assert gold.shape == (2, 2)
+        assert torch.isfinite(gold).all()
 
 
 def test_generate_returns_answers_without_template_tokens(reader):

@@ -52,7 +52,7 @@ def _size(dtype: str) -> int:
 # ---------------------------------------------------------------------------- kldivloss
 
 
-def _kldiv_case(B: int, K: int, dtype: str, mask: bool, reduction: str, grad: bool) -> Case:
+def _kldivloss_case(B: int, K: int, dtype: str, mask: bool, reduction: str, grad: bool) -> Case:
     from atlas_fast.kernels.kldivloss import kldivloss_triton
 
     def run():
@@ -85,18 +85,18 @@ def kldivloss_cases() -> list[Case]:
     for dtype in DTYPES:
         for mask in (False, True):
             for reduction in ("mean", "batchmean", "sum", "none"):
-                cases.append(_kldiv_case(64, 40, dtype, mask, reduction, grad=True))
-    cases.append(_kldiv_case(64, 40, "fp32", False, "mean", grad=False))
+                cases.append(_kldivloss_case(64, 40, dtype, mask, reduction, grad=True))
+    cases.append(_kldivloss_case(64, 40, "fp32", False, "mean", grad=False))
     for B, K in ((8, 20), (512, 100), (64, 1024), (8, KLDIVLOSS_MAX_K)):  # the benchmarks' shape classes and the limit
-        cases.append(_kldiv_case(B, K, "fp32", False, "mean", grad=True))
-        cases.append(_kldiv_case(B, K, "bf16", True, "none", grad=True))
+        cases.append(_kldivloss_case(B, K, "fp32", False, "mean", grad=True))
+        cases.append(_kldivloss_case(B, K, "bf16", True, "none", grad=True))
     return cases
 
 
 # ---------------------------------------------------------------------------- emdr_loss
 
 
-def _emdr_case(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -> Case:
+def _emdr_loss_case(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -> Case:
     from atlas_fast.kernels.emdr_loss import emdr_loss_triton
 
     def run():
@@ -119,47 +119,47 @@ def emdr_loss_work(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -
 
 
 def emdr_loss_cases() -> list[Case]:
-    cases = [_emdr_case(64, 40, 16, dtype, mask, True) for dtype in DTYPES for mask in (False, True)]
-    cases.append(_emdr_case(64, 40, 16, "fp32", False, grad=False))
+    cases = [_emdr_loss_case(64, 40, 16, dtype, mask, True) for dtype in DTYPES for mask in (False, True)]
+    cases.append(_emdr_loss_case(64, 40, 16, "fp32", False, grad=False))
     for B, K in ((8, 20), (512, 100), (64, 1024), (8, EMDR_LOSS_MAX_K)):
-        cases.append(_emdr_case(B, K, 16, "fp32", True, grad=True))
+        cases.append(_emdr_loss_case(B, K, 16, "fp32", True, grad=True))
     return cases
 
 
 # ---------------------------------------------------------------------------- token log-probabilities
 
 
-def _token_logprobs_case(n_rows: int, hidden_size: int, vocab: int, dtype: str) -> Case:
-    from atlas_fast.kernels.token_logprobs import token_logprobs_triton
+def _gold_scores_case(n_rows: int, hidden_size: int, vocab: int, dtype: str) -> Case:
+    from atlas_fast.kernels.gold_scores import token_logprobs_triton
 
     def run():
         hidden = torch.randn(n_rows, hidden_size, dtype=DTYPES[dtype])
         weight = torch.randn(vocab, hidden_size, dtype=DTYPES[dtype])
         token_logprobs_triton(hidden, weight, torch.zeros(n_rows, dtype=torch.int64))
 
-    name = f"token_logprobs N={n_rows} H={hidden_size} V={vocab} {dtype}"
-    return Case(name, dtype, run, token_logprobs_work(n_rows, hidden_size, vocab, dtype))
+    name = f"gold_scores N={n_rows} H={hidden_size} V={vocab} {dtype}"
+    return Case(name, dtype, run, gold_scores_work(n_rows, hidden_size, vocab, dtype))
 
 
-def token_logprobs_work(n_rows: int, hidden_size: int, vocab: int, dtype: str) -> dict[str, Work]:
+def gold_scores_work(n_rows: int, hidden_size: int, vocab: int, dtype: str) -> dict[str, Work]:
     """The LM-head matmul's FLOPs; hidden states and head read once, one float per row written."""
     read = (n_rows + vocab) * hidden_size * _size(dtype) + n_rows * 8
     work = Work(read + n_rows * 4, 2 * n_rows * vocab * hidden_size, tensor_cores=dtype in HALF_DTYPES)
     return {"_token_logprobs_kernel": work}
 
 
-def token_logprobs_cases() -> list[Case]:
+def gold_scores_cases() -> list[Case]:
     # N = B·K·T target tokens of the PDist/EMDR² single-passage passes (B·K = 2560, T = 16; and B·K = 2, T = 8).
-    cases = [_token_logprobs_case(2560 * 16, hidden, 32128, dtype) for dtype in DTYPES for hidden in (512, 1024)]
-    cases += [_token_logprobs_case(16, 512, 32128, dtype) for dtype in DTYPES]
+    cases = [_gold_scores_case(2560 * 16, hidden, 32128, dtype) for dtype in DTYPES for hidden in (512, 1024)]
+    cases += [_gold_scores_case(16, 512, 32128, dtype) for dtype in DTYPES]
     return cases
 
 
 # ---------------------------------------------------------------------------- FiD cross-attention
 
 
-def _fid_case(B, NH, T, K, L, D, dtype, mass, dropout, backward) -> Case:
-    from atlas_fast.kernels.fid_attention import fid_cross_attention_triton
+def _attention_case(B, NH, T, K, L, D, dtype, mass, dropout, backward) -> Case:
+    from atlas_fast.kernels.attention import fid_cross_attention_triton
 
     def run():
         q = torch.randn(B, NH, T, D, dtype=DTYPES[dtype], requires_grad=backward)
@@ -170,12 +170,12 @@ def _fid_case(B, NH, T, K, L, D, dtype, mass, dropout, backward) -> Case:
         if backward:
             out.sum().backward()
 
-    name = f"fid_attention B={B} NH={NH} T={T} K={K} L={L} Dh={D} {dtype} {mass} dropout={dropout}"
-    work = fid_attention_work(B, NH, T, K, L, D, dtype, backward)
+    name = f"attention B={B} NH={NH} T={T} K={K} L={L} Dh={D} {dtype} {mass} dropout={dropout}"
+    work = attention_work(B, NH, T, K, L, D, dtype, backward)
     return Case(name + (" fwd+bwd" if backward else " fwd"), dtype, run, work)
 
 
-def fid_attention_work(B, NH, T, K, L, D, dtype: str, backward: bool) -> dict[str, Work]:
+def attention_work(B, NH, T, K, L, D, dtype: str, backward: bool) -> dict[str, Work]:
     """Flash-attention minimum: q, k, v, out (and do, dq, dk, dv) once, 2 FLOPs per multiply-add of each dot."""
     size = _size(dtype)
     rows, keys = B * NH * T * D, B * NH * K * L * D
@@ -191,28 +191,28 @@ def fid_attention_work(B, NH, T, K, L, D, dtype: str, backward: bool) -> dict[st
 
 
 def _dropout_mask_case() -> Case:
-    from atlas_fast.kernels.fid_attention import dropout_keep_scale
+    from atlas_fast.kernels.attention import dropout_keep_scale
 
     shape = (1, 8, 32, 40 * 256)
     elements = shape[0] * shape[1] * shape[2] * shape[3]
     return Case(
-        "fid_attention dropout mask replay B=1 NH=8 T=32 K·L=10240",
+        "attention dropout mask replay B=1 NH=8 T=32 K·L=10240",
         "fp32",
         lambda: dropout_keep_scale(shape, 0.1, 1, "cpu"),
         {"_dropout_mask_kernel": Work(elements * 4)},
     )
 
 
-def fid_attention_cases() -> list[Case]:
+def attention_cases() -> list[Case]:
     # The benchmarks' grid: B ∈ {1, 4}, NH ∈ {8, 32}, T ∈ {16, 32}, K ∈ {40, 100}, L ∈ {256, 512}, Dh = 64;
     # block sizes depend on T, L and Dh only, so these classes cover it. Dh = 32 is the MiniLM reader's.
     cases = []
     for dtype in DTYPES:
         for dropout in (0.0, 0.1):
-            cases.append(_fid_case(4, 8, 32, 40, 256, 64, dtype, "vnorm", dropout, backward=True))
-        cases.append(_fid_case(4, 8, 32, 40, 256, 64, dtype, "prob", 0.0, backward=False))
+            cases.append(_attention_case(4, 8, 32, 40, 256, 64, dtype, "vnorm", dropout, backward=True))
+        cases.append(_attention_case(4, 8, 32, 40, 256, 64, dtype, "prob", 0.0, backward=False))
     for T, L, D in ((16, 256, 64), (128, 512, 64), (32, 64, 32), (32, 256, 128)):
-        cases.append(_fid_case(1, 8, T, 40, L, D, "bf16", "vnorm", 0.0, backward=True))
+        cases.append(_attention_case(1, 8, T, 40, L, D, "bf16", "vnorm", 0.0, backward=True))
     cases.append(_dropout_mask_case())
     return cases
 
@@ -250,4 +250,4 @@ def index_topk_cases() -> list[Case]:
 
 
 def all_cases() -> list[Case]:
-    return kldivloss_cases() + emdr_loss_cases() + token_logprobs_cases() + fid_attention_cases() + index_topk_cases()
+    return kldivloss_cases() + emdr_loss_cases() + gold_scores_cases() + attention_cases() + index_topk_cases()

@@ -230,7 +230,7 @@ class TorchDocumentIndex:
         queries = queries.to(self.device, torch.float32)
         rows, row_ids = self._rows[: self._count], self._row_ids_device[: self._count]
         on_cpu = "the fused kernel serves CUDA shards; CPU tensors use the chunked reference"
-        backend = _dispatch.choose_backend("index_search", self.device, on_cpu if self.device.type != "cuda" else None)
+        backend = _dispatch.choose_backend("index_topk", self.device, on_cpu if self.device.type != "cuda" else None)
         if backend == "triton" and self._count:
             from atlas_fast.kernels.index_topk import search_triton  # imports triton: CUDA only
 
@@ -238,7 +238,7 @@ class TorchDocumentIndex:
                 return search_triton(queries, rows, row_ids, int(k))
             if _dispatch.requested_backend() == "triton":
                 limit = f"the kernel's limit of {SEARCH_MAX_K}"
-                raise _dispatch.TritonUnavailable(f"index_search: k = {k} is above {limit}")
+                raise _dispatch.TritonUnavailable(f"index_topk: k = {k} is above {limit}")
         return search_ref(queries, rows, row_ids, int(k))
 
     @_serialised

@@ -3,15 +3,17 @@
 Each of the K passages of an example is encoded independently with the query
 (FiD), the decoder attends over the concatenation (B, K·L, H). Nothing global is
 mutated per call (Atlas sets ``config.bsz`` and ``config.n_context`` before every
-forward): shapes come from the tensors, K from the call. Passages are padded to the
-longest in the batch, not to a fixed length.
+forward): shapes come from the tensors, K from the call (scoped to it with
+`FiDPatch.forward_settings`). Passages are padded to the longest in the batch, not to a
+fixed length.
 
 Two model families, one interface:
 - T5ForConditionalGeneration, Atlas's reader (first-class; load it from a local checkpoint);
 - EncoderDecoderModel with BERT-style encoder and decoder, warm-started from the packaged
   MiniLM — the offline default, since no pretrained T5 can be had offline.
 The decoder's cross-attention runs `fid_cross_attention` (through `patch_for_fid`),
-which also yields the per-passage attention mass that ADist needs.
+which also yields the per-passage attention mass that ADist needs. `gold_scores` is
+the reader's judgement of each passage, the retriever's teacher (PDist, ADist, LOOP, EMDR²).
 """
 
 from __future__ import annotations
@@ -25,8 +27,15 @@ from torch import nn
 
 from atlas_fast.data.formats import Passage
 from atlas_fast.data.formatting import TextFormat
-from atlas_fast.gold_scores import t5_lm_head_scale
-from atlas_fast.t5_fid import patch_for_fid
+from atlas_fast.fid_patch import patch_for_fid
+from atlas_fast.gold_scores import (
+    adist_gold_scores,
+    emdr_token_logprobs,
+    loop_gold_scores,
+    pdist_gold_scores,
+    t5_lm_head_scale,
+)
+from atlas_fast.models.modes import eval_mode
 
 __all__ = ["FiDReader"]
 
@@ -151,14 +160,22 @@ class FiDReader(nn.Module):
         return states.reshape(B, K * L, -1), attention_mask.reshape(B, K * L)
 
     def decoder_hidden(
-        self, states: torch.Tensor, attention_mask: torch.Tensor, decoder_input_ids: torch.Tensor, n_passages: int
+        self,
+        states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        decoder_input_ids: torch.Tensor,
+        n_passages: int,
+        collect_mass: bool = False,
     ) -> torch.Tensor:
-        """(B, T, H): the decoder's last hidden states over FiD encoder states of ``n_passages`` passages."""
-        self.fid.n_passages = n_passages
+        """(B, T, H): the decoder's last hidden states over FiD encoder states of ``n_passages`` passages.
+
+        ``collect_mass``: also compute the ADist mass, readable afterwards as ``self.fid.passage_mass()``.
+        """
         decoder = self.model.decoder if self.is_t5 else self.model.decoder.bert
-        return decoder(
-            input_ids=decoder_input_ids, encoder_hidden_states=states, encoder_attention_mask=attention_mask
-        ).last_hidden_state
+        with self.fid.forward_settings(n_passages, collect_mass):
+            return decoder(
+                input_ids=decoder_input_ids, encoder_hidden_states=states, encoder_attention_mask=attention_mask
+            ).last_hidden_state
 
     def lm_head_features(self, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(features (..., H'), weight (V, H')) with logits = features @ weightᵀ, for the fused gold scores.
@@ -193,6 +210,52 @@ class FiDReader(nn.Module):
         hidden = self.decoder_hidden(states, attention_mask, self.shift_labels(labels), n_passages)
         logits = self.logits(hidden)
         return F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=-100)
+
+    @torch.no_grad()
+    def gold_scores(
+        self,
+        mode: str,
+        states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        n_passages: int,
+        temperature_gold: float = 0.01,
+    ) -> torch.Tensor:
+        """The reader's judgement of each of the K passages of each example: the retriever loss's target.
+
+        Runs in eval mode under no_grad, as Atlas does. FiD encodes each passage independently, so
+        the same encoder states serve the single-passage passes of PDist/EMDR² and the full FiD
+        passes of ADist/LOOP.
+
+        Args:
+            mode: "pdist", "adist", "loop" or "emdr".
+            states: (B, K·L, H) FiD encoder states (eval mode); attention_mask (B, K·L).
+            labels: (B, T), -100 = padding.
+            n_passages: K.
+
+        Returns:
+            (B, K) float32 for pdist/adist/loop; (B, K, T) token log-probabilities for emdr.
+        """
+        B, KL, H = states.shape
+        K = n_passages
+        with eval_mode(self):
+            if mode == "loop":
+                return loop_gold_scores(self.model, states, attention_mask, labels, K)
+            if mode == "adist":
+                self.decoder_hidden(states, attention_mask, self.shift_labels(labels), K, collect_mass=True)
+                return adist_gold_scores(self.fid.passage_mass(), labels, self.n_decoder_layers)
+            # PDist and EMDR²: each passage alone with the query, a batch of B·K.
+            single_labels = labels.repeat_interleave(K, dim=0)
+            hidden = self.decoder_hidden(
+                states.reshape(B * K, KL // K, H),
+                attention_mask.reshape(B * K, KL // K),
+                self.shift_labels(single_labels),
+                1,
+            )
+            features, weight = self.lm_head_features(hidden.view(B, K, *hidden.shape[1:]))
+            if mode == "pdist":
+                return pdist_gold_scores(features.float(), weight.float(), labels)
+            return emdr_token_logprobs(features.float(), weight.float(), labels, temperature_gold)
 
     @torch.no_grad()
     def generate(self, states: torch.Tensor, attention_mask: torch.Tensor, n_passages: int) -> list[str]:

@@ -16,7 +16,6 @@ import torch
 from tqdm.auto import tqdm
 
 from atlas_fast.models.modes import eval_mode
-from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.metrics import exact_match, f1_score, passage_hits, recall_at
 from atlas_fast.train.setup import collective_device
 
@@ -65,7 +64,7 @@ def _reader_metrics(trainer, examples, retrieved, hits, batch_size: int) -> dict
                 # The control: each question with the passages of the next question in the batch.
                 other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions
                 labels = trainer.labels(batch)
-                gold = reader_gold_scores(reader, "pdist", states, mask, labels, K)
+                gold = reader.gold_scores("pdist", states, mask, labels, K)
             batch_hits = hits[start : start + len(batch), :K]
             for row, example in enumerate(batch):
                 answered["em"].append(exact_match(predictions[row], example.answers))

@@ -29,7 +29,6 @@ from atlas_fast.index.refresh import RefreshPolicy
 from atlas_fast.models.modes import eval_mode
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import ConfigError, TrainConfig
-from atlas_fast.train.gold import reader_gold_scores
 from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data, resolve_device
 
@@ -283,8 +282,7 @@ class Trainer:
                 states, flat_mask = self.reader.encode(input_ids, passage_mask)
             if train_retriever:
                 gold_states = states if frozen_encoder else self._eval_encoder_states(input_ids, passage_mask)
-                gold = reader_gold_scores(
-                    self.reader,
+                gold = self.reader.gold_scores(
                     config.gold_score_mode,
                     gold_states.detach(),
                     flat_mask,

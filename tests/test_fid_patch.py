@@ -5,8 +5,8 @@ import torch
 from tiny_t5 import B, K, L, T, fid_inputs, tiny_t5
 
 from atlas_fast import losses
+from atlas_fast.fid_patch import patch_for_fid
 from atlas_fast.reference.atlas import atlas_normssum
-from atlas_fast.t5_fid import patch_t5_for_fid
 from atlas_fast.testing import assert_close
 
 
@@ -15,12 +15,12 @@ def test_patched_model_equals_unpatched_and_unpatch_restores():
     encoder_outputs, mask, labels = fid_inputs(model)
     with torch.no_grad():
         want = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
-        patch = patch_t5_for_fid(model, n_passages=K)
+        patch = patch_for_fid(model, n_passages=K)
         got = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
         assert_close(got, want)
         assert patch.passage_mass().shape == (B, T, K)
         with pytest.raises(ValueError, match="already patched"):
-            patch_t5_for_fid(model, K)
+            patch_for_fid(model, K)
         patch.unpatch()
         again = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels).logits
     assert_close(again, want)
@@ -40,7 +40,7 @@ def test_mass_gives_atlas_adist_gold_scores():
             values = module.v(encoder_outputs.last_hidden_state).view(B, K * L, module.n_heads, -1).transpose(1, 2)
             norm_scores.append((attention * values.norm(dim=-1)[:, :, None, :]).mean(dim=1))
         want = atlas_normssum(torch.stack(norm_scores), mask.bool(), labels, K)
-        patch = patch_t5_for_fid(model, n_passages=K)
+        patch = patch_for_fid(model, n_passages=K)
         model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels)
         got = losses.adist_gold_scores(patch.passage_mass(), labels, patch.n_layers)
     assert_close(got, want)
@@ -52,7 +52,7 @@ def test_generate_with_cache_matches_unpatched():
     encoder_outputs, mask, _ = fid_inputs(model)
     kwargs = {"encoder_outputs": encoder_outputs, "attention_mask": mask, "max_new_tokens": 5, "do_sample": False}
     want = model.generate(**kwargs)
-    patch = patch_t5_for_fid(model, n_passages=K)
+    patch = patch_for_fid(model, n_passages=K)
     got = model.generate(**kwargs)
     assert torch.equal(got, want)
     assert patch.passage_mass().shape[-1] == K  # the mass of the last decoding step
@@ -62,7 +62,7 @@ def test_generate_with_cache_matches_unpatched():
 def test_patched_model_trains():
     model = tiny_t5(dropout_rate=0.1).train()
     encoder_outputs, mask, labels = fid_inputs(model)
-    patch_t5_for_fid(model, n_passages=K, collect_mass=False)
+    patch_for_fid(model, n_passages=K, collect_mass=False)
     optimizer = torch.optim.AdamW(model.decoder.parameters(), lr=3e-3)
     losses_seen = []
     for _ in range(8):
@@ -76,4 +76,17 @@ def test_patched_model_trains():
 
 def test_not_a_t5_is_refused():
     with pytest.raises(ValueError, match="T5ForConditionalGeneration"):
-        patch_t5_for_fid(torch.nn.Linear(2, 2), 3)
+        patch_for_fid(torch.nn.Linear(2, 2), 3)
+
+
+def test_forward_settings_hold_inside_their_block_only():
+    model = tiny_t5().eval()
+    encoder_outputs, mask, labels = fid_inputs(model)
+    patch = patch_for_fid(model, n_passages=1, collect_mass=False)
+    with torch.no_grad(), patch.forward_settings(K, collect_mass=True):
+        model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels)
+        assert patch.passage_mass().shape == (B, T, K)  # K passages, mass collected: the block's settings
+    assert (patch.n_passages, patch.collect_mass) == (1, False)
+    with pytest.raises(RuntimeError, match="boom"), patch.forward_settings(K, collect_mass=True):
+        raise RuntimeError("boom")
+    assert (patch.n_passages, patch.collect_mass) == (1, False)  # restored after an error too

@@ -2,7 +2,7 @@
 
 Two model families are supported: T5ForConditionalGeneration (no 1/√d scaling) and
 EncoderDecoderModel with a BERT-style decoder (scale 1/√d; the offline default reader).
-`patch_for_fid(model, n_passages)` (alias `patch_t5_for_fid`) registers an attention implementation with
+`patch_for_fid(model, n_passages)` registers an attention implementation with
 transformers' attention-function registry (T5 routes every attention call through
 it) and switches the model to it. Decoder cross-attention modules then run the
 FiD op, which also yields the per-passage value-norm mass that ADist needs;
@@ -14,12 +14,15 @@ over the decoder layers, head-averaged, (B, T, K): the input of
 
 The model sees FiD inputs: encoder states of the K passages of each example
 concatenated to (B, K·L, H) with their (B, K·L) attention mask, e.g. through
-``model(encoder_outputs=..., attention_mask=..., labels=...)``. Set
-`patch.n_passages` when K changes. `patch.unpatch()` restores the model.
+``model(encoder_outputs=..., attention_mask=..., labels=...)``. K and whether the
+mass is collected are per-forward settings: ``with patch.forward_settings(K, collect_mass):``
+scopes them to a block and restores the previous ones after it (the values given to
+`patch_for_fid` hold outside any block). `patch.unpatch()` restores the model.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
@@ -27,7 +30,7 @@ from torch import nn
 
 from atlas_fast.attention import fid_cross_attention
 
-__all__ = ["FiDPatch", "cross_attention_modules", "patch_for_fid", "patch_t5_for_fid"]
+__all__ = ["FiDPatch", "cross_attention_modules", "patch_for_fid"]
 
 IMPLEMENTATION = "atlas_fast_fid"
 
@@ -60,11 +63,11 @@ def _attention(module, query, key, value, attention_mask, scaling=None, dropout=
 
 
 class FiDPatch:
-    """The handle `patch_t5_for_fid` returns.
+    """The handle `patch_for_fid` returns.
 
     Attributes:
-        n_passages: K of the next forward.
-        collect_mass: compute the per-passage mass (costs an extra pass over values); on by default.
+        n_passages: K of forwards outside a `forward_settings` block.
+        collect_mass: whether those forwards compute the per-passage mass (an extra pass over values).
         n_layers: decoder layers whose mass is summed.
     """
 
@@ -80,6 +83,17 @@ class FiDPatch:
             module._atlas_fast_fid = self
         # Each decoder forward starts at the first cross-attention layer: the mass restarts there.
         self._hook = self._modules[0].register_forward_pre_hook(self._reset)
+
+    @contextlib.contextmanager
+    def forward_settings(self, n_passages: int, collect_mass: bool = False):
+        """Forwards inside the block see ``n_passages`` passages per example and compute the mass when
+        ``collect_mass``; the settings before the block come back after it, even on an error."""
+        saved = self.n_passages, self.collect_mass
+        self.n_passages, self.collect_mass = n_passages, collect_mass
+        try:
+            yield self
+        finally:
+            self.n_passages, self.collect_mass = saved
 
     def _reset(self, *_):
         self._mass = None
@@ -123,8 +137,8 @@ def patch_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPatch
     Args:
         model: a T5ForConditionalGeneration or an EncoderDecoderModel with a BERT-style decoder; its decoder
             cross-attention must have no relative position bias (T5's never does).
-        n_passages: K, passages per example in the next forward (settable on the returned patch).
-        collect_mass: compute the ADist mass on every forward.
+        n_passages: K, passages per example in forwards outside a `FiDPatch.forward_settings` block.
+        collect_mass: compute the ADist mass in those forwards.
 
     Returns:
         The FiDPatch handle.
@@ -142,7 +156,3 @@ def patch_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPatch
     previous = model.config._attn_implementation
     model.set_attn_implementation(IMPLEMENTATION)
     return FiDPatch(model, n_passages, collect_mass, previous)
-
-
-# The name of the public API contract (DESIGN.md); T5 is the first-class reader.
-patch_t5_for_fid = patch_for_fid

@@ -91,7 +91,7 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
     run_provider(
         benchmark,
         fn,
-        op="index_search",
+        op="document_index_search",
         shape=f"N={n_docs} d={DIM} k={K} batch={batch}",
         mode="forward",
         provider=provider,

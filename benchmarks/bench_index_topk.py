@@ -8,7 +8,7 @@ N ∈ {1M, 4M} by default (ATLAS_FAST_BENCH_GPU_INDEX_N, comma-separated), d = 7
 queries ∈ {1, 64, 512}, k = 100; fp16 rows. extra_info carries `bytes_read` (the
 shard's size) so bandwidth = bytes_read / time can be set against the GPU's peak.
 Without CUDA, the --benchmark-disable smoke run exercises the CPU providers on 20,000
-documents; a timed CPU run is skipped (bench_index.py measures the CPU index).
+documents; a timed CPU run is skipped (bench_document_index.py measures the CPU index).
 """
 
 import os
@@ -44,7 +44,7 @@ def shard(request):
 
 @pytest.mark.parametrize("provider", ["atlas_mm_topk", "reference", "triton", "faiss_cpu"])
 @pytest.mark.parametrize("n_queries", [1, 64, 512])
-def test_gpu_shard_search(benchmark, shard, provider, n_queries):
+def test_index_topk(benchmark, shard, provider, n_queries):
     rows, ids = shard
     if provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("the fused kernel runs on CUDA (its interpreter tests are in tests/test_index_topk.py)")
@@ -80,7 +80,7 @@ def test_gpu_shard_search(benchmark, shard, provider, n_queries):
     run_provider(
         benchmark,
         fn,
-        op="gpu_shard_search",
+        op="index_topk",
         shape=f"N={rows.shape[0]:,} d={DIM} q={n_queries} k={K} fp16",
         mode="search",
         provider=provider,
