@@ -7,7 +7,6 @@ import torch.multiprocessing as mp
 
 from atlas_fast.index import ShardedIndex
 from atlas_fast.train import Trainer
-from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.tiny import tiny_config
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -29,7 +28,7 @@ def _train_on_two_ranks(rank, world_size, rendezvous, tmp_path):
         dist.all_gather(gathered, checksum)
         assert gathered[0].item() == gathered[1].item()
         trainer.save_checkpoint()
-        metrics = evaluate(trainer, generate=True)
+        metrics = trainer.evaluator(generate=True)
         assert 0.0 <= metrics["recall@1"] <= 1.0
         assert metrics["generated"] == 8  # 4 eval examples per rank, combined
         resumed = Trainer(tiny_config(tmp_path, refresh="incremental", refresh_budget=8))

@@ -6,7 +6,6 @@ import torch
 
 from atlas_fast.index import TorchDocumentIndex
 from atlas_fast.train import ConfigError, Trainer, train
-from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.tiny import tiny_config, write_tiny_t5
 
@@ -117,7 +116,7 @@ def test_rerank_retrieves_by_fresh_scores(tmp_path):
     assert [len(row) for row in passages] == [3, 3]
     assert trainer.refresh.documents_embedded == 20
     with torch.no_grad():
-        queries = trainer.retriever.embed_queries(trainer.queries(examples))
+        queries = trainer.retriever.embed_queries(trainer.reader.queries(examples))
         fresh = trainer.retriever.embed_passages([trainer.retriever_text(p) for p in passages[0]])
     scores = (queries[0] @ fresh.T).tolist()
     assert scores == sorted(scores, reverse=True)
@@ -133,10 +132,10 @@ def test_evaluation_counts_gold_passages(tmp_path):
     rows = [int(e.passage_id[1:]) for e in trainer.eval_examples]
     gold = {
         q: torch.from_numpy(v)
-        for q, v in zip(trainer.queries(trainer.eval_examples), trainer.index.get(rows), strict=True)
+        for q, v in zip(trainer.reader.queries(trainer.eval_examples), trainer.index.get(rows), strict=True)
     }
     trainer.retriever.embed_queries = lambda texts: torch.stack([gold[t] for t in texts])
-    metrics = evaluate(trainer, generate=True)
+    metrics = trainer.evaluator(generate=True)
     assert metrics["recall@1"] == 1.0
     assert metrics["em_top1_title"] == 1.0  # the copy-the-title control is exact with the gold passage first
     assert metrics["retriever@1_same_examples"] == 1.0
@@ -160,9 +159,11 @@ def test_warmup_cache_holds_the_examples_encoder_states(tmp_path):
     trainer = Trainer(tiny_config(tmp_path))
     trainer.build_index()
     examples = trainer.train_examples[:4]
-    states, mask, labels = EncodedExamples(trainer, examples).batch([0, 1, 2, 3])
+    states, mask, labels = EncodedExamples(trainer.reader, trainer.retrieve, examples, 3, trainer.autocast).batch(
+        [0, 1, 2, 3]
+    )
     reader = trainer.reader.eval()
-    queries = trainer.queries(examples)
+    queries = trainer.reader.queries(examples)
     with torch.no_grad():
         direct_states, direct_mask = reader.encode(*reader.tokenize_passages(queries, trainer.retrieve(examples, 3)))
         direct_labels = reader.tokenize_targets([e.answers[0] for e in examples])
@@ -194,4 +195,4 @@ def test_a_local_t5_checkpoint_trains_as_the_reader(tmp_path):
     trainer.build_index()
     records = [trainer.train_step() for _ in range(2)]
     assert np.isfinite([r["reader_loss"] for r in records] + [r["retriever_loss"] for r in records]).all()
-    assert {"em", "teacher@1"} <= set(evaluate(trainer, generate=True))
+    assert {"em", "teacher@1"} <= set(trainer.evaluator(generate=True))

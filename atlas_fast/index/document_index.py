@@ -372,3 +372,18 @@ class DocumentIndex:
             raise IndexFileError(f"{path}: duplicate ids")
         index.metadata = dict(metadata)
         return index
+
+
+def append_rows_where(target: DocumentIndex, source: DocumentIndex, keep) -> None:
+    """Append to ``target`` the rows of ``source`` whose ids ``keep(ids) -> bool mask`` selects, with their
+    steps and retrieval counts (resharding a saved index). The kept ids must be new to ``target``."""
+    if (target.dim, target.dtype) != (source.dim, source.dtype):
+        raise ValueError(f"cannot append {source!r} rows to {target!r}: dim and dtype must match")
+    for start in range(0, len(source), _CHUNK_ROWS):
+        n = min(_CHUNK_ROWS, len(source) - start)
+        ids, steps, retrieved, raw = source._core.export_rows(start, n)
+        kept = np.asarray(keep(ids), dtype=bool)
+        if kept.any():
+            rows = np.ascontiguousarray(raw.reshape(n, -1)[kept])
+            with target._writing:
+                target._core.append_raw(ids[kept], steps[kept], retrieved[kept], rows)

@@ -8,9 +8,15 @@ all-gathered and each rank merges those of its own queries with the C++
 `merge_topk`. Tensors travel on the device the backend needs (CUDA for NCCL, CPU
 for gloo).
 
+It implements the whole `Index` contract. Lookups (`contains`, `get`, `step_of`) are
+answered by each id's owner; `record_retrieved` counts a retrieval on the owner's shard
+whichever rank retrieved it; `ids`, `len`, `drift` and `memory_bytes` cover every shard.
+`stale_ids` is the one method that is not collective: it names this rank's stale documents,
+for this rank to re-embed.
+
 Files: `save(directory)` writes one DocumentIndex file per rank plus a manifest;
-`load` reads every shard file and keeps the documents the reading rank owns, so a
-directory written by N ranks loads on any number of ranks.
+`load` reads every shard file and keeps the documents the reading rank owns, with their
+steps and retrieval counts, so a directory written by N ranks loads on any number of ranks.
 """
 
 from __future__ import annotations
@@ -23,7 +29,16 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atlas_fast.index.document_index import DocumentIndex, IndexFileError, _as_ids, _as_k, _as_matrix, _as_step
+from atlas_fast.index.document_index import (
+    DocumentIndex,
+    IndexFileError,
+    _as_ids,
+    _as_integer_array,
+    _as_k,
+    _as_matrix,
+    _as_step,
+    append_rows_where,
+)
 from atlas_fast.index.merge import merge_topk
 from atlas_fast.index.torch_index import TorchDocumentIndex
 
@@ -64,6 +79,10 @@ class ShardedIndex:
     def dim(self) -> int:
         return self.local.dim
 
+    @property
+    def dtype(self) -> str:
+        return self.local.dtype
+
     def owner(self, ids: np.ndarray) -> np.ndarray:
         """The rank that holds each id."""
         return np.mod(ids, self.world_size)
@@ -86,10 +105,76 @@ class ShardedIndex:
         dist.all_reduce(value, op=dist.ReduceOp.MAX, group=self.group)
         return bool(value.item())
 
+    def _sum(self, values: np.ndarray) -> np.ndarray:
+        """The element-wise sum of every rank's ``values`` (same shape on every rank)."""
+        tensor = torch.from_numpy(np.ascontiguousarray(values)).to(self._device)
+        dist.all_reduce(tensor, group=self.group)
+        return tensor.cpu().numpy()
+
     def __len__(self) -> int:
-        total = torch.tensor([len(self.local)], device=self._device)
-        dist.all_reduce(total, group=self.group)
-        return int(total.item())
+        return int(self._sum(np.array([len(self.local)], dtype=np.int64))[0])
+
+    def _from_owners(self, ids: np.ndarray, values_of, width: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+        """For this rank's ``ids``: (present (n,) bool, values (n, width)), each answered by the id's owner
+        with ``values_of(present owned ids)``. Every position is filled by one rank at most, so the sum of
+        the ranks' answers is exact."""
+        per_rank = self._all_gather(ids)
+        all_ids = np.concatenate(per_rank)
+        owned = np.flatnonzero(self.owner(all_ids) == self.rank)
+        present = np.zeros(all_ids.size, dtype=np.int64)
+        present[owned] = self.local.contains(all_ids[owned])
+        values = np.zeros((all_ids.size, width), dtype=dtype)
+        held = np.flatnonzero(present)
+        if held.size:
+            values[held] = np.asarray(values_of(all_ids[held])).reshape(held.size, width)
+        start = sum(part.size for part in per_rank[: self.rank])
+        rows = slice(start, start + ids.size)
+        return self._sum(present)[rows].astype(bool), self._sum(values)[rows]
+
+    def _present_values(self, ids, values_of, width: int, dtype) -> np.ndarray:
+        """`_from_owners` where every id must be present: KeyError on every rank when one is absent anywhere."""
+        ids = self._agreed(lambda: _as_ids("ids", ids))
+        present, values = self._from_owners(ids, values_of, width, dtype)
+        if self._any_rank(not present.all()):
+            raise KeyError(f"ids not in the index (on this rank: {ids[~present][:10].tolist()})")
+        return values
+
+    def contains(self, ids) -> np.ndarray:
+        """(n,) bool for this rank's ids: whether any shard holds each."""
+        ids = self._agreed(lambda: _as_ids("ids", ids))
+        return self._from_owners(ids, lambda held: np.zeros((held.size, 1)), 1, np.float32)[0]
+
+    def get(self, ids) -> np.ndarray:
+        """(n, d) float32 vectors of this rank's ids, from their owners (KeyError everywhere if one is absent)."""
+        return self._present_values(ids, self.local.get, self.dim, np.float32)
+
+    def step_of(self, ids) -> np.ndarray:
+        """(n,) int32 embedding step of this rank's ids, from their owners (KeyError everywhere if one is absent)."""
+        return self._present_values(ids, self.local.step_of, 1, np.int64).reshape(-1).astype(np.int32)
+
+    def ids(self) -> np.ndarray:
+        """(N,) int64 every id of every shard, sorted."""
+        return np.sort(np.concatenate(self._all_gather(self.local.ids())))
+
+    def record_retrieved(self, ids) -> None:
+        """Count a retrieval of each of this rank's ids (any shape) on the shard that owns it."""
+        ids = self._agreed(lambda: _as_integer_array("ids", ids).reshape(-1))
+        retrieved = np.concatenate(self._all_gather(ids[ids != -1]))
+        self.local.record_retrieved(retrieved[self.owner(retrieved) == self.rank])
+
+    def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
+        """This rank's shard's next ≤ budget ids to re-embed (not collective: each rank refreshes its own)."""
+        return self.local.stale_ids(budget, policy)
+
+    def drift(self, reset: bool = True) -> tuple[float, int]:
+        """Mean cosine of old and new vectors over every shard's overwritten documents, and their count."""
+        mean, count = self.local.drift(reset)
+        total, count = self._sum(np.array([mean * count, count], dtype=np.float64))
+        return (float(total / count) if count else 0.0), int(count)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by every shard together."""
+        return int(self._sum(np.array([self.local.memory_bytes()], dtype=np.int64))[0])
 
     def _agreed(self, validate):
         """``validate()``'s result; when it raises ValueError on any rank, every rank raises before a collective.
@@ -180,15 +265,11 @@ class ShardedIndex:
             manifest = json.loads((directory / _MANIFEST).read_text())
         except (OSError, ValueError) as error:
             raise IndexFileError(f"{directory}: no readable {_MANIFEST} ({error})") from error
-        index = cls(int(manifest["dim"]), manifest["dtype"], group, device)
+        index = cls(int(manifest["dim"]), manifest["dtype"], group, None)
         for shard in range(int(manifest["world_size"])):
             part = DocumentIndex.load(directory / f"shard-{shard:05d}.afi")
-            ids = part.ids()
-            mine = ids[index.owner(ids) == index.rank]
-            if mine.size:
-                steps = part.step_of(mine)
-                for step in np.unique(steps):
-                    chosen = mine[steps == step]
-                    index.local.upsert(chosen, part.get(chosen), int(step))
+            append_rows_where(index.local, part, lambda ids: index.owner(ids) == index.rank)
+        if device is not None:
+            index.local = TorchDocumentIndex.from_document_index(index.local, device)
         dist.barrier(group=index.group)
         return index

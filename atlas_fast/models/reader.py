@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from atlas_fast.data.formats import Passage
+from atlas_fast.data.formats import Example, Passage
 from atlas_fast.data.formatting import TextFormat
 from atlas_fast.fid_patch import patch_for_fid
 from atlas_fast.gold_scores import (
@@ -138,6 +138,14 @@ class FiDReader(nn.Module):
         )
         shape = (len(queries), K, -1)
         return batch["input_ids"].view(shape).to(self.device), batch["attention_mask"].view(shape).to(self.device)
+
+    def queries(self, examples: list[Example]) -> list[str]:
+        """The reader's (and the query encoder's) query text of each example."""
+        return [self.text_format.format_query(example.question) for example in examples]
+
+    def labels(self, examples: list[Example]) -> torch.Tensor:
+        """(B, T) labels: each example's first non-blank answer is its training target."""
+        return self.tokenize_targets([example.target for example in examples])
 
     def tokenize_targets(self, answers: list[str]) -> torch.Tensor:
         """(B, T) labels: the target tokens then end-of-sequence, -100 after it."""

@@ -64,14 +64,12 @@ class Retriever(nn.Module):
         self.query_encoder = query_encoder
         self.passage_encoder = copy.deepcopy(query_encoder) if untied else query_encoder
         self.tokenizer = tokenizer
-        self.untied = untied
         self.query_max_length = query_max_length
         self.passage_max_length = passage_max_length
         if not train_passage_encoder:
             if not untied:
                 raise ValueError("train_passage_encoder=False (query-side only) needs untied=True")
             self.passage_encoder.requires_grad_(False)
-        self.train_passage_encoder = train_passage_encoder
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, **kwargs) -> Retriever:

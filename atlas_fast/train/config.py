@@ -17,15 +17,16 @@ from pathlib import Path
 
 import torch
 
+from atlas_fast.index import refresh
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-__all__ = ["GOLD_SCORE_MODES", "REFRESH_POLICIES", "ConfigError", "TrainConfig"]
+__all__ = ["GOLD_SCORE_MODES", "ConfigError", "TrainConfig"]
 
 GOLD_SCORE_MODES = ("pdist", "adist", "loop", "emdr")
-REFRESH_POLICIES = ("none", "full", "incremental", "rerank", "query-side")
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
 
@@ -116,7 +117,7 @@ class TrainConfig:
     def validate(self) -> None:
         choices = {
             "gold_score_mode": GOLD_SCORE_MODES,
-            "refresh": REFRESH_POLICIES,
+            "refresh": refresh.POLICIES,
             "precision": PRECISIONS,
             "schedule": SCHEDULES,
             "reader": ("minilm", "t5"),
@@ -141,8 +142,9 @@ class TrainConfig:
                     raise ConfigError(
                         f"{key} must be {' or '.join(allowed)} or a torch device; got {value!r}"
                     ) from None
-        if self.query_side_only and not self.untied_retriever:
-            raise ConfigError("query_side_only needs untied_retriever = true (separate passage encoder weights)")
+        if (self.query_side_only or self.refresh == "query-side") and not self.untied_retriever:
+            setting = "query_side_only" if self.query_side_only else 'refresh = "query-side"'
+            raise ConfigError(f"{setting} needs untied_retriever = true (separate passage encoder weights)")
         if self.refresh == "rerank" and self.rerank_candidates < self.n_context:
             raise ConfigError(f"rerank_candidates ({self.rerank_candidates}) must be ≥ n_context ({self.n_context})")
         if self.reader == "t5" and not self.reader_path:

@@ -11,75 +11,111 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from atlas_fast.data.formats import Example, Passage
+from atlas_fast.models import FiDReader
 from atlas_fast.models.modes import eval_mode
 from atlas_fast.train.metrics import exact_match, f1_score, passage_hits, recall_at
 from atlas_fast.train.setup import collective_device
 
-__all__ = ["evaluate"]
+__all__ = ["Evaluator"]
 
 
-def evaluate(trainer, generate: bool = True, batch_size: int = 32) -> dict:
-    """Metrics of the trainer's models on its eval examples (this rank's share; rank 0 reports)."""
-    config = trainer.config
-    # Every rank must make the same number of (collective) searches: equal shares, the remainder dropped.
-    usable = len(trainer.eval_examples) // trainer.world_size * trainer.world_size
-    examples = trainer.eval_examples[:usable][trainer.rank :: trainer.world_size]
-    depth = max(max(config.eval_k), config.n_context)
-    hits, retrieved = [], []
-    batches = range(0, len(examples), batch_size)
-    for start in tqdm(batches, desc="evaluating retrieval", disable=not config.progress or trainer.rank, leave=False):
-        batch = examples[start : start + batch_size]
-        passages = trainer.retrieve(batch, depth)
-        retrieved += passages
-        hits.append(passage_hits(batch, passages, trainer.normalized_text))
-    hits = np.concatenate(hits) if hits else np.zeros((0, depth), dtype=bool)
-    metrics = {f"recall@{k}": recall_at(hits, k) for k in config.eval_k}
-    if generate:
-        metrics.update(_reader_metrics(trainer, examples, retrieved, hits, batch_size))
-    if trainer.world_size > 1:
-        metrics = _combine_over_ranks(metrics, len(examples))
-    return metrics
+class Evaluator:
+    """Metrics of a run's models on its eval examples (each rank its share; the result is the whole set's).
 
+    Args:
+        reader: the FiD reader.
+        retrieve: (examples, k) -> the top-k passages of each example, as training retrieves them.
+        examples: every eval example (all ranks pass the same list).
+        eval_k: the k of recall@k.
+        n_context: K, passages the reader reads.
+        generate_examples: how many examples the reader answers (the first ones).
+        autocast: returns the run's precision context.
+        rank, world_size: this process's place in the torch.distributed world.
+        progress: show progress bars (rank 0).
+    """
 
-@torch.no_grad()
-def _reader_metrics(trainer, examples, retrieved, hits, batch_size: int) -> dict:
-    config, reader, K = trainer.config, trainer.reader, trainer.config.n_context
-    n = min(len(examples), config.eval_generate_examples)
-    answered = {"em": [], "f1": [], "em_other_passages": [], "em_top1_title": []}
-    teacher_first, retriever_first = [], []
-    with eval_mode(reader):
-        for start in tqdm(
-            range(0, n, batch_size), desc="evaluating reader", disable=not config.progress or trainer.rank, leave=False
-        ):
-            batch = examples[start : min(n, start + batch_size)]
-            passages = [row[:K] for row in retrieved[start : start + len(batch)]]
-            queries = trainer.queries(batch)
-            with trainer.autocast():
-                states, mask = reader.encode(*reader.tokenize_passages(queries, passages))
-                predictions = reader.generate(states, mask, K)
-                # The control: each question with the passages of the next question in the batch.
-                other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions
-                labels = trainer.labels(batch)
-                gold = reader.gold_scores("pdist", states, mask, labels, K)
-            batch_hits = hits[start : start + len(batch), :K]
-            for row, example in enumerate(batch):
-                answered["em"].append(exact_match(predictions[row], example.answers))
-                answered["f1"].append(f1_score(predictions[row], example.answers))
-                answered["em_other_passages"].append(exact_match(other[row], example.answers))
-                answered["em_top1_title"].append(exact_match(passages[row][0].title, example.answers))
-                if batch_hits[row].any():
-                    teacher_first.append(bool(batch_hits[row, int(gold[row].argmax())]))
-                    retriever_first.append(bool(batch_hits[row, 0]))
-    metrics = {key: float(np.mean(values)) if values else 0.0 for key, values in answered.items()}
-    metrics["teacher@1"] = float(np.mean(teacher_first)) if teacher_first else 0.0
-    metrics["retriever@1_same_examples"] = float(np.mean(retriever_first)) if retriever_first else 0.0
-    metrics["teacher_examples"] = len(teacher_first)
-    metrics["generated"] = n
-    return metrics
+    def __init__(
+        self,
+        reader: FiDReader,
+        retrieve: Callable[[list[Example], int], list[list[Passage]]],
+        examples: list[Example],
+        eval_k: tuple[int, ...],
+        n_context: int,
+        generate_examples: int,
+        autocast: Callable[[], AbstractContextManager],
+        rank: int = 0,
+        world_size: int = 1,
+        progress: bool = False,
+    ):
+        self.reader, self.retrieve, self.examples = reader, retrieve, examples
+        self.eval_k, self.n_context, self.generate_examples = eval_k, n_context, generate_examples
+        self.autocast = autocast
+        self.rank, self.world_size = rank, world_size
+        self.progress = progress and rank == 0
+        self.normalized_text: dict[str, str] = {}  # passage id -> normalised text, for answer-containment hits
+
+    def __call__(self, generate: bool = True, batch_size: int = 32) -> dict:
+        """recall@k and, with ``generate``, the reader's answers, its teacher@1 and the two controls."""
+        # Every rank must make the same number of (collective) searches: equal shares, the remainder dropped.
+        usable = len(self.examples) // self.world_size * self.world_size
+        examples = self.examples[:usable][self.rank :: self.world_size]
+        depth = max(max(self.eval_k), self.n_context)
+        hits, retrieved = [], []
+        batches = range(0, len(examples), batch_size)
+        for start in tqdm(batches, desc="evaluating retrieval", disable=not self.progress, leave=False):
+            batch = examples[start : start + batch_size]
+            passages = self.retrieve(batch, depth)
+            retrieved += passages
+            hits.append(passage_hits(batch, passages, self.normalized_text))
+        hits = np.concatenate(hits) if hits else np.zeros((0, depth), dtype=bool)
+        metrics = {f"recall@{k}": recall_at(hits, k) for k in self.eval_k}
+        if generate:
+            metrics.update(self._reader_metrics(examples, retrieved, hits, batch_size))
+        if self.world_size > 1:
+            metrics = _combine_over_ranks(metrics, len(examples))
+        return metrics
+
+    @torch.no_grad()
+    def _reader_metrics(self, examples, retrieved, hits, batch_size: int) -> dict:
+        reader, K = self.reader, self.n_context
+        n = min(len(examples), self.generate_examples)
+        answered = {"em": [], "f1": [], "em_other_passages": [], "em_top1_title": []}
+        teacher_first, retriever_first = [], []
+        with eval_mode(reader):
+            for start in tqdm(
+                range(0, n, batch_size), desc="evaluating reader", disable=not self.progress, leave=False
+            ):
+                batch = examples[start : min(n, start + batch_size)]
+                passages = [row[:K] for row in retrieved[start : start + len(batch)]]
+                with self.autocast():
+                    states, mask = reader.encode(*reader.tokenize_passages(reader.queries(batch), passages))
+                    predictions = reader.generate(states, mask, K)
+                    # The control: each question with the passages of the next question in the batch.
+                    other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions
+                    gold = reader.gold_scores("pdist", states, mask, reader.labels(batch), K)
+                batch_hits = hits[start : start + len(batch), :K]
+                for row, example in enumerate(batch):
+                    answered["em"].append(exact_match(predictions[row], example.answers))
+                    answered["f1"].append(f1_score(predictions[row], example.answers))
+                    answered["em_other_passages"].append(exact_match(other[row], example.answers))
+                    answered["em_top1_title"].append(exact_match(passages[row][0].title, example.answers))
+                    if batch_hits[row].any():
+                        teacher_first.append(bool(batch_hits[row, int(gold[row].argmax())]))
+                        retriever_first.append(bool(batch_hits[row, 0]))
+        metrics = {key: float(np.mean(values)) if values else 0.0 for key, values in answered.items()}
+        metrics["teacher@1"] = float(np.mean(teacher_first)) if teacher_first else 0.0
+        metrics["retriever@1_same_examples"] = float(np.mean(retriever_first)) if retriever_first else 0.0
+        metrics["teacher_examples"] = len(teacher_first)
+        metrics["generated"] = n
+        return metrics
 
 
 def _combine_over_ranks(metrics: dict, examples: int) -> dict:

@@ -17,7 +17,6 @@ import json
 import time
 
 from atlas_fast.train.config import TrainConfig
-from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.run import format_metrics
 from atlas_fast.train.trainer import Trainer
 
@@ -31,26 +30,26 @@ def refresh_experiment(config: TrainConfig, joint_steps: int, policies: tuple[st
     warm_config = dataclasses.replace(config, refresh="none", steps=config.freeze_retriever_steps + joint_steps)
     warm = Trainer(warm_config)
     warm.build_index()
-    before = evaluate(warm, generate=False)
+    before = warm.evaluator(generate=False)
     print("before joint training: " + format_metrics(before))
     while warm.step < config.freeze_retriever_steps:
         warm.train_step()
     checkpoint = warm.save_checkpoint()
-    start = evaluate(warm, generate=False)
+    start = warm.evaluator(generate=False)
     results = {"before": before, "after_warmup": start, "joint_steps": joint_steps, "policies": {}}
     for policy in policies:
         run = Trainer(dataclasses.replace(warm_config, refresh=policy, output_dir=f"{config.output_dir}/{policy}"))
         run.resume(checkpoint)
-        run.refresh.documents_embedded = 0
+        embedded_before = run.refresh.documents_embedded  # the warm-up's count, restored with the checkpoint
         clock = time.perf_counter()
         while run.step < warm_config.steps:
             run.train_step()
         seconds = time.perf_counter() - clock
-        trained_reembedded = run.refresh.documents_embedded
-        metrics = evaluate(run, generate=False)
+        trained_reembedded = run.refresh.documents_embedded - embedded_before
+        metrics = run.evaluator(generate=False)
         # The same retriever over a freshly re-embedded corpus: what it learned, staleness aside.
         run.build_index()
-        fresh = {f"{key} fresh": value for key, value in evaluate(run, generate=False).items()}
+        fresh = {f"{key} fresh": value for key, value in run.evaluator(generate=False).items()}
         row = {**metrics, **fresh, "documents_reembedded": trained_reembedded, "seconds": seconds}
         results["policies"][policy] = row
         cost = f"{trained_reembedded} documents re-embedded, {seconds:.0f} s"

@@ -9,33 +9,53 @@ passages as well. States are stored in bfloat16, per example at its own length.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import torch
 from tqdm.auto import tqdm
 
-from atlas_fast.data.formats import Example
+from atlas_fast.data.formats import Example, Passage
+from atlas_fast.models import FiDReader
 from atlas_fast.models.modes import eval_mode
 
 __all__ = ["EncodedExamples"]
 
 
 class EncodedExamples:
-    """Reader encoder states (K passages each) and labels of ``examples``, encoded once by ``trainer``'s models."""
+    """Reader encoder states (K passages each) and labels of ``examples``, encoded once.
 
-    def __init__(self, trainer, examples: list[Example], batch_size: int = 32, progress: bool = False):
-        reader, K = trainer.reader, trainer.config.n_context
-        self.n_passages = K
+    Args:
+        reader: the reader whose (frozen) encoder makes the states.
+        retrieve: (examples, k) -> the top-k passages of each example.
+        examples: the examples to cache.
+        n_passages: K.
+        autocast: returns the run's precision context.
+    """
+
+    def __init__(
+        self,
+        reader: FiDReader,
+        retrieve: Callable[[list[Example], int], list[list[Passage]]],
+        examples: list[Example],
+        n_passages: int,
+        autocast: Callable[[], AbstractContextManager],
+        batch_size: int = 32,
+        progress: bool = False,
+    ):
+        K = self.n_passages = n_passages
         self.states: list[torch.Tensor] = []  # each (K, L_i, H) bfloat16
         self.masks: list[torch.Tensor] = []  # each (K, L_i) bool
         self.labels: list[torch.Tensor] = []  # each (T_i,)
         starts = range(0, len(examples), batch_size)
         for start in tqdm(starts, desc="caching reader encoder states", disable=not progress, leave=False):
             batch = examples[start : start + batch_size]
-            passages = trainer.retrieve(batch, K)
-            input_ids, mask = reader.tokenize_passages(trainer.queries(batch), passages)
-            with eval_mode(reader), torch.no_grad(), trainer.autocast():
+            passages = retrieve(batch, K)
+            input_ids, mask = reader.tokenize_passages(reader.queries(batch), passages)
+            with eval_mode(reader), torch.no_grad(), autocast():
                 states, _ = reader.encode(input_ids, mask)
             states = states.view(len(batch), K, input_ids.shape[2], -1)
-            labels = trainer.labels(batch)
+            labels = reader.labels(batch)
             for row in range(len(batch)):
                 length = int(mask[row].sum(-1).max())
                 self.states.append(states[row, :, :length].to(torch.bfloat16).clone())

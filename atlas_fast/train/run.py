@@ -11,7 +11,6 @@ from tqdm.auto import tqdm
 
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import TrainConfig
-from atlas_fast.train.evaluate import evaluate
 from atlas_fast.train.plot import plot_metrics
 from atlas_fast.train.setup import collective_device
 from atlas_fast.train.trainer import Trainer
@@ -46,7 +45,7 @@ def evaluate_checkpoint(path: str | os.PathLike, overrides: list[str] | None = N
         config = TrainConfig.load(None, [*settings, *(overrides or []), f"output_dir={json.dumps(scratch)}"])
         trainer = Trainer(config)
         trainer.resume(directory, verified=True)
-        return evaluate(trainer)
+        return trainer.evaluator()
 
 
 def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = None) -> dict:
@@ -70,7 +69,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         clock = time.perf_counter()
         trainer.build_index()
         say(f"index: {len(trainer.passages)} passages embedded in {time.perf_counter() - clock:.1f} s")
-        before = evaluate(trainer, generate=False)
+        before = trainer.evaluator(generate=False)
         trainer.log({"step": 0, "split": "eval", **before})
         say("before training: " + format_metrics(before))
     training_started = time.perf_counter()
@@ -83,7 +82,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         progress.update(1)
         progress.set_postfix(reader=f"{record['reader_loss']:.3f}", retriever=_maybe(record["retriever_loss"]))
         if config.eval_every and trainer.step % config.eval_every == 0 and trainer.step < config.steps:
-            trainer.log({"step": trainer.step, "split": "eval", **evaluate(trainer, generate=False)})
+            trainer.log({"step": trainer.step, "split": "eval", **trainer.evaluator(generate=False)})
         if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
             trainer.save_checkpoint()
         if config.time_budget_s and time.perf_counter() - training_started > config.time_budget_s:
@@ -91,7 +90,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
             break
     progress.close()
     training_seconds = time.perf_counter() - training_started
-    after = evaluate(trainer, generate=True)
+    after = trainer.evaluator(generate=True)
     trainer.log({"step": trainer.step, "split": "eval", **after})
     if trainer.saved_step != trainer.step:  # a periodic save of this step holds the exact state to continue from
         trainer.save_checkpoint()

@@ -12,6 +12,7 @@ import torch.distributed as dist
 
 from atlas_fast.data.formats import DataFormatError, Example, Passage, read_examples, read_passages
 from atlas_fast.data.prepare import TASKS, ensure_prepared
+from atlas_fast.index.refresh import trains_passage_encoder
 from atlas_fast.models import FiDReader, Retriever, packaged_minilm_path
 from atlas_fast.train.config import ConfigError, TrainConfig
 
@@ -89,7 +90,7 @@ def build_models(config: TrainConfig) -> tuple[Retriever, FiDReader]:
     retriever = Retriever.from_pretrained(
         retriever_path,
         untied=config.untied_retriever,
-        train_passage_encoder=not config.query_side_only and config.refresh != "query-side",
+        train_passage_encoder=trains_passage_encoder(config.refresh, config.query_side_only),
         query_max_length=config.query_max_length,
         passage_max_length=config.passage_max_length,
     )

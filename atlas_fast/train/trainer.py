@@ -1,13 +1,14 @@
 """The Atlas training loop: retrieve, let the reader teach the retriever, train the reader, keep the index fresh.
 
 One optimiser step, per micro-batch of questions:
-  retrieve   query encoder (no grad) -> index.search -> K passages (rerank: re-scored candidates)
-  re-embed   the retriever re-embeds queries and passages with grad -> scores (B, K)
+  retrieve   query encoder (no grad) -> the refresh policy's retrieval (index.search, or rerank) -> K passages
+  reembed    the retriever re-embeds queries and passages with grad -> scores (B, K)
   gold       the reader scores each passage (PDist / ADist / LOOP / EMDR²), no grad
   reader     FiD forward over the K passages -> reader loss (+ retriever loss)
-  backward   gradients (all-reduced across ranks), clipping, AdamW, schedule
+  backward   gradients (DistributedDataParallel reduces them across ranks), clipping, AdamW, schedule
   refresh    the refresh policy re-embeds its documents into the index
-Each phase is timed; `train_step` returns the times with the losses.
+The differentiable middle (reembed, gold, reader) is `JointModel.forward` (train/joint.py), the
+module DDP wraps. Each phase is timed; `train_step` returns the times with the losses.
 """
 
 from __future__ import annotations
@@ -15,20 +16,22 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
-from atlas_fast import losses
 from atlas_fast.data.formats import Example, Passage
-from atlas_fast.index import DocumentIndex, ShardedIndex, TorchDocumentIndex
+from atlas_fast.index import load_index, open_index
 from atlas_fast.index.refresh import RefreshPolicy
 from atlas_fast.models.modes import eval_mode
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import ConfigError, TrainConfig
+from atlas_fast.train.evaluate import Evaluator
+from atlas_fast.train.joint import CachedBatch, JointModel, RetrievedBatch
+from atlas_fast.train.phases import PhaseTimer
 from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data, resolve_device
 
@@ -64,23 +67,51 @@ class Trainer:
         retriever, reader = models if models is not None else build_models(config)
         self.retriever, self.reader = retriever.to(self.device).train(), reader.to(self.device).train()
         self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)
+        self.phase = PhaseTimer()
+        self.model = JointModel(self.retriever, self.reader, config, self.autocast, self.phase)
+        # Data parallelism on torch's engine: DDP reduces both models' gradients in buckets during backward.
+        # The retriever's parameters get no gradient while it is frozen (the warm-up): find_unused_parameters.
+        self.replica = self.model
+        if self.world_size > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.replica = DistributedDataParallel(
+                self.model, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
+            )
         self.refresh = RefreshPolicy(
-            config.refresh, config.refresh_every, config.refresh_budget, config.refresh_order, config.rerank_candidates
+            config.refresh,
+            open_index(self.retriever.dim, config.index_dtype, self._index_device(), distributed=self.world_size > 1),
+            self.embed_documents,
+            self.owned_ids,
+            config.refresh_every,
+            config.refresh_budget,
+            config.refresh_order,
+            config.rerank_candidates,
         )
-        self.index = self.new_index()
+        self.evaluator = Evaluator(
+            self.reader,
+            self.retrieve,
+            self.eval_examples,
+            config.eval_k,
+            config.n_context,
+            config.eval_generate_examples,
+            self.autocast,
+            self.rank,
+            self.world_size,
+            config.progress,
+        )
         self.step = 0
         self.resumed_from: Path | None = None  # the checkpoint `resume` restored
         self.saved_step: int | None = None  # the step of the newest checkpoint written or restored
         self.output_dir = Path(config.output_dir)
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
-        self.normalized_text: dict[str, str] = {}  # passage id -> normalised text, for answer-containment hits
         if self.rank == 0:
             _prepare_output_dir(self.output_dir)
 
     # ---- helpers ---------------------------------------------------------------------
     @property
-    def local_index(self) -> DocumentIndex | TorchDocumentIndex:
-        return self.index.local if isinstance(self.index, ShardedIndex) else self.index
+    def index(self):
+        """The document index (the refresh policy's: it is the one that keeps it fresh)."""
+        return self.refresh.index
 
     def autocast(self):
         enabled = self.config.precision == "bf16"
@@ -91,19 +122,13 @@ class Trainer:
         return np.arange(self.rank, len(self.passages), self.world_size, dtype=np.int64)
 
     def embed_documents(self, ids: np.ndarray, progress: bool = False) -> np.ndarray:
+        """(n, d) float32 embeddings of corpus rows ``ids`` by the current passage encoder."""
         texts = [self.retriever_text(self.passages[i]) for i in ids]
         with self.autocast():
             return self.retriever.embed_passages_for_index(texts, progress=progress and self.config.progress)
 
     def retriever_text(self, passage: Passage) -> str:
         return self.reader.text_format.format_retriever_passage(passage)
-
-    def queries(self, examples: list[Example]) -> list[str]:
-        return [self.reader.text_format.format_query(e.question) for e in examples]
-
-    def labels(self, examples: list[Example]) -> torch.Tensor:
-        """(B, T) reader labels: each example's first non-blank answer is its training target."""
-        return self.reader.tokenize_targets([e.target for e in examples])
 
     def log(self, record: dict) -> None:
         if self.rank == 0:
@@ -136,102 +161,86 @@ class Trainer:
         """None: host memory (C++ DocumentIndex); else the device of a TorchDocumentIndex."""
         return None if self.config.index_device == "host" else resolve_device(self.config.index_device)
 
-    def new_index(self):
-        """An empty index: this rank's shard of a ShardedIndex when distributed."""
-        dim, dtype, device = self.retriever.dim, self.config.index_dtype, self._index_device()
-        if self.world_size > 1:
-            return ShardedIndex(dim, dtype, device=device)
-        return DocumentIndex(dim, dtype) if device is None else TorchDocumentIndex(dim, dtype, device)
-
     def build_index(self) -> None:
         """Embed every document (each rank its own shard) and upsert them at step 0."""
-        ids = self.owned_ids()
-        self.index.upsert(ids, self.embed_documents(ids, progress=True), step=0)
-
-    def refresh_index(self) -> int:
-        """Run the refresh policy after the current step; returns the documents this rank re-embedded."""
-        ids = self.refresh.ids_to_refresh(self.step, self.local_index, self.owned_ids)
-        vectors = self.embed_documents(ids) if ids.size else np.empty((0, self.retriever.dim), np.float32)
-        if self.world_size > 1 or ids.size:
-            self.index.upsert(ids, vectors, step=self.step)  # collective for a ShardedIndex
-        self.refresh.documents_embedded += int(ids.size)
-        return int(ids.size)
+        self.refresh.build()
 
     @torch.no_grad()
     def retrieve(self, examples: list[Example], k: int) -> list[list[Passage]]:
-        """The top-k passages of each example (rerank: the top-k of fresh scores over the candidates)."""
+        """The top-k passages of each example, as the refresh policy serves them."""
         with eval_mode(self.retriever):
             with self.autocast():
-                query_emb = self.retriever.embed_queries(self.queries(examples))
-            _, ids = self.index.search(query_emb.cpu().numpy(), self.refresh.retrieval_depth(k))
-            if self.refresh.name == "rerank":
-                ids = self._rerank(query_emb, ids, k)
-        self.local_index.record_retrieved(ids)
+                query_emb = self.retriever.embed_queries(self.reader.queries(examples))
+            ids = self.refresh.retrieve(query_emb, k)
         return [[self.passages[i] for i in row if i >= 0] for row in ids]
-
-    def _rerank(self, query_emb: torch.Tensor, candidate_ids: np.ndarray, k: int) -> np.ndarray:
-        flat = candidate_ids.reshape(-1)
-        fresh = torch.from_numpy(self.embed_documents(flat)).view(*candidate_ids.shape, -1)
-        self.refresh.documents_embedded += int(flat.size)
-        scores = torch.einsum("bd,bkd->bk", query_emb.float().cpu(), fresh)
-        order = scores.topk(k, dim=1).indices.numpy()
-        return np.take_along_axis(candidate_ids, order, axis=1)
 
     # ---- training --------------------------------------------------------------------
     @property
     def local_train_examples(self) -> list[Example]:
-        """This rank's share of the training examples."""
+        """This rank's share of the training examples (the warm-up cache's pool)."""
         return self.train_examples[self.rank :: self.world_size]
 
-    def _batch_positions(self, size: int, index: int) -> list[int]:
-        """Positions among ``size`` items of micro-batch ``index``: a fixed shuffle per epoch, resumable by index."""
-        per_epoch = max(1, size // self.config.batch_size)
+    def _batch_positions(self, size: int, index: int, batch_size: int) -> list[int]:
+        """Positions among ``size`` items of batch ``index``: a fixed shuffle per epoch, resumable by index."""
+        per_epoch = max(1, size // batch_size)
         epoch, position = divmod(index, per_epoch)
         order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        return order[position * self.config.batch_size : (position + 1) * self.config.batch_size].tolist()
+        return order[position * batch_size : (position + 1) * batch_size].tolist()
 
     def micro_batch(self, index: int) -> list[Example]:
-        """The examples of micro-batch ``index`` of this rank."""
-        local = self.local_train_examples
-        return [local[i] for i in self._batch_positions(len(local), index)]
+        """This rank's examples of micro-batch ``index``: its share of the global batch of batch_size × world
+        examples, so that N ranks train on the batches one process would with N times the batch size."""
+        positions = self._batch_positions(len(self.train_examples), index, self.config.batch_size * self.world_size)
+        return [self.train_examples[i] for i in positions[self.rank :: self.world_size]]
+
+    def retrieved_batch(self, examples: list[Example]) -> RetrievedBatch:
+        """The FiD inputs of ``examples`` over their top-K passages (timed as "retrieve")."""
+        with self.phase("retrieve"):
+            passages = self.retrieve(examples, self.config.n_context)
+        queries = self.reader.queries(examples)
+        input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
+        texts = [self.retriever_text(p) for row in passages for p in row]
+        return RetrievedBatch(queries, texts, input_ids, passage_mask, self.reader.labels(examples))
 
     def train_step(self) -> dict:
         """One optimiser step (``accumulation_steps`` micro-batches); returns losses and per-phase seconds."""
         config = self.config
-        times = dict.fromkeys(("retrieve", "reembed", "gold", "reader", "backward", "refresh"), 0.0)
+        self.phase.reset()
         train_retriever = self.step >= config.freeze_retriever_steps
         cached = not train_retriever and self.warmup_cache_size() > 0
         reader_losses, retriever_losses = [], []
         for micro in range(config.accumulation_steps):
             index = self.step * config.accumulation_steps + micro
-            if cached:
-                reader_loss, retriever_loss = self._cached_reader_step(index, times), None
-            else:
-                reader_loss, retriever_loss = self._micro_step(self.micro_batch(index), train_retriever, times)
-            reader_losses.append(reader_loss)
+            batch = self._cached_batch(index) if cached else self.retrieved_batch(self.micro_batch(index))
+            last = micro == config.accumulation_steps - 1
+            # DDP reduces gradients in the backward of the last micro-batch only.
+            synchronised = contextlib.nullcontext() if last or self.replica is self.model else self.replica.no_sync()
+            with synchronised:
+                reader_loss, retriever_loss = self.replica(batch, train_retriever and not cached)
+                with self.phase("backward"):
+                    total = reader_loss if retriever_loss is None else reader_loss + retriever_loss
+                    (total / config.accumulation_steps).backward()
+            reader_losses.append(reader_loss.item())
             if retriever_loss is not None:
-                retriever_losses.append(retriever_loss)
-        started = time.perf_counter()
-        self._all_reduce_gradients()
-        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm) if config.clip_norm > 0 else None
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.step += 1
-        times["backward"] += time.perf_counter() - started
-        started = time.perf_counter()
-        reembedded = self.refresh_index() if train_retriever else 0  # a frozen encoder leaves nothing stale
-        times["refresh"] = time.perf_counter() - started
-        record = {
+                retriever_losses.append(retriever_loss.item())
+        with self.phase("backward"):
+            parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+            grad_norm = torch.nn.utils.clip_grad_norm_(parameters, config.clip_norm) if config.clip_norm > 0 else None
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.step += 1
+        with self.phase("refresh"):
+            # A frozen passage encoder leaves nothing stale.
+            reembedded = self.refresh.after_step(self.step, encoder_changed=train_retriever)
+        return {
             "step": self.step,
             "reader_loss": float(np.mean(reader_losses)),
             "retriever_loss": float(np.mean(retriever_losses)) if retriever_losses else None,
             "grad_norm": None if grad_norm is None else float(grad_norm),
             "documents_reembedded": reembedded,
-            **{f"time_{phase}": seconds for phase, seconds in times.items()},
+            **{f"time_{phase}": seconds for phase, seconds in self.phase.seconds.items()},
         }
-        return record
 
     def warmup_cache_size(self) -> int:
         """Examples whose reader encoder states the warm-up caches (0: no cache)."""
@@ -239,88 +248,20 @@ class Trainer:
             return 0
         return min(self.config.warmup_cache_examples, len(self.local_train_examples))
 
-    def _cached_reader_step(self, index: int, times: dict) -> float:
-        """A reader-only warm-up micro-batch over cached encoder states (built on first use)."""
-        clock = time.perf_counter()
-        if self._warmup_cache is None:
-            examples = self.local_train_examples[: self.warmup_cache_size()]
-            self._warmup_cache = EncodedExamples(self, examples, progress=self.config.progress and self.rank == 0)
-        chosen = self._batch_positions(len(self._warmup_cache), index)
-        states, mask, labels = (t.to(self.device) for t in self._warmup_cache.batch(chosen))
-        times["retrieve"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        with self.autocast():
-            reader_loss = self.reader.loss(states, mask, labels, self.config.n_context)
-        times["reader"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        (reader_loss / self.config.accumulation_steps).backward()
-        times["backward"] += time.perf_counter() - clock
-        return reader_loss.item()
-
-    def _micro_step(self, examples: list[Example], train_retriever: bool, times: dict) -> tuple[float, float | None]:
-        config, K = self.config, self.config.n_context
-        clock = time.perf_counter()
-        passages = self.retrieve(examples, K)
-        times["retrieve"] += time.perf_counter() - clock
-        queries = self.queries(examples)
-        labels = self.labels(examples)
-        input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
-        retriever_loss = torch.zeros(())
-        with self.autocast():
-            if train_retriever:
-                clock = time.perf_counter()
-                query_emb = self.retriever.embed_queries(queries)
-                passage_emb = self.retriever.embed_passages([self.retriever_text(p) for row in passages for p in row])
-                scores = losses.retriever_scores(query_emb, passage_emb.view(len(examples), K, -1))
-                times["reembed"] += time.perf_counter() - clock
-            clock = time.perf_counter()
-            # A frozen reader encoder is run once, in eval mode, for both the gold scores and the FiD pass.
-            frozen_encoder = not config.reader_train_encoder
-            encoder_context = torch.no_grad() if frozen_encoder else contextlib.nullcontext()
-            with encoder_context:
-                self.reader.model.encoder.train(not frozen_encoder)
-                states, flat_mask = self.reader.encode(input_ids, passage_mask)
-            if train_retriever:
-                gold_states = states if frozen_encoder else self._eval_encoder_states(input_ids, passage_mask)
-                gold = self.reader.gold_scores(
-                    config.gold_score_mode,
-                    gold_states.detach(),
-                    flat_mask,
-                    labels,
-                    K,
-                    config.temperature_gold,
+    def _cached_batch(self, index: int) -> CachedBatch:
+        """A reader-only warm-up micro-batch over cached encoder states (built on first use; timed as "retrieve")."""
+        with self.phase("retrieve"):
+            if self._warmup_cache is None:
+                self._warmup_cache = EncodedExamples(
+                    self.reader,
+                    self.retrieve,
+                    self.local_train_examples[: self.warmup_cache_size()],
+                    self.config.n_context,
+                    self.autocast,
+                    progress=self.config.progress and self.rank == 0,
                 )
-                if config.gold_score_mode == "emdr":
-                    retriever_loss = losses.emdr_loss(scores, gold, labels, config.temperature_score)
-                else:
-                    retriever_loss = losses.kldivloss(scores, gold, config.temperature_score, config.temperature_gold)
-                times["gold"] += time.perf_counter() - clock
-                clock = time.perf_counter()
-            reader_loss = self.reader.loss(states, flat_mask, labels, K)
-            times["reader"] += time.perf_counter() - clock
-        clock = time.perf_counter()
-        ((reader_loss + retriever_loss) / config.accumulation_steps).backward()
-        times["backward"] += time.perf_counter() - clock
-        return reader_loss.item(), retriever_loss.item() if train_retriever else None
-
-    @torch.no_grad()
-    def _eval_encoder_states(self, input_ids: torch.Tensor, passage_mask: torch.Tensor) -> torch.Tensor:
-        with eval_mode(self.reader):
-            return self.reader.encode(input_ids, passage_mask)[0]
-
-    def _all_reduce_gradients(self) -> None:
-        """Average gradients over ranks (data parallelism: one flat all-reduce per step, as DDP's buckets do)."""
-        if self.world_size == 1:
-            return
-        parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
-        flat = torch.cat([g.reshape(-1) for g in grads])
-        dist.all_reduce(flat)
-        flat /= self.world_size
-        offset = 0
-        for parameter, grad in zip(parameters, grads, strict=True):
-            parameter.grad = flat[offset : offset + grad.numel()].view_as(parameter).clone()
-            offset += grad.numel()
+            chosen = self._batch_positions(len(self._warmup_cache), index, self.config.batch_size)
+            return CachedBatch(*(t.to(self.device) for t in self._warmup_cache.batch(chosen)))
 
     # ---- checkpoints -----------------------------------------------------------------
     def state(self) -> dict:
@@ -331,7 +272,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": checkpoint.rng_state(),
-            "documents_embedded": self.refresh.documents_embedded,
+            **self.refresh.state_dict(),
         }
 
     def save_checkpoint(self) -> Path | None:
@@ -373,12 +314,8 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])
         self._forget_logged_after(self.step)
-        self.refresh.documents_embedded = int(state["documents_embedded"])
-        index_path, device = path / checkpoint.INDEX_FILE, self._index_device()
-        if self.world_size > 1:
-            self.index = ShardedIndex.load(index_path, device=device)
-        elif device is None:
-            self.index = DocumentIndex.load(index_path, mmap=False)
-        else:
-            self.index = TorchDocumentIndex.load(index_path, device)
+        self.refresh.load_state_dict(state)
+        self.refresh.index = load_index(
+            path / checkpoint.INDEX_FILE, device=self._index_device(), distributed=self.world_size > 1
+        )
         return True

@@ -1,0 +1,44 @@
+"""One place that chooses an index: host (C++ DocumentIndex) or device (TorchDocumentIndex), sharded or not."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from atlas_fast.index.document_index import DocumentIndex
+from atlas_fast.index.protocol import Index
+from atlas_fast.index.sharded import ShardedIndex
+from atlas_fast.index.torch_index import TorchDocumentIndex
+
+__all__ = ["load_index", "open_index"]
+
+
+def open_index(
+    dim: int, dtype: str = "float32", device: str | torch.device | None = None, distributed: bool = False
+) -> Index:
+    """An empty index.
+
+    Args:
+        dim: embedding size d.
+        dtype: storage precision, "float32", "float16" or "bfloat16".
+        device: None keeps rows in host memory (the C++ DocumentIndex); a torch device keeps them
+            there (TorchDocumentIndex, e.g. a GPU).
+        distributed: shard over the torch.distributed world (ShardedIndex; this rank's shard on ``device``).
+    """
+    if distributed:
+        return ShardedIndex(dim, dtype, device=device)
+    return DocumentIndex(dim, dtype) if device is None else TorchDocumentIndex(dim, dtype, device)
+
+
+def load_index(path: str | os.PathLike, device: str | torch.device | None = None, distributed: bool = False) -> Index:
+    """An index written by ``save`` of the kind `open_index` makes for the same ``device`` and ``distributed``.
+
+    A distributed index is a directory of shards (written by any number of ranks); the others are one file.
+
+    Raises:
+        IndexFileError: the file or directory is not a valid atlas_fast index.
+    """
+    if distributed:
+        return ShardedIndex.load(path, device=device)
+    return DocumentIndex.load(path) if device is None else TorchDocumentIndex.load(path, device)

@@ -1,0 +1,124 @@
+"""The models one data-parallel replica trains, with one micro-batch's losses as its `forward`.
+
+Everything that needs gradients in a step (the retriever's re-embedding, the reader's FiD
+pass) runs inside `JointModel.forward`, so that DistributedDataParallel, which wraps this
+module when the world has more than one rank, sees every differentiable call through its
+forward and reduces the gradients of both models in its buckets during backward. Retrieval
+and the index refresh need no gradients and stay outside.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from atlas_fast import losses
+from atlas_fast.models import FiDReader, Retriever
+from atlas_fast.models.modes import eval_mode
+from atlas_fast.train.config import TrainConfig
+from atlas_fast.train.phases import PhaseTimer
+
+__all__ = ["CachedBatch", "JointModel", "RetrievedBatch"]
+
+
+@dataclasses.dataclass
+class RetrievedBatch:
+    """A micro-batch of B questions with their K retrieved passages each.
+
+    Attributes:
+        queries: B query texts (the query encoder's input).
+        passage_texts: B·K retriever passage texts, K per query, in retrieval order.
+        input_ids, passage_mask: (B, K, L) the reader's tokenised passages.
+        labels: (B, T) reader targets, -100 = padding.
+    """
+
+    queries: list[str]
+    passage_texts: list[str]
+    input_ids: torch.Tensor
+    passage_mask: torch.Tensor
+    labels: torch.Tensor
+
+
+@dataclasses.dataclass
+class CachedBatch:
+    """A warm-up micro-batch over cached frozen-encoder states: states (B, K·L, H), mask (B, K·L), labels (B, T)."""
+
+    states: torch.Tensor
+    mask: torch.Tensor
+    labels: torch.Tensor
+
+
+class JointModel(nn.Module):
+    """Retriever and reader; ``forward`` = one micro-batch's (reader loss, retriever loss or None).
+
+    Args:
+        retriever, reader: the models (their parameters are this module's).
+        config: n_context, gold_score_mode, temperatures and reader_train_encoder are read from it.
+        autocast: returns the precision context of the run's device.
+        timer: the trainer's phase timer ("reembed", "gold", "reader" are timed here).
+    """
+
+    def __init__(
+        self,
+        retriever: Retriever,
+        reader: FiDReader,
+        config: TrainConfig,
+        autocast: Callable[[], AbstractContextManager],
+        timer: PhaseTimer,
+    ):
+        super().__init__()
+        self.retriever, self.reader = retriever, reader
+        self.config = config
+        self.autocast = autocast
+        self.timer = timer
+
+    def forward(
+        self, batch: RetrievedBatch | CachedBatch, train_retriever: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Reader loss (token mean) and, when ``train_retriever``, the retriever loss against the gold scores."""
+        if isinstance(batch, CachedBatch):
+            with self.timer("reader"), self.autocast():
+                return self.reader.loss(batch.states, batch.mask, batch.labels, self.config.n_context), None
+        config, K = self.config, self.config.n_context
+        retriever_loss = None
+        with self.autocast():
+            if train_retriever:
+                with self.timer("reembed"):
+                    query_emb = self.retriever.embed_queries(batch.queries)
+                    passage_emb = self.retriever.embed_passages(batch.passage_texts)
+                    scores = losses.retriever_scores(query_emb, passage_emb.view(len(batch.queries), K, -1))
+            # A frozen reader encoder is run once, in eval mode, for both the gold scores and the FiD pass.
+            frozen_encoder = not config.reader_train_encoder
+            with self.timer("reader"), torch.no_grad() if frozen_encoder else contextlib.nullcontext():
+                self.reader.model.encoder.train(not frozen_encoder)
+                states, flat_mask = self.reader.encode(batch.input_ids, batch.passage_mask)
+            if train_retriever:
+                with self.timer("gold"):
+                    gold_states = states if frozen_encoder else self._eval_encoder_states(batch)
+                    gold = self.reader.gold_scores(
+                        config.gold_score_mode,
+                        gold_states.detach(),
+                        flat_mask,
+                        batch.labels,
+                        K,
+                        config.temperature_gold,
+                    )
+                    if config.gold_score_mode == "emdr":
+                        retriever_loss = losses.emdr_loss(scores, gold, batch.labels, config.temperature_score)
+                    else:
+                        retriever_loss = losses.kldivloss(
+                            scores, gold, config.temperature_score, config.temperature_gold
+                        )
+            with self.timer("reader"):
+                reader_loss = self.reader.loss(states, flat_mask, batch.labels, K)
+        return reader_loss, retriever_loss
+
+    @torch.no_grad()
+    def _eval_encoder_states(self, batch: RetrievedBatch) -> torch.Tensor:
+        with eval_mode(self.reader):
+            return self.reader.encode(batch.input_ids, batch.passage_mask)[0]
