@@ -5,7 +5,7 @@ import pytest
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from atlas_fast.index import DocumentIndex, ShardedIndex
+from atlas_fast.index import DocumentIndex, Index, ShardedIndex, load_index, open_index
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -72,3 +72,67 @@ def test_two_ranks_match_one_index_and_files_outlive_the_world_size(tmp_path):
     assert sorted(p.name for p in directory.iterdir()) == ["manifest.json", "shard-00000.afi", "shard-00001.afi"]
     mp.spawn(_load_and_search, args=(1, tmp_path / "rendezvous-b", directory), nprocs=1, join=True)
     mp.spawn(_load_and_search, args=(2, tmp_path / "rendezvous-c", directory), nprocs=2, join=True)
+
+
+def _the_whole_contract(rank, world_size, rendezvous, directory):
+    _init(rank, world_size, rendezvous)
+    try:
+        ids, vectors = _corpus()
+        reference = DocumentIndex(DIM)
+        reference.upsert(ids, vectors, step=3)
+        sharded = open_index(DIM, distributed=True)
+        assert isinstance(sharded, Index) and isinstance(sharded, ShardedIndex)
+        part = slice(rank * N // world_size, (rank + 1) * N // world_size)
+        sharded.upsert(ids[part], vectors[part], step=3)
+        np.testing.assert_array_equal(sharded.ids(), np.sort(ids))
+        # Lookups of ids that live on either rank are answered by their owners.
+        asked = ids[rank::7][:30]
+        np.testing.assert_array_equal(sharded.get(asked), reference.get(asked))
+        np.testing.assert_array_equal(sharded.step_of(asked), reference.step_of(asked))
+        np.testing.assert_array_equal(sharded.contains(np.array([asked[0], -5])), [True, False])
+        with pytest.raises(KeyError):  # absent on one rank only: every rank raises, none is left waiting
+            sharded.get(np.array([-5]) if rank == 1 else asked[:1])
+        # Retrievals count on the owner's shard whichever rank retrieved them; "hot" follows the counts.
+        hot = ids[:4] if rank == 0 else ids[2:6]
+        sharded.record_retrieved(hot[None, :])
+        reference.record_retrieved(np.concatenate([ids[:4], ids[2:6]]))
+        local_ids = sharded.local.ids()
+        local_reference = DocumentIndex(DIM)
+        local_reference._core.append_raw(*reference._core.export_rows(0, len(reference)))
+        want_hot = [i for i in local_reference.stale_ids(N, "hot") if i in set(local_ids.tolist())][:5]
+        np.testing.assert_array_equal(sharded.stale_ids(5, "hot"), want_hot)
+        # Drift and memory cover every shard.
+        sharded.upsert(ids[part][-5:], -vectors[part][-5:], step=4)  # not the retrieved ones: counts stay
+        mean, count = sharded.drift()
+        assert count == 10 and mean == pytest.approx(-1.0, abs=1e-6)
+        assert sharded.memory_bytes() > N * DIM * 4
+        sharded.save(directory)
+        again = load_index(directory, distributed=True)
+        np.testing.assert_array_equal(again.local.ids(), local_ids)
+        # Retrieval counts survive the file (a reload does not make every document cold again).
+        np.testing.assert_array_equal(again.stale_ids(5, "hot"), sharded.stale_ids(5, "hot"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_index_implements_the_whole_index_contract(tmp_path):
+    directory = tmp_path / "index"
+    mp.spawn(_the_whole_contract, args=(2, tmp_path / "rendezvous", directory), nprocs=2, join=True)
+    # One process reads every shard of the directory into one index, retrieval counts included.
+    whole = load_index(directory)
+    assert isinstance(whole, DocumentIndex) and len(whole) == N
+    assert set(whole.stale_ids(6, "hot").tolist()) == set(_corpus()[0][:6].tolist())
+
+
+@pytest.mark.parametrize("kind", ["host", "torch"])
+def test_single_process_indexes_implement_the_contract(tmp_path, kind):
+    index = open_index(DIM, "float32", None if kind == "host" else "cpu")
+    assert isinstance(index, Index)
+    ids, vectors = _corpus()
+    index.upsert(ids, vectors, step=2)
+    index.record_retrieved(ids[:3])
+    index.save(tmp_path / "index.afi")
+    again = load_index(tmp_path / "index.afi", None if kind == "host" else "cpu")
+    assert type(again) is type(index)
+    np.testing.assert_array_equal(again.stale_ids(3, "hot"), index.stale_ids(3, "hot"))
+    np.testing.assert_array_equal(again.get(ids[:5]), vectors[:5])

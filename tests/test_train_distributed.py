@@ -1,4 +1,11 @@
-"""The trainer on 2 gloo ranks: sharded index, averaged gradients, collective checkpoints."""
+"""The trainer on 2 gloo ranks: DDP over the joint model, sharded index, collective checkpoints.
+
+Two ranks with batch_size B train exactly what one process trains with batch_size 2B: the same
+examples per step, the same losses, the same gradients (DDP averages them) and the same weights.
+The tiny models here have no dropout, so both runs are deterministic.
+"""
+
+import json
 
 import pytest
 import torch
@@ -7,38 +14,99 @@ import torch.multiprocessing as mp
 
 from atlas_fast.index import ShardedIndex
 from atlas_fast.train import Trainer
-from atlas_fast.train.tiny import tiny_config
+from atlas_fast.train.run import evaluate_checkpoint
+from atlas_fast.train.tiny import tiny_config, write_tiny_bert
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
+
+STEPS = 3
+
+
+def _config(tmp_path, output, batch_size):
+    # One step of reader warm-up (the retriever's parameters unused: DDP's find_unused_parameters path),
+    # then joint PDist steps; "full" refresh every 2 steps rewrites every shard at step 2.
+    return tiny_config(
+        tmp_path,
+        retriever_path=str(tmp_path / "bert-no-dropout"),
+        output_dir=str(tmp_path / output),
+        batch_size=batch_size,
+        freeze_retriever_steps=1,
+        refresh="full",
+        refresh_every=2,
+        checkpoint_every=0,
+    )
+
+
+def _train(trainer) -> dict:
+    trainer.build_index()
+    records = [trainer.train_step() for _ in range(STEPS)]
+    return {
+        "reader_loss": [r["reader_loss"] for r in records],
+        "retriever_loss": [r["retriever_loss"] for r in records],
+        "grad_norm": [r["grad_norm"] for r in records],
+        "examples": [[e.id for e in trainer.micro_batch(i)] for i in range(STEPS)],
+        "weights": {
+            **{f"reader.{k}": v for k, v in trainer.reader.state_dict().items()},
+            **{f"retriever.{k}": v for k, v in trainer.retriever.state_dict().items()},
+        },
+    }
 
 
 def _train_on_two_ranks(rank, world_size, rendezvous, tmp_path):
     dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=world_size)
     try:
-        trainer = Trainer(tiny_config(tmp_path, refresh="incremental", refresh_budget=8))
+        trainer = Trainer(_config(tmp_path, "two-ranks", batch_size=2))
         assert isinstance(trainer.index, ShardedIndex)
-        trainer.build_index()
+        result = _train(trainer)
         assert len(trainer.index) == len(trainer.passages)
-        for _ in range(2):
-            record = trainer.train_step()
-        assert record["documents_reembedded"] == 8  # each rank refreshes 8 of its own shard
-        # Averaged gradients keep the replicas identical.
-        checksum = torch.stack([p.detach().double().sum() for p in trainer.reader.parameters()]).sum()
-        gathered = [torch.zeros_like(checksum) for _ in range(world_size)]
-        dist.all_gather(gathered, checksum)
-        assert gathered[0].item() == gathered[1].item()
-        trainer.save_checkpoint()
         metrics = trainer.evaluator(generate=True)
-        assert 0.0 <= metrics["recall@1"] <= 1.0
         assert metrics["generated"] == 8  # 4 eval examples per rank, combined
-        resumed = Trainer(tiny_config(tmp_path, refresh="incremental", refresh_budget=8))
-        assert resumed.resume()
-        assert resumed.step == 2 and len(resumed.index) == len(trainer.passages)
+        trainer.save_checkpoint()
+        resumed = Trainer(_config(tmp_path, "two-ranks", batch_size=2))
+        assert resumed.resume() and resumed.step == STEPS and len(resumed.index) == len(trainer.passages)
+        # Each rank's losses; the run's loss is their mean (equal shares, equal target lengths).
+        gathered = [None] * world_size
+        dist.all_gather_object(gathered, {k: result[k] for k in ("reader_loss", "retriever_loss", "examples")})
+        if rank == 0:
+            torch.save(
+                {
+                    "ranks": gathered,
+                    "grad_norm": result["grad_norm"],
+                    "weights": result["weights"],
+                    "recall": {k: v for k, v in metrics.items() if k.startswith("recall@")},
+                },
+                tmp_path / "two-ranks.pt",
+            )
     finally:
         dist.destroy_process_group()
 
 
-def test_two_rank_training(tmp_path):
-    tiny_config(tmp_path)  # write the corpus and the model once, before the ranks start
+def test_two_ranks_train_what_one_process_trains_with_the_global_batch(tmp_path):
+    write_tiny_bert(tmp_path / "bert-no-dropout", dropout=0.0)
+    _config(tmp_path, "one-process", 4)  # write the corpus once, before the ranks start
     mp.spawn(_train_on_two_ranks, args=(2, tmp_path / "rendezvous", tmp_path), nprocs=2, join=True)
-    assert (tmp_path / "run" / "latest").read_text().strip() == "checkpoint-2"
+    two = torch.load(tmp_path / "two-ranks.pt", weights_only=True)
+    one = _train(Trainer(_config(tmp_path, "one-process", batch_size=4)))
+
+    ranks = two["ranks"]
+    for step in range(STEPS):  # the two ranks' shares make up the one process's batch
+        assert sorted(ranks[0]["examples"][step] + ranks[1]["examples"][step]) == sorted(one["examples"][step])
+        mean = sum(r["reader_loss"][step] for r in ranks) / 2
+        assert mean == pytest.approx(one["reader_loss"][step], rel=1e-5)
+        if step == 0:
+            assert one["retriever_loss"][step] is None and ranks[0]["retriever_loss"][step] is None
+        else:
+            mean = sum(r["retriever_loss"][step] for r in ranks) / 2
+            assert mean == pytest.approx(one["retriever_loss"][step], rel=1e-4)
+    assert two["grad_norm"] == pytest.approx(one["grad_norm"], rel=1e-4)  # DDP's averaged gradients
+    assert two["weights"].keys() == one["weights"].keys()
+    for name, value in one["weights"].items():
+        torch.testing.assert_close(two["weights"][name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # The sharded checkpoint evaluates in one process (its shards read into one index) to the same recall.
+    config = _config(tmp_path, "one-process", 4)
+    paths = [
+        f"{key}={json.dumps(getattr(config, key))}" for key in ("passages", "train_data", "eval_data", "retriever_path")
+    ]
+    single = evaluate_checkpoint(tmp_path / "two-ranks" / f"checkpoint-{STEPS}", paths)
+    for key, value in two["recall"].items():
+        assert single[key] == pytest.approx(value), key

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
 from atlas_fast.index.document_index import DocumentIndex
 from atlas_fast.index.protocol import Index
-from atlas_fast.index.sharded import ShardedIndex
+from atlas_fast.index.sharded import ShardedIndex, read_shards
 from atlas_fast.index.torch_index import TorchDocumentIndex
 
 __all__ = ["load_index", "open_index"]
@@ -34,11 +35,13 @@ def open_index(
 def load_index(path: str | os.PathLike, device: str | torch.device | None = None, distributed: bool = False) -> Index:
     """An index written by ``save`` of the kind `open_index` makes for the same ``device`` and ``distributed``.
 
-    A distributed index is a directory of shards (written by any number of ranks); the others are one file.
+    A distributed index reads a directory of shards written by any number of ranks; the others read one file,
+    or all the shards of such a directory into one index.
 
     Raises:
         IndexFileError: the file or directory is not a valid atlas_fast index.
     """
     if distributed:
         return ShardedIndex.load(path, device=device)
-    return DocumentIndex.load(path) if device is None else TorchDocumentIndex.load(path, device)
+    index = read_shards(path) if Path(path).is_dir() else DocumentIndex.load(path)
+    return index if device is None else TorchDocumentIndex.from_document_index(index, device)

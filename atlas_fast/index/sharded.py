@@ -42,7 +42,7 @@ from atlas_fast.index.document_index import (
 from atlas_fast.index.merge import merge_topk
 from atlas_fast.index.torch_index import TorchDocumentIndex
 
-__all__ = ["ShardedIndex"]
+__all__ = ["ShardedIndex", "read_shards"]
 
 _MANIFEST = "manifest.json"
 
@@ -260,16 +260,33 @@ class ShardedIndex:
         device: str | torch.device | None = None,
     ) -> ShardedIndex:
         """Collective load of a directory written by `save` with any number of ranks (``device``: as for __init__)."""
-        directory = Path(directory)
-        try:
-            manifest = json.loads((directory / _MANIFEST).read_text())
-        except (OSError, ValueError) as error:
-            raise IndexFileError(f"{directory}: no readable {_MANIFEST} ({error})") from error
-        index = cls(int(manifest["dim"]), manifest["dtype"], group, None)
-        for shard in range(int(manifest["world_size"])):
-            part = DocumentIndex.load(directory / f"shard-{shard:05d}.afi")
-            append_rows_where(index.local, part, lambda ids: index.owner(ids) == index.rank)
-        if device is not None:
-            index.local = TorchDocumentIndex.from_document_index(index.local, device)
+        if not dist.is_initialized():
+            raise RuntimeError("ShardedIndex needs torch.distributed to be initialised (init_process_group)")
+        rank, world_size = dist.get_rank(group), dist.get_world_size(group)
+        shard = read_shards(directory, lambda ids: np.mod(ids, world_size) == rank)
+        index = cls(shard.dim, shard.dtype, group, None)
+        index.local = shard if device is None else TorchDocumentIndex.from_document_index(shard, device)
         dist.barrier(group=index.group)
         return index
+
+
+def read_shards(directory: str | os.PathLike, keep=None) -> DocumentIndex:
+    """One DocumentIndex of the rows of a directory written by `ShardedIndex.save` that ``keep(ids) -> bool mask``
+    selects (all rows when None), with their steps and retrieval counts.
+
+    Raises:
+        IndexFileError: no valid manifest, or a shard file that does not verify.
+    """
+    directory = Path(directory)
+    try:
+        manifest = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
+        dim, dtype, world_size = manifest["dim"], manifest["dtype"], manifest["world_size"]
+        if type(dim) is not int or type(world_size) is not int or world_size <= 0 or not isinstance(dtype, str):
+            raise TypeError(f"invalid fields {manifest}")
+        index = DocumentIndex(dim, dtype)
+    except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
+        raise IndexFileError(f"{directory}: no readable {_MANIFEST} ({type(error).__name__}: {error})") from error
+    for shard in range(world_size):
+        part = DocumentIndex.load(directory / f"shard-{shard:05d}.afi")
+        append_rows_where(index, part, keep if keep is not None else (lambda ids: np.ones(ids.shape, dtype=bool)))
+    return index

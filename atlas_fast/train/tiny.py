@@ -60,8 +60,8 @@ def write_corpus(directory: Path, n_passages: int = 120, n_train: int = 16, n_ev
     return paths
 
 
-def write_tiny_bert(directory: Path) -> Path:
-    """A 2-layer, 32-wide BERT checkpoint with the MiniLM tokenizer."""
+def write_tiny_bert(directory: Path, dropout: float = 0.1) -> Path:
+    """A 2-layer, 32-wide BERT checkpoint with the MiniLM tokenizer (``dropout`` 0: a deterministic model)."""
     tokenizer = AutoTokenizer.from_pretrained(packaged_minilm_path())
     config = BertConfig(
         vocab_size=tokenizer.vocab_size,
@@ -70,6 +70,8 @@ def write_tiny_bert(directory: Path) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)

@@ -75,8 +75,8 @@ class Trainer:
         if self.world_size > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.replica = DistributedDataParallel(
-                self.model, device_ids=device_ids, find_unused_parameters=True, broadcast_buffers=False
-            )
+                self.model, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False
+            )  # no buffer changes in training (no batch norm): nothing to re-broadcast before each forward
         self.refresh = RefreshPolicy(
             config.refresh,
             open_index(self.retriever.dim, config.index_dtype, self._index_device(), distributed=self.world_size > 1),
