@@ -1,9 +1,56 @@
-"""Type stub of the private native module (csrc/)."""
+"""Type stub of the private native module (csrc/). Use atlas_fast.index, whose wrappers validate arguments."""
 
 import numpy as np
 import numpy.typing as npt
 
+Ids = npt.NDArray[np.int64]
+Vectors = npt.NDArray[np.float32]
+
 def merge_topk(
-    scores: npt.NDArray[np.float32], ids: npt.NDArray[np.int64], k: int, n_threads: int = 0
+    scores: Vectors, ids: Ids, k: int, n_threads: int = 0
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def build_info() -> dict[str, object]: ...
+
+class DocumentIndex:
+    """Rows of ``dim`` values stored as ``dtype`` ("float32", "float16", "bfloat16"), an id map and per-row
+    embedding step and retrieval count. Every method but the constructor releases the GIL."""
+
+    def __init__(self, dim: int, dtype: str) -> None: ...
+    @property
+    def dim(self) -> int: ...
+    @property
+    def dtype(self) -> str: ...
+    def __len__(self) -> int: ...
+    def upsert(self, ids: Ids, vectors: Vectors, step: int, n_threads: int = 0) -> None:
+        """(n,) ids, (n, dim) finite vectors; later duplicates win. ValueError (non-finite), nothing changed."""
+    def remove(self, ids: Ids) -> None:
+        """Present, distinct ids; ValueError otherwise, before anything changes."""
+    def rows_of(self, ids: Ids) -> Ids:
+        """(n,) the row of each id, or -1."""
+    def get(self, ids: Ids) -> Vectors:
+        """(n, dim) float32 of present ids (ValueError naming an absent one)."""
+    def ids(self) -> Ids:
+        """(N,) every id, in row order."""
+    def search(
+        self, queries: Vectors, k: int, n_threads: int = 0
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        """(q, dim) queries -> (q, k) scores and ids, by score then smaller id; -inf / -1 pad."""
+    def steps_of(self, ids: Ids) -> npt.NDArray[np.int32]: ...
+    def record_retrieved(self, ids: Ids) -> None:
+        """Counts one retrieval of each present id (-1 and unknown ids are skipped)."""
+    def stale_ids(self, budget: int, policy: str) -> Ids:
+        """Up to ``budget`` ids: "oldest" step first, or "hot" (most retrieved) first; ties by smaller id."""
+    def drift(self, reset: bool) -> tuple[float, int]: ...
+    def export_rows(
+        self, start: int, count: int
+    ) -> tuple[Ids, npt.NDArray[np.int32], npt.NDArray[np.uint32], npt.NDArray[np.float32] | npt.NDArray[np.uint16]]:
+        """Rows [start, start + count): ids, steps, retrieval counts, raw stored values (fp16/bf16 as uint16 bits)."""
+    def append_raw(
+        self,
+        ids: Ids,
+        steps: npt.NDArray[np.int32],
+        retrieved: npt.NDArray[np.uint32],
+        raw: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+    ) -> None:
+        """Appends rows of new ids as `export_rows` returns them."""
+    def memory_bytes(self) -> int: ...

@@ -6,7 +6,9 @@
 #include <mutex>
 #include <numeric>
 #include <stdexcept>
+#include <string>
 
+#include "threads.h"
 #include "topk.h"
 
 #ifdef _OPENMP
@@ -22,22 +24,30 @@ constexpr int64_t kTileRows = 256;
 // Queries scored together against a tile; each row is loaded once per group.
 constexpr int64_t kQueryGroup = 64;
 
-int resolve_threads(int n_threads) {
-#ifdef _OPENMP
-  // Called from inside an OpenMP region (a torch or BLAS worker): never nest a pool.
-  if (omp_in_parallel()) return 1;
-  return n_threads > 0 ? n_threads : omp_get_max_threads();
-#else
-  (void)n_threads;
-  return 1;
-#endif
-}
-
 }  // namespace
 
 DocumentIndex::DocumentIndex(int64_t dim, StorageType type)
     : dim_(dim), type_(type), row_bytes_(storage_bytes(type) * static_cast<size_t>(dim)), map_(&row_ids_) {
   if (dim <= 0) throw std::invalid_argument("dim must be positive");
+}
+
+uint32_t DocumentIndex::row_of_present(int64_t id, const char* operation) const {
+  const uint32_t row = map_.find(id);
+  if (row == IdMap::kEmpty) throw std::invalid_argument(std::string(operation) + ": unknown id " + std::to_string(id));
+  return row;
+}
+
+void DocumentIndex::check_room_for(const int64_t* ids, int64_t n) const {
+  // Rows are uint32 (IdMap::kEmpty excluded); counted exactly only when n could cross the limit.
+  const int64_t rows = static_cast<int64_t>(row_ids_.size());
+  if (rows + n < kMaxRows) return;
+  std::vector<int64_t> fresh;
+  for (int64_t i = 0; i < n; ++i)
+    if (map_.find(ids[i]) == IdMap::kEmpty) fresh.push_back(ids[i]);
+  std::sort(fresh.begin(), fresh.end());
+  const int64_t added = std::unique(fresh.begin(), fresh.end()) - fresh.begin();
+  if (rows + added > kMaxRows)
+    throw std::length_error("the index would exceed " + std::to_string(kMaxRows) + " documents");
 }
 
 int64_t DocumentIndex::size() const {
@@ -92,6 +102,7 @@ void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, 
   // Refused before anything changes.
   if (any_non_finite(vectors, n * dim_, threads)) throw std::invalid_argument("vectors contains NaN or infinite values");
   std::unique_lock lock(mutex_);
+  check_room_for(ids, n);  // refused before anything changes
   const int64_t rows_before = static_cast<int64_t>(row_ids_.size());
   // 1. Serial: the row of every input (new ids appended), metadata updated.
   std::vector<std::pair<uint32_t, int64_t>> writes(static_cast<size_t>(n));
@@ -145,9 +156,14 @@ void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, 
 
 void DocumentIndex::remove(const int64_t* ids, int64_t n) {
   std::unique_lock lock(mutex_);
+  // Every id is checked before the first row moves: an error leaves the index as it was.
+  for (int64_t i = 0; i < n; ++i) row_of_present(ids[i], "remove");
+  std::vector<int64_t> sorted(ids, ids + n);
+  std::sort(sorted.begin(), sorted.end());
+  if (std::adjacent_find(sorted.begin(), sorted.end()) != sorted.end())
+    throw std::invalid_argument("remove: ids must be distinct");
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t row = map_.find(ids[i]);
-    if (row == IdMap::kEmpty) throw std::invalid_argument("remove: unknown id");
     const uint32_t last = static_cast<uint32_t>(row_ids_.size() - 1);
     map_.erase(ids[i]);
     if (row != last) {  // move the last row into the hole
@@ -176,11 +192,7 @@ void DocumentIndex::rows_of(const int64_t* ids, int64_t n, int64_t* rows) const 
 
 void DocumentIndex::get(const int64_t* ids, int64_t n, float* out) const {
   std::shared_lock lock(mutex_);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t row = map_.find(ids[i]);
-    if (row == IdMap::kEmpty) throw std::invalid_argument("get: unknown id");
-    convert_to_float(type_, row_ptr(row), out + i * dim_, dim_);
-  }
+  for (int64_t i = 0; i < n; ++i) convert_to_float(type_, row_ptr(row_of_present(ids[i], "get")), out + i * dim_, dim_);
 }
 
 std::vector<int64_t> DocumentIndex::ids() const {
@@ -251,11 +263,7 @@ void DocumentIndex::search(const float* queries, int64_t n_queries, int64_t k, i
 
 void DocumentIndex::steps_of(const int64_t* ids, int64_t n, int32_t* steps) const {
   std::shared_lock lock(mutex_);
-  for (int64_t i = 0; i < n; ++i) {
-    const uint32_t row = map_.find(ids[i]);
-    if (row == IdMap::kEmpty) throw std::invalid_argument("steps_of: unknown id");
-    steps[i] = steps_[row];
-  }
+  for (int64_t i = 0; i < n; ++i) steps[i] = steps_[row_of_present(ids[i], "steps_of")];
 }
 
 void DocumentIndex::record_retrieved(const int64_t* ids, int64_t n) {
@@ -312,6 +320,7 @@ void DocumentIndex::export_rows(int64_t start, int64_t count, int64_t* ids, int3
 void DocumentIndex::append_raw(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved,
                                const void* raw_vectors, int64_t n) {
   std::unique_lock lock(mutex_);
+  check_room_for(ids, n);
   const char* in = static_cast<const char*>(raw_vectors);
   const int64_t start = static_cast<int64_t>(row_ids_.size());
   ensure_capacity(start + n);

@@ -25,21 +25,29 @@ namespace atlas_fast {
 class DocumentIndex {
  public:
   static constexpr int64_t kBlockRows = 4096;
+  // Rows are uint32 in the id map, whose all-ones value marks an empty slot.
+  static constexpr int64_t kMaxRows = static_cast<int64_t>(IdMap::kEmpty);
 
   DocumentIndex(int64_t dim, StorageType type);
+  // The index owns its rows and a mutex, and the id map points into its row -> id array: never copied or moved.
+  DocumentIndex(const DocumentIndex&) = delete;
+  DocumentIndex& operator=(const DocumentIndex&) = delete;
+  DocumentIndex(DocumentIndex&&) = delete;
+  DocumentIndex& operator=(DocumentIndex&&) = delete;
 
   int64_t dim() const { return dim_; }
   StorageType type() const { return type_; }
   int64_t size() const;
 
-  // vectors: n x dim fp32, all finite (else invalid_argument, nothing changed). Later duplicates of an
-  // id win. Resets the retrieved count. Rows are written by n_threads threads.
+  // vectors: n x dim fp32, all finite (else invalid_argument, nothing changed; length_error, nothing changed,
+  // past kMaxRows documents). Later duplicates of an id win. Resets the retrieved count. Rows are written by
+  // n_threads threads.
   void upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step, int n_threads);
-  // Every id must be present (the Python wrapper checks first).
+  // Every id must be present and distinct (invalid_argument otherwise, checked before anything changes).
   void remove(const int64_t* ids, int64_t n);
   // rows[i] = row of ids[i], or -1.
   void rows_of(const int64_t* ids, int64_t n, int64_t* rows) const;
-  // out: n x dim fp32 for present ids (the wrapper checks presence).
+  // out: n x dim fp32 of present ids (invalid_argument naming an absent one).
   void get(const int64_t* ids, int64_t n, float* out) const;
   std::vector<int64_t> ids() const;
 
@@ -57,15 +65,21 @@ class DocumentIndex {
   // Bulk state access for persistence: rows [start, start + count).
   void export_rows(int64_t start, int64_t count, int64_t* ids, int32_t* steps, uint32_t* retrieved,
                    void* raw_vectors) const;
-  // Appends rows whose ids are all new (the wrapper checks), raw vectors in the storage type.
+  // Appends rows whose ids are all new (the wrapper checks), raw vectors in the storage type; length_error,
+  // nothing changed, past kMaxRows documents.
   void append_raw(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
                   int64_t n);
   size_t memory_bytes() const;
 
  private:
-  char* row_ptr(int64_t row) const {
+  char* row_ptr(int64_t row) { return blocks_[row / kBlockRows].get() + (row % kBlockRows) * row_bytes_; }
+  const char* row_ptr(int64_t row) const {
     return blocks_[row / kBlockRows].get() + (row % kBlockRows) * row_bytes_;
   }
+  // The row of `id`; invalid_argument "<operation>: unknown id <id>" when it is absent.
+  uint32_t row_of_present(int64_t id, const char* operation) const;
+  // length_error when appending the new ones among `ids` would pass kMaxRows rows.
+  void check_room_for(const int64_t* ids, int64_t n) const;
   void ensure_capacity(int64_t rows);
   void search_range(const float* queries, int64_t n_queries, int64_t begin, int64_t end, class TopK* selectors) const;
 

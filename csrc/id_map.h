@@ -60,11 +60,6 @@ class IdMap {
     --size_;
   }
 
-  void clear() {
-    slots_.assign(16, kEmpty);
-    size_ = 0;
-  }
-
   void reserve(size_t n) {
     size_t capacity = slots_.size();
     while (capacity < 2 * n) capacity *= 2;

@@ -1,5 +1,7 @@
 // pybind11 bindings of atlas_fast._C: numpy buffers in and out, the GIL released
-// around every loop. Argument checking that can name the Python argument lives in
+// around every call into the index or the merge (each is a loop over rows or ids), so
+// other Python threads run meanwhile. Buffers are allocated and their pointers taken
+// before the release. Argument checking that can name the Python argument lives in
 // the Python wrappers; the checks here only guard memory safety.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
@@ -53,6 +55,19 @@ void require_rows(const py::array& array, int64_t n, int64_t dim, const char* wh
     throw std::invalid_argument(std::string(what) + " must have shape (n, dim)");
 }
 
+// `compute()` run without the GIL (it must not touch Python objects).
+template <typename Compute>
+auto release_gil_for(Compute compute) {
+  py::gil_scoped_release release;
+  return compute();
+}
+
+IdArray id_array(const std::vector<int64_t>& ids) {
+  IdArray out(static_cast<int64_t>(ids.size()));
+  std::copy(ids.begin(), ids.end(), out.mutable_data());
+  return out;
+}
+
 // Raw storage of n rows: float32 (n, dim), or uint16 (n, dim) holding fp16/bf16 bits.
 py::array raw_rows(StorageType type, int64_t n, int64_t dim) {
   if (type == StorageType::kFloat32) return py::array_t<float>({n, dim});
@@ -65,7 +80,7 @@ void bind_document_index(py::module_& m) {
            py::arg("dim"), py::arg("dtype"))
       .def_property_readonly("dim", &DocumentIndex::dim)
       .def_property_readonly("dtype", [](const DocumentIndex& self) { return storage_name(self.type()); })
-      .def("__len__", &DocumentIndex::size)
+      .def("__len__", &DocumentIndex::size, py::call_guard<py::gil_scoped_release>())
       .def(
           "upsert",
           [](DocumentIndex& self, IdArray ids, FloatArray vectors, int32_t step, int n_threads) {
@@ -84,22 +99,26 @@ void bind_document_index(py::module_& m) {
       .def("rows_of",
            [](const DocumentIndex& self, IdArray ids) {
              IdArray rows(ids.size());
-             self.rows_of(ids.data(), ids.size(), rows.mutable_data());
+             const int64_t* id_ptr = ids.data();
+             int64_t* row_ptr = rows.mutable_data();
+             {
+               py::gil_scoped_release release;
+               self.rows_of(id_ptr, ids.size(), row_ptr);
+             }
              return rows;
            })
       .def("get",
            [](const DocumentIndex& self, IdArray ids) {
              FloatArray out({static_cast<int64_t>(ids.size()), self.dim()});
-             self.get(ids.data(), ids.size(), out.mutable_data());
+             const int64_t* id_ptr = ids.data();
+             float* out_ptr = out.mutable_data();
+             {
+               py::gil_scoped_release release;
+               self.get(id_ptr, ids.size(), out_ptr);
+             }
              return out;
            })
-      .def("ids",
-           [](const DocumentIndex& self) {
-             std::vector<int64_t> ids = self.ids();
-             IdArray out(static_cast<int64_t>(ids.size()));
-             std::copy(ids.begin(), ids.end(), out.mutable_data());
-             return out;
-           })
+      .def("ids", [](const DocumentIndex& self) { return id_array(release_gil_for([&] { return self.ids(); })); })
       .def(
           "search",
           [](const DocumentIndex& self, FloatArray queries, int64_t k, int n_threads) {
@@ -121,26 +140,39 @@ void bind_document_index(py::module_& m) {
       .def("steps_of",
            [](const DocumentIndex& self, IdArray ids) {
              StepArray steps(ids.size());
-             self.steps_of(ids.data(), ids.size(), steps.mutable_data());
+             const int64_t* id_ptr = ids.data();
+             int32_t* step_ptr = steps.mutable_data();
+             {
+               py::gil_scoped_release release;
+               self.steps_of(id_ptr, ids.size(), step_ptr);
+             }
              return steps;
            })
-      .def("record_retrieved", [](DocumentIndex& self, IdArray ids) { self.record_retrieved(ids.data(), ids.size()); })
+      .def("record_retrieved",
+           [](DocumentIndex& self, IdArray ids) {
+             const int64_t* id_ptr = ids.data();
+             py::gil_scoped_release release;
+             self.record_retrieved(id_ptr, ids.size());
+           })
       .def("stale_ids",
            [](const DocumentIndex& self, int64_t budget, const std::string& policy) {
-             std::vector<int64_t> ids = self.stale_ids(budget, policy);
-             IdArray out(static_cast<int64_t>(ids.size()));
-             std::copy(ids.begin(), ids.end(), out.mutable_data());
-             return out;
+             return id_array(release_gil_for([&] { return self.stale_ids(budget, policy); }));
            })
-      .def("drift", &DocumentIndex::drift, py::arg("reset"))
+      .def("drift", &DocumentIndex::drift, py::arg("reset"), py::call_guard<py::gil_scoped_release>())
       .def("export_rows",
            [](const DocumentIndex& self, int64_t start, int64_t count) {
              IdArray ids(count);
              StepArray steps(count);
              CountArray retrieved(count);
              py::array raw = raw_rows(self.type(), count, self.dim());
-             self.export_rows(start, count, ids.mutable_data(), steps.mutable_data(), retrieved.mutable_data(),
-                              raw.mutable_data());
+             int64_t* id_ptr = ids.mutable_data();
+             int32_t* step_ptr = steps.mutable_data();
+             uint32_t* retrieved_ptr = retrieved.mutable_data();
+             void* raw_ptr = raw.mutable_data();
+             {
+               py::gil_scoped_release release;
+               self.export_rows(start, count, id_ptr, step_ptr, retrieved_ptr, raw_ptr);
+             }
              return py::make_tuple(ids, steps, retrieved, raw);
            })
       .def("append_raw",
@@ -151,10 +183,14 @@ void bind_document_index(py::module_& m) {
              if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
                  !(raw.flags() & py::array::c_style))
                throw std::invalid_argument("append_raw: arrays of inconsistent sizes");
+             const int64_t* id_ptr = ids.data();
+             const int32_t* step_ptr = steps.data();
+             const uint32_t* retrieved_ptr = retrieved.data();
+             const void* raw_ptr = raw.data();
              py::gil_scoped_release release;
-             self.append_raw(ids.data(), steps.data(), retrieved.data(), raw.data(), n);
+             self.append_raw(id_ptr, step_ptr, retrieved_ptr, raw_ptr, n);
            })
-      .def("memory_bytes", &DocumentIndex::memory_bytes);
+      .def("memory_bytes", &DocumentIndex::memory_bytes, py::call_guard<py::gil_scoped_release>());
 }
 
 py::tuple merge_topk(FloatArray scores, IdArray ids, int64_t k, int n_threads) {

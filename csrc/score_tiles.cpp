@@ -9,71 +9,6 @@ namespace atlas_fast {
 
 namespace {
 
-// ---- scalar conversions (portable path, and conversions outside the hot loop) ----
-
-inline float bf16_to_float(uint16_t bits) {
-  uint32_t widened = static_cast<uint32_t>(bits) << 16;
-  float value;
-  std::memcpy(&value, &widened, sizeof value);
-  return value;
-}
-
-inline uint16_t float_to_bf16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  if ((bits & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((bits >> 16) | 0x40u);  // keep NaN a NaN
-  bits += 0x7fffu + ((bits >> 16) & 1u);  // round to nearest even
-  return static_cast<uint16_t>(bits >> 16);
-}
-
-// IEEE half <-> float in plain C++, so that the portable path needs no F16C.
-inline float fp16_to_float(uint16_t half) {
-  const uint32_t sign = static_cast<uint32_t>(half & 0x8000u) << 16;
-  uint32_t exponent = (half >> 10) & 0x1fu;
-  uint32_t mantissa = half & 0x3ffu;
-  uint32_t bits;
-  if (exponent == 0x1f) {
-    bits = sign | 0x7f800000u | (mantissa << 13);  // inf or NaN
-  } else if (exponent != 0) {
-    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
-  } else if (mantissa == 0) {
-    bits = sign;
-  } else {  // subnormal: normalise
-    exponent = 113;
-    while ((mantissa & 0x400u) == 0) {
-      mantissa <<= 1;
-      --exponent;
-    }
-    bits = sign | (exponent << 23) | ((mantissa & 0x3ffu) << 13);
-  }
-  float value;
-  std::memcpy(&value, &bits, sizeof value);
-  return value;
-}
-
-inline uint16_t float_to_fp16(float value) {
-  uint32_t bits;
-  std::memcpy(&bits, &value, sizeof bits);
-  const uint16_t sign = static_cast<uint16_t>((bits >> 16) & 0x8000u);
-  const uint32_t magnitude = bits & 0x7fffffffu;
-  if (magnitude > 0x7f800000u) return sign | 0x7e00u;             // NaN
-  if (magnitude >= 0x477ff000u) return sign | 0x7c00u;            // rounds to >= 65520: inf
-  if (magnitude >= 0x38800000u) {                                 // normal half
-    const uint32_t rounded = magnitude + 0xfffu + ((magnitude >> 13) & 1u);
-    return sign | static_cast<uint16_t>((rounded - 0x38000000u) >> 13);
-  }
-  if (magnitude < 0x33000000u) return sign;                       // below half the smallest subnormal
-  // Subnormal half: shift the implicit-one mantissa into place, round to nearest even.
-  const uint32_t exponent = magnitude >> 23;
-  const uint32_t mantissa = (magnitude & 0x7fffffu) | 0x800000u;
-  const uint32_t shift = 126 - exponent;  // value = mantissa * 2^(exponent - 150), half unit = 2^-24
-  uint32_t half = mantissa >> shift;
-  const uint32_t remainder = mantissa & ((1u << shift) - 1);
-  const uint32_t halfway = 1u << (shift - 1);
-  if (remainder > halfway || (remainder == halfway && (half & 1u))) ++half;
-  return sign | static_cast<uint16_t>(half);
-}
-
 template <StorageType T>
 inline float load_scalar(const void* rows, int64_t index) {
   if constexpr (T == StorageType::kFloat32) return static_cast<const float*>(rows)[index];
@@ -263,8 +198,6 @@ void score_tile_typed(const float* queries, int64_t n_queries, const void* rows,
 
 }  // namespace
 
-size_t storage_bytes(StorageType type) { return type == StorageType::kFloat32 ? 4 : 2; }
-
 void score_tile(StorageType type, const float* queries, int64_t n_queries, const void* rows, int64_t n_rows,
                 int64_t dim, float* out, int64_t out_stride) {
   switch (type) {
@@ -275,24 +208,6 @@ void score_tile(StorageType type, const float* queries, int64_t n_queries, const
     case StorageType::kBFloat16:
       return score_tile_typed<StorageType::kBFloat16>(queries, n_queries, rows, n_rows, dim, out, out_stride);
   }
-}
-
-void convert_from_float(StorageType type, const float* in, void* out, int64_t n) {
-  if (type == StorageType::kFloat32) {
-    std::memcpy(out, in, static_cast<size_t>(n) * sizeof(float));
-    return;
-  }
-  uint16_t* dst = static_cast<uint16_t*>(out);
-  for (int64_t i = 0; i < n; ++i) dst[i] = type == StorageType::kFloat16 ? float_to_fp16(in[i]) : float_to_bf16(in[i]);
-}
-
-void convert_to_float(StorageType type, const void* in, float* out, int64_t n) {
-  if (type == StorageType::kFloat32) {
-    std::memcpy(out, in, static_cast<size_t>(n) * sizeof(float));
-    return;
-  }
-  const uint16_t* src = static_cast<const uint16_t*>(in);
-  for (int64_t i = 0; i < n; ++i) out[i] = type == StorageType::kFloat16 ? fp16_to_float(src[i]) : bf16_to_float(src[i]);
 }
 
 std::string simd_level() {

@@ -14,21 +14,14 @@
 #include <cstdint>
 #include <string>
 
+#include "storage.h"
+
 namespace atlas_fast {
-
-enum class StorageType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
-
-size_t storage_bytes(StorageType type);
 
 // out[q * out_stride + r] = <queries[q], rows[r]> for q < n_queries, r < n_rows.
 // queries: n_queries x dim fp32, rows: n_rows x dim of `type`, both row-major, contiguous.
 void score_tile(StorageType type, const float* queries, int64_t n_queries, const void* rows, int64_t n_rows,
                 int64_t dim, float* out, int64_t out_stride);
-
-// Converts n fp32 values to the storage type (round to nearest even for fp16/bf16).
-void convert_from_float(StorageType type, const float* in, void* out, int64_t n);
-// Converts n stored values back to fp32.
-void convert_to_float(StorageType type, const void* in, float* out, int64_t n);
 
 // "avx512", "avx2" or "portable": the path score_tile takes on this CPU.
 std::string simd_level();

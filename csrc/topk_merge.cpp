@@ -1,17 +1,14 @@
 #include "topk_merge.h"
 
+#include "threads.h"
 #include "topk.h"
-
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 namespace atlas_fast {
 
 void merge_topk(const float* scores, const int64_t* ids, int64_t n_queries, int64_t n_candidates, int64_t k,
                 float* out_scores, int64_t* out_ids, int n_threads) {
+  const int threads = resolve_threads(n_threads);
 #ifdef _OPENMP
-  const int threads = n_threads > 0 ? n_threads : omp_get_max_threads();
 #pragma omp parallel num_threads(threads)
 #endif
   {
