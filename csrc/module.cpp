@@ -15,7 +15,7 @@
 
 #include "document_index.h"
 #include "score_tiles.h"
-#include "topk_merge.h"
+#include "merge_topk.h"
 
 namespace py = pybind11;
 

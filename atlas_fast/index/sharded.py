@@ -39,7 +39,7 @@ from atlas_fast.index.document_index import (
     _as_step,
     append_rows_where,
 )
-from atlas_fast.index.merge import merge_topk
+from atlas_fast.index.merge_topk import merge_topk
 from atlas_fast.index.torch_index import TorchDocumentIndex
 
 __all__ = ["ShardedIndex", "read_shards"]

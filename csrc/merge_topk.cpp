@@ -1,4 +1,4 @@
-#include "topk_merge.h"
+#include "merge_topk.h"
 
 #include "threads.h"
 #include "topk.h"
