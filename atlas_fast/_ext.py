@@ -11,7 +11,7 @@ import functools
 import os
 from types import ModuleType
 
-__all__ = ["ExtensionUnavailable", "available", "build_info", "native", "required"]
+__all__ = ["ExtensionUnavailable", "SimdUnavailable", "available", "build_info", "native", "required", "simd_paths"]
 
 REBUILD_HINT = (
     "rebuild it from the repository root with `make install` (or `pip install -e .`; it needs a C++17 compiler)"
@@ -20,6 +20,10 @@ REBUILD_HINT = (
 
 class ExtensionUnavailable(ImportError):
     """atlas_fast._C could not be imported."""
+
+
+class SimdUnavailable(ValueError):
+    """ATLAS_FAST_SIMD forces a path this CPU (or this build) cannot run, or names none."""
 
 
 @functools.cache
@@ -42,11 +46,25 @@ def required() -> bool:
 
 
 def native() -> ModuleType:
-    """The imported `atlas_fast._C`; raises ExtensionUnavailable saying how to rebuild."""
+    """The imported `atlas_fast._C`.
+
+    Raises:
+        ExtensionUnavailable: it is missing; the message says how to rebuild it.
+        SimdUnavailable: ATLAS_FAST_SIMD asks for a path that cannot run here (the message names the widest one).
+    """
     module, error = _load()
     if module is None:
         raise ExtensionUnavailable(f"atlas_fast._C is not built or failed to load ({error}); {REBUILD_HINT}")
+    simd_error = module.simd_error()
+    if simd_error:
+        raise SimdUnavailable(simd_error)
     return module
+
+
+def simd_paths() -> dict[str, str] | None:
+    """The CPU path that scores each storage dtype ("avx512bf16", "avx512", "avx2", "portable"); None without _C."""
+    info = build_info()
+    return None if info is None else dict(info["simd_paths"])
 
 
 def build_info() -> dict[str, object] | None:

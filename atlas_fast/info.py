@@ -55,7 +55,13 @@ def report() -> str:
         except _ext.ExtensionUnavailable as error:
             lines.append(f"_C: not loaded: {error}")
     else:
+        paths = build.pop("simd_paths")
         lines.append("_C: loaded; " + ", ".join(f"{key}={value}" for key, value in sorted(build.items())))
+        lines.append("DocumentIndex SIMD path: " + ", ".join(f"{dtype} {path}" for dtype, path in paths.items()))
+        try:
+            _ext.native()
+        except _ext.SimdUnavailable as error:
+            lines.append(f"ATLAS_FAST_SIMD: error: {error}")
     lines.append(f"{_dispatch.BACKEND_ENV}: {_dispatch.requested_backend()}")
     for device in _devices():
         reason = _dispatch.triton_status(device)

@@ -200,25 +200,21 @@ std::vector<int64_t> DocumentIndex::ids() const {
   return row_ids_;
 }
 
-void DocumentIndex::search_range(const float* queries, int64_t n_queries, int64_t begin, int64_t end,
-                                 TopK* selectors) const {
+void DocumentIndex::search_range(const QueryPanel& panel, int64_t first_query, int64_t n_queries, int64_t begin,
+                                 int64_t end, TopK* selectors) const {
   std::vector<float> tile_scores(static_cast<size_t>(kQueryGroup * kTileRows));
-  for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
-    const int64_t group_size = std::min(kQueryGroup, n_queries - group);
-    const float* group_queries = queries + group * dim_;
-    for (int64_t tile = begin; tile < end;) {
-      // A tile never crosses a block boundary: its rows are contiguous.
-      const int64_t block_end = (tile / kBlockRows + 1) * kBlockRows;
-      const int64_t tile_rows = std::min({kTileRows, end - tile, block_end - tile});
-      score_tile(type_, group_queries, group_size, row_ptr(tile), tile_rows, dim_, tile_scores.data(), kTileRows);
-      for (int64_t q = 0; q < group_size; ++q) {
-        TopK& selector = selectors[group + q];
-        const float* scores = tile_scores.data() + q * kTileRows;
-        for (int64_t r = 0; r < tile_rows; ++r)
-          if (selector.may_enter(scores[r])) selector.push(scores[r], row_ids_[tile + r]);
-      }
-      tile += tile_rows;
+  // Each tile is read from memory once and scored against every query of the range, a group at a time.
+  for (int64_t tile = begin; tile < end;) {
+    // A tile never crosses a block boundary: its rows are contiguous.
+    const int64_t block_end = (tile / kBlockRows + 1) * kBlockRows;
+    const int64_t tile_rows = std::min({kTileRows, end - tile, block_end - tile});
+    for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
+      const int64_t group_size = std::min(kQueryGroup, n_queries - group);
+      score_tile(panel, first_query + group, group_size, row_ptr(tile), tile_rows, tile_scores.data(), kTileRows);
+      for (int64_t q = 0; q < group_size; ++q)
+        push_candidates(tile_scores.data() + q * kTileRows, row_ids_.data() + tile, tile_rows, selectors[group + q]);
     }
+    tile += tile_rows;
   }
 }
 
@@ -227,15 +223,20 @@ void DocumentIndex::search(const float* queries, int64_t n_queries, int64_t k, i
   std::shared_lock lock(mutex_);
   const int64_t n_rows = static_cast<int64_t>(row_ids_.size());
   const int threads = std::max<int>(1, std::min<int64_t>(resolve_threads(n_threads), std::max<int64_t>(1, n_rows / kTileRows)));
+  const QueryPanel panel(type_, queries, n_queries, dim_);
   std::vector<TopK> selectors(static_cast<size_t>(n_queries), TopK(k));
   if (n_queries >= static_cast<int64_t>(threads) * kQueryGroup || threads == 1) {
-    // Many queries: threads split the query groups; each streams the whole database.
+    // Many queries: each thread takes a contiguous share of them (a multiple of 4, the kernels' query block)
+    // and streams the whole database once.
+    const int64_t share = (n_queries + threads - 1) / threads;
+    const int64_t per_thread = (share + 3) / 4 * 4;
 #ifdef _OPENMP
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads)
+#pragma omp parallel for schedule(static, 1) num_threads(threads)
 #endif
-    for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
-      const int64_t group_size = std::min(kQueryGroup, n_queries - group);
-      search_range(queries + group * dim_, group_size, 0, n_rows, selectors.data() + group);
+    for (int thread = 0; thread < threads; ++thread) {
+      const int64_t first = std::min(n_queries, thread * per_thread);
+      const int64_t count = std::min(n_queries, first + per_thread) - first;
+      if (count > 0) search_range(panel, first, count, 0, n_rows, selectors.data() + first);
     }
   } else {
     // Few queries: threads split the database; their selectors are merged per query.
@@ -253,7 +254,7 @@ void DocumentIndex::search(const float* queries, int64_t n_queries, int64_t k, i
       const int64_t per_thread = (n_rows + threads - 1) / threads;
       const int64_t begin = std::min(n_rows, thread * per_thread);
       const int64_t end = std::min(n_rows, begin + per_thread);
-      search_range(queries, n_queries, begin, end, partial[thread].data());
+      search_range(panel, 0, n_queries, begin, end, partial[thread].data());
     }
     for (int64_t q = 0; q < n_queries; ++q)
       for (int t = 0; t < threads; ++t) selectors[q].absorb(partial[t][q]);

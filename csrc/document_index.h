@@ -81,7 +81,9 @@ class DocumentIndex {
   // length_error when appending the new ones among `ids` would pass kMaxRows rows.
   void check_room_for(const int64_t* ids, int64_t n) const;
   void ensure_capacity(int64_t rows);
-  void search_range(const float* queries, int64_t n_queries, int64_t begin, int64_t end, class TopK* selectors) const;
+  // Offers selectors[q] the rows [begin, end) scored against query first_query + q, q < n_queries.
+  void search_range(const QueryPanel& panel, int64_t first_query, int64_t n_queries, int64_t begin, int64_t end,
+                    TopK* selectors) const;
 
   int64_t dim_;
   StorageType type_;

@@ -227,6 +227,10 @@ py::dict build_info() {
   );
   info["flags"] = std::string(ATLAS_FAST_BUILD_FLAGS);
   info["simd"] = atlas_fast::simd_level();
+  py::dict paths;  // the path that scores each storage type
+  for (StorageType type : {StorageType::kFloat32, StorageType::kFloat16, StorageType::kBFloat16})
+    paths[py::str(storage_name(type))] = atlas_fast::path_name(atlas_fast::path_for(type));
+  info["simd_paths"] = paths;
 #ifdef _OPENMP
   info["openmp"] = true;
   info["max_threads"] = omp_get_max_threads();
@@ -243,6 +247,7 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "atlas_fast native core (private; use atlas_fast.index)";
   m.def("merge_topk", &merge_topk, py::arg("scores"), py::arg("ids"), py::arg("k"), py::arg("n_threads") = 0,
         "Merge candidate (score, id) rows into a sorted top-k per row; id -1 candidates are padding.");
-  m.def("build_info", &build_info, "How this module was compiled.");
+  m.def("build_info", &build_info, "How this module was compiled, and the SIMD path of each storage type.");
+  m.def("simd_error", &atlas_fast::simd_error, "Why ATLAS_FAST_SIMD cannot be honoured ('' when it can).");
   bind_document_index(m);
 }

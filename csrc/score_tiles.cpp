@@ -1,5 +1,6 @@
 #include "score_tiles.h"
 
+#include <cpuid.h>
 #include <immintrin.h>
 
 #include <cstdlib>
@@ -8,6 +9,8 @@
 namespace atlas_fast {
 
 namespace {
+
+enum class SimdLevel { kPortable, kAvx2, kAvx512, kAvx512Bf16 };
 
 template <StorageType T>
 inline float load_scalar(const void* rows, int64_t index) {
@@ -29,6 +32,35 @@ void score_tile_portable(const float* queries, int64_t n_queries, const void* ro
 }
 
 // ---- AVX-512 ----
+
+// The 16 lane sums of a 4 x 4 block of accumulators, acc[q][r] -> out[q * out_stride + r], in 45 shuffles and
+// adds instead of 16 horizontal reductions of 8 each: a transpose-and-add over 128-bit lanes, 64-bit pairs,
+// then 128-bit lane groups, after which element 4q + r of the vector is the sum of acc[q][r].
+__attribute__((target("avx512f"))) inline void store_sums_4x4(const __m512 (&acc)[4][4], float* out,
+                                                             int64_t out_stride) {
+  __m512 pairs[8];  // pairs[i], per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = acc #2i, b = acc #2i+1
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    const __m512 a = acc[i / 2][(i % 2) * 2], b = acc[i / 2][(i % 2) * 2 + 1];
+    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+  }
+  __m512 quads[4];  // quads[i], per 128-bit lane L: the lane-L sums of accumulators 4i .. 4i+3
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    const __m512d lo = _mm512_castps_pd(pairs[2 * i]), hi = _mm512_castps_pd(pairs[2 * i + 1]);
+    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi)), _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi)));
+  }
+  const __m512 q01 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 q23 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),
+                                   _mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(3, 1, 3, 1)));
+  const __m512 sums = _mm512_add_ps(_mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
+                                    _mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
+  alignas(64) float lanes[16];
+  _mm512_store_ps(lanes, sums);
+#pragma GCC unroll 16
+  for (int j = 0; j < 16; ++j) out[(j / 4) * out_stride + j % 4] = lanes[j];
+}
 
 template <StorageType T>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline __m512 load16_avx512(const void* rows, int64_t offset,
@@ -69,10 +101,14 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline void block_
       for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_fmadd_ps(query, row[r], acc[q][r]);
     }
   }
+  if constexpr (RB == 4 && QB == 4) {
+    store_sums_4x4(acc, out, out_stride);
+  } else {
 #pragma GCC unroll 16
-  for (int q = 0; q < QB; ++q)
+    for (int q = 0; q < QB; ++q)
 #pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
+      for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
+  }
 }
 
 template <StorageType T, int QB>
@@ -86,6 +122,32 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void rows_avx512(c
   for (; r < n_rows; ++r) block_avx512<T, 1, QB>(queries, base + r * row_bytes, dim, out + r, out_stride);
 }
 
+// One query: rows one after another, four accumulators per row (see rows_one_query_avx512bf16).
+template <StorageType T>
+__attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void rows_one_query_avx512(const float* query,
+                                                                                      const void* rows,
+                                                                                      int64_t n_rows, int64_t dim,
+                                                                                      float* out) {
+  const int64_t body = dim - dim % 64;
+  const __mmask16 all = static_cast<__mmask16>(0xffff);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k < body; k += 64) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        acc[u] = _mm512_fmadd_ps(_mm512_loadu_ps(query + k + 16 * u), load16_avx512<T>(rows, r * dim + k + 16 * u, all),
+                                 acc[u]);
+    }
+    for (; k < dim; k += 16) {
+      const __mmask16 mask = dim - k >= 16 ? all : static_cast<__mmask16>((1u << (dim - k)) - 1);
+      acc[0] = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mask, query + k), load16_avx512<T>(rows, r * dim + k, mask),
+                               acc[0]);
+    }
+    out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  }
+}
+
 template <StorageType T>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void score_tile_avx512(const float* queries, int64_t n_queries,
                                                                             const void* rows, int64_t n_rows,
@@ -93,7 +155,98 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void score_tile_av
                                                                             int64_t out_stride) {
   int64_t q = 0;
   for (; q + 4 <= n_queries; q += 4) rows_avx512<T, 4>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
-  for (; q < n_queries; ++q) rows_avx512<T, 1>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
+  for (; q < n_queries; ++q) rows_one_query_avx512<T>(queries + q * dim, rows, n_rows, dim, out + q * out_stride);
+}
+
+// ---- AVX-512 BF16 (vdpbf16ps): bf16 rows against bf16 queries, fp32 accumulation ----
+
+// As block_avx512, 32 bf16 pairs a step: each vdpbf16ps multiplies 32 row values by 32 query values and adds
+// the pairwise sums to 16 fp32 lanes.
+template <int RB, int QB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void block_avx512bf16(
+    const uint16_t* queries, const uint16_t* rows, int64_t dim, float* out, int64_t out_stride) {
+  __m512 acc[QB][RB];
+#pragma GCC unroll 16
+  for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < dim; k += 32) {
+    const __mmask32 mask = dim - k >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1ull << (dim - k)) - 1);
+    __m512bh row[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) row[r] = (__m512bh)_mm512_maskz_loadu_epi16(mask, rows + r * dim + k);
+#pragma GCC unroll 16
+    for (int q = 0; q < QB; ++q) {
+      const __m512bh query = (__m512bh)_mm512_maskz_loadu_epi16(mask, queries + q * dim + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_dpbf16_ps(acc[q][r], query, row[r]);
+    }
+  }
+  if constexpr (RB == 4 && QB == 4) {
+    store_sums_4x4(acc, out, out_stride);
+  } else {
+#pragma GCC unroll 16
+    for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
+  }
+}
+
+// One query: rows one after another (a linear stream the hardware prefetcher follows at full speed, where
+// the 4-row blocks of the batched kernel interleave four short streams), four accumulators per row so that
+// consecutive vdpbf16ps do not wait on each other.
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_one_query_avx512bf16(
+    const uint16_t* query, const uint16_t* rows, int64_t n_rows, int64_t dim, float* out) {
+  const int64_t body = dim - dim % 128;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const uint16_t* row = rows + r * dim;
+    __m512 acc[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+    int64_t k = 0;
+    for (; k < body; k += 128) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u)
+        acc[u] = _mm512_dpbf16_ps(acc[u], (__m512bh)_mm512_loadu_si512(query + k + 32 * u),
+                                  (__m512bh)_mm512_loadu_si512(row + k + 32 * u));
+    }
+    for (; k < dim; k += 32) {
+      const __mmask32 mask = dim - k >= 32 ? ~__mmask32{0} : static_cast<__mmask32>((1ull << (dim - k)) - 1);
+      acc[0] = _mm512_dpbf16_ps(acc[0], (__m512bh)_mm512_maskz_loadu_epi16(mask, query + k),
+                                (__m512bh)_mm512_maskz_loadu_epi16(mask, row + k));
+    }
+    out[r] = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+  }
+}
+
+template <int QB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_avx512bf16(
+    const uint16_t* queries, const uint16_t* rows, int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  int64_t r = 0;
+  for (; r + 4 <= n_rows; r += 4) block_avx512bf16<4, QB>(queries, rows + r * dim, dim, out + r, out_stride);
+  for (; r < n_rows; ++r) block_avx512bf16<1, QB>(queries, rows + r * dim, dim, out + r, out_stride);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void score_tile_avx512bf16(
+    const uint16_t* queries, int64_t n_queries, const uint16_t* rows, int64_t n_rows, int64_t dim, float* out,
+    int64_t out_stride) {
+  int64_t q = 0;
+  for (; q + 4 <= n_queries; q += 4)
+    rows_avx512bf16<4>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
+  for (; q < n_queries; ++q) rows_one_query_avx512bf16(queries + q * dim, rows, n_rows, dim, out + q * out_stride);
+}
+
+// Pushes the scores at or above the selector's threshold, 16 compared at once.
+__attribute__((target("avx512f"))) void push_candidates_avx512(const float* scores, const int64_t* ids, int64_t n,
+                                                               TopK& selector) {
+  for (int64_t r = 0; r < n; r += 16) {
+    const __mmask16 valid = n - r >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n - r)) - 1);
+    const __m512 block = _mm512_maskz_loadu_ps(valid, scores + r);
+    uint32_t entering = _mm512_mask_cmp_ps_mask(valid, block, _mm512_set1_ps(selector.threshold()), _CMP_GE_OQ);
+    while (entering) {  // push() re-checks against the threshold, which each push may raise
+      const int lane = __builtin_ctz(entering);
+      entering &= entering - 1;
+      selector.push(scores[r + lane], ids[r + lane]);
+    }
+  }
 }
 
 // ---- AVX2 ----
@@ -165,28 +318,71 @@ __attribute__((target("avx2,f16c,fma"))) void score_tile_avx2(const float* queri
   for (; q < n_queries; ++q) rows_avx2<T, 1>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
 }
 
-enum class SimdLevel { kPortable, kAvx2, kAvx512 };
-
-SimdLevel detect_simd() {
-  // ATLAS_FAST_SIMD=avx2|portable caps the level: how the tests exercise the other paths on one CPU.
-  const char* cap = std::getenv("ATLAS_FAST_SIMD");
-  if (cap != nullptr && std::strcmp(cap, "portable") == 0) return SimdLevel::kPortable;
-  const bool allow_avx512 = cap == nullptr || std::strcmp(cap, "avx2") != 0;
-  __builtin_cpu_init();
-  if (allow_avx512 && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512vl"))
-    return SimdLevel::kAvx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
-    return SimdLevel::kAvx2;
-  return SimdLevel::kPortable;
+bool cpu_has_avx512() {
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
 }
 
-const SimdLevel kSimd = detect_simd();
+// cpuid leaf 7: subleaf 1 EAX bit 5 = AVX512_BF16; subleaf 0 EDX bits 22 and 24 = AMX-BF16 and AMX-TILE.
+bool cpu_has_avx512bf16() {
+  unsigned eax, ebx, ecx, edx;
+  return __get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx) && ((eax >> 5) & 1u);
+}
+
+bool cpu_has_amx_bf16() {
+  unsigned eax, ebx, ecx, edx;
+  return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((edx >> 22) & 1u) && ((edx >> 24) & 1u);
+}
+
+struct Selection {
+  SimdLevel level;
+  std::string error;  // non-empty: ATLAS_FAST_SIMD asked for what cannot run (level is then the widest one)
+};
+
+const char* level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kAvx512Bf16:
+      return "avx512bf16";
+    case SimdLevel::kAvx512:
+      return "avx512";
+    case SimdLevel::kAvx2:
+      return "avx2";
+    default:
+      return "portable";
+  }
+}
+
+// The widest level cpuid reports, or the one ATLAS_FAST_SIMD forces (how the tests run every path on one CPU).
+Selection select_level() {
+  __builtin_cpu_init();
+  SimdLevel widest = SimdLevel::kPortable;
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
+    widest = SimdLevel::kAvx2;
+  if (cpu_has_avx512()) widest = cpu_has_avx512bf16() ? SimdLevel::kAvx512Bf16 : SimdLevel::kAvx512;
+  const char* forced = std::getenv("ATLAS_FAST_SIMD");
+  if (forced == nullptr || *forced == '\0') return {widest, ""};
+  const std::string name(forced);
+  const std::string prefix = "ATLAS_FAST_SIMD=" + name + ": ";
+  if (name == "amx")
+    return {widest, prefix + (cpu_has_amx_bf16() ? "this build has no AMX-BF16 path yet (it was never run on an "
+                                                   "AMX machine); the widest path here is "
+                                                 : "this CPU has no AMX-BF16; the widest path here is ") +
+                        level_name(widest)};
+  for (SimdLevel level : {SimdLevel::kAvx512Bf16, SimdLevel::kAvx512, SimdLevel::kAvx2, SimdLevel::kPortable}) {
+    if (name != level_name(level)) continue;
+    if (level > widest) return {widest, prefix + "this CPU cannot run it; the widest path here is " + level_name(widest)};
+    return {level, ""};
+  }
+  return {widest, prefix + "expected one of amx, avx512bf16, avx512, avx2, portable"};
+}
+
+const Selection kSelection = select_level();
+const SimdLevel kSimd = kSelection.level;
 
 template <StorageType T>
 void score_tile_typed(const float* queries, int64_t n_queries, const void* rows, int64_t n_rows, int64_t dim,
                       float* out, int64_t out_stride) {
   switch (kSimd) {
+    case SimdLevel::kAvx512Bf16:
     case SimdLevel::kAvx512:
       return score_tile_avx512<T>(queries, n_queries, rows, n_rows, dim, out, out_stride);
     case SimdLevel::kAvx2:
@@ -198,9 +394,41 @@ void score_tile_typed(const float* queries, int64_t n_queries, const void* rows,
 
 }  // namespace
 
-void score_tile(StorageType type, const float* queries, int64_t n_queries, const void* rows, int64_t n_rows,
-                int64_t dim, float* out, int64_t out_stride) {
-  switch (type) {
+SimdPath path_for(StorageType type) {
+  if (type == StorageType::kBFloat16 && kSimd == SimdLevel::kAvx512Bf16) return SimdPath::kAvx512Bf16;
+  if (kSimd >= SimdLevel::kAvx512) return SimdPath::kAvx512;
+  return kSimd == SimdLevel::kAvx2 ? SimdPath::kAvx2 : SimdPath::kPortable;
+}
+
+std::string path_name(SimdPath path) {
+  switch (path) {
+    case SimdPath::kAvx512Bf16:
+      return "avx512bf16";
+    case SimdPath::kAvx512:
+      return "avx512";
+    case SimdPath::kAvx2:
+      return "avx2";
+    default:
+      return "portable";
+  }
+}
+
+QueryPanel::QueryPanel(StorageType type, const float* queries, int64_t n_queries, int64_t dim)
+    : type_(type), path_(path_for(type)), queries_(queries), dim_(dim) {
+  if (path_ == SimdPath::kAvx512Bf16) {  // converted once per search, not once per tile
+    bf16_.resize(static_cast<size_t>(n_queries * dim));
+    convert_from_float(StorageType::kBFloat16, queries, bf16_.data(), n_queries * dim);
+  }
+}
+
+void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const void* rows, int64_t n_rows,
+                float* out, int64_t out_stride) {
+  const int64_t dim = panel.dim();
+  if (panel.path() == SimdPath::kAvx512Bf16)
+    return score_tile_avx512bf16(panel.bf16() + first_query * dim, n_queries, static_cast<const uint16_t*>(rows),
+                                 n_rows, dim, out, out_stride);
+  const float* queries = panel.fp32() + first_query * dim;
+  switch (panel.type()) {
     case StorageType::kFloat32:
       return score_tile_typed<StorageType::kFloat32>(queries, n_queries, rows, n_rows, dim, out, out_stride);
     case StorageType::kFloat16:
@@ -210,15 +438,14 @@ void score_tile(StorageType type, const float* queries, int64_t n_queries, const
   }
 }
 
-std::string simd_level() {
-  switch (kSimd) {
-    case SimdLevel::kAvx512:
-      return "avx512";
-    case SimdLevel::kAvx2:
-      return "avx2";
-    default:
-      return "portable";
-  }
+void push_candidates(const float* scores, const int64_t* ids, int64_t n, TopK& selector) {
+  if (kSimd >= SimdLevel::kAvx512) return push_candidates_avx512(scores, ids, n, selector);
+  for (int64_t r = 0; r < n; ++r)
+    if (selector.may_enter(scores[r])) selector.push(scores[r], ids[r]);
 }
+
+std::string simd_level() { return level_name(kSimd); }
+
+std::string simd_error() { return kSelection.error; }
 
 }  // namespace atlas_fast

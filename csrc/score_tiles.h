@@ -1,29 +1,63 @@
-// Inner products between a group of fp32 queries and a tile of stored rows.
+// Inner products between a group of queries and a tile of stored rows, and the threshold test of top-k.
 //
-// The stored rows are fp32, fp16 or bf16; they are widened to fp32 in registers
-// and accumulated in fp32, so scores are fp32 whatever the storage. The kernel
-// is register-blocked (4 rows x 4 queries = 16 accumulators) so that each row
-// vector loaded from memory is used by four queries and each query vector by
-// four rows: the database is streamed once per query group, which is what makes
-// batched search cheaper than one scan per query.
+// The stored rows are fp32, fp16 or bf16 and scores are accumulated in fp32 whatever the
+// storage. Each kernel is register-blocked (4 rows x 4 queries = 16 accumulators) so that
+// each row vector loaded from memory is used by four queries and each query vector by four
+// rows: the database is streamed once per query group, which is what makes batched search
+// cheaper than one scan per query.
 //
-// The instruction set is chosen once at run time: AVX-512 (F, BW, VL) with F16C,
-// AVX2 with FMA and F16C, or portable C++.
+// The path is chosen once at run time from cpuid (ATLAS_FAST_SIMD forces a narrower one):
+// - avx512bf16: bf16 rows against queries rounded to bf16 once per search (vdpbf16ps, fp32
+//   accumulation; AMD Zen 4, Intel Cooper Lake and later); fp32/fp16 rows take the avx512 path;
+// - avx512 (F, BW, VL with F16C): rows widened to fp32 in registers, fp32 queries, FMA;
+// - avx2 (with FMA and F16C), or portable C++.
 #pragma once
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "storage.h"
+#include "topk.h"
 
 namespace atlas_fast {
 
-// out[q * out_stride + r] = <queries[q], rows[r]> for q < n_queries, r < n_rows.
-// queries: n_queries x dim fp32, rows: n_rows x dim of `type`, both row-major, contiguous.
-void score_tile(StorageType type, const float* queries, int64_t n_queries, const void* rows, int64_t n_rows,
-                int64_t dim, float* out, int64_t out_stride);
+enum class SimdPath : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
-// "avx512", "avx2" or "portable": the path score_tile takes on this CPU.
+// The path that scores rows of `type` on this CPU (under ATLAS_FAST_SIMD).
+SimdPath path_for(StorageType type);
+std::string path_name(SimdPath path);
+
+// A search's queries in the form its path reads: fp32 as given, or rounded to bf16 (kept here).
+class QueryPanel {
+ public:
+  // queries: n_queries x dim fp32, borrowed for the panel's lifetime.
+  QueryPanel(StorageType type, const float* queries, int64_t n_queries, int64_t dim);
+  StorageType type() const { return type_; }
+  SimdPath path() const { return path_; }
+  int64_t dim() const { return dim_; }
+  const float* fp32() const { return queries_; }
+  const uint16_t* bf16() const { return bf16_.data(); }
+
+ private:
+  StorageType type_;
+  SimdPath path_;
+  const float* queries_;
+  int64_t dim_;
+  std::vector<uint16_t> bf16_;
+};
+
+// out[q * out_stride + r] = <query first_query + q, rows[r]> for q < n_queries, r < n_rows.
+// rows: n_rows x dim of the panel's storage type, row-major, contiguous.
+void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const void* rows, int64_t n_rows,
+                float* out, int64_t out_stride);
+
+// Offers selector the candidates (scores[r], ids[r]), r < n, that may enter it (SIMD threshold test).
+void push_candidates(const float* scores, const int64_t* ids, int64_t n, TopK& selector);
+
+// The level in use: "avx512bf16", "avx512", "avx2" or "portable".
 std::string simd_level();
+// Why ATLAS_FAST_SIMD cannot be honoured ("" when it can, or is unset).
+std::string simd_error();
 
 }  // namespace atlas_fast

@@ -41,6 +41,8 @@ class TopK {
 
   // Cheap pre-test for hot loops: false means `score` cannot enter.
   bool may_enter(float score) const { return !has_threshold_ || score >= threshold_.first; }
+  // The lowest score that may enter (-inf until the selector holds k).
+  float threshold() const { return has_threshold_ ? threshold_.first : -std::numeric_limits<float>::infinity(); }
 
   void absorb(const TopK& other) {
     for (const Candidate& candidate : other.buffer_) push(candidate.first, candidate.second);

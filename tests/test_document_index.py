@@ -113,7 +113,14 @@ def test_low_precision_storage_scores_in_fp32(corpus, dtype):
     np.testing.assert_allclose(stored, vectors, rtol=rounding, atol=1e-4)
     queries = np.random.default_rng(2).standard_normal((4, 64)).astype(np.float32)
     scores, found = index.search(queries, 100)
-    # Exactly the fp32 inner products with the stored (rounded) vectors.
+    # Exactly the fp32 inner products with the stored (rounded) vectors; a bf16 index rounds the queries to
+    # bf16 too, where its path multiplies in bf16 (vdpbf16ps: exact products, fp32 sums).
+    from atlas_fast import _ext
+
+    if _ext.simd_paths()[dtype] == "avx512bf16":
+        import torch
+
+        queries = torch.from_numpy(queries).bfloat16().float().numpy()
     stored_found = index.get(found.reshape(-1)).reshape(4, 100, 64)
     np.testing.assert_allclose(scores, np.einsum("qd,qkd->qk", queries, stored_found), rtol=1e-5, atol=1e-4)
     fp32 = DocumentIndex(64)
@@ -314,41 +321,101 @@ import numpy as np
 from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex
 rng = np.random.default_rng(0)
-vectors = rng.integers(-3, 4, (700, 37)).astype(np.float32)  # odd d: every tail path; exact integer scores
+# Odd d (every tail path), N not a multiple of a tile, small integers: exact scores in every precision, many ties.
+vectors = rng.integers(-3, 4, (700, 37)).astype(np.float32)
 queries = rng.integers(-3, 4, (70, 37)).astype(np.float32)
 for dtype in ("float32", "float16", "bfloat16"):
     index = DocumentIndex(37, dtype, n_threads=2)
     index.upsert(np.arange(700), vectors)
-    scores, ids = index.search(queries, 25)
-    np.save(f"{OUT}/{dtype}-scores.npy", scores)
-    np.save(f"{OUT}/{dtype}-ids.npy", ids)
-print(_ext.build_info()["simd"])
+    for k in (25, 800):  # k > N pads with -1
+        scores, ids = index.search(queries, k)
+        np.save(f"{OUT}/{dtype}-{k}-scores.npy", scores)
+        np.save(f"{OUT}/{dtype}-{k}-ids.npy", ids)
+print(_ext.build_info()["simd"], _ext.simd_paths()["bfloat16"])
 """
 
+SIMD_LEVELS = ["avx512bf16", "avx512", "avx2", "portable"]  # widest first
 
-@pytest.mark.parametrize("level", ["avx2", "portable"])
-def test_every_simd_path_gives_the_same_results(tmp_path, level):
-    """The AVX2 and portable kernels (forced with ATLAS_FAST_SIMD) agree exactly with the default one."""
+
+def _run_simd_check(directory, level):
     import subprocess
     import sys
 
-    outputs = {}
-    for name, env_level in (("default", None), (level, level)):
-        out = tmp_path / name
-        out.mkdir()
-        env = {k: v for k, v in os.environ.items() if k != "ATLAS_FAST_SIMD"}
-        if env_level:
-            env["ATLAS_FAST_SIMD"] = env_level
-        code = f"OUT = {str(out)!r}\n" + SIMD_CHECK
-        chosen = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-        outputs[name] = out
-        if env_level:
-            assert chosen.stdout.strip() == level
-    for dtype in ("float32", "float16", "bfloat16"):
-        for kind in ("scores", "ids"):
-            np.testing.assert_array_equal(
-                np.load(outputs["default"] / f"{dtype}-{kind}.npy"), np.load(outputs[level] / f"{dtype}-{kind}.npy")
-            )
+    env = {k: v for k, v in os.environ.items() if k != "ATLAS_FAST_SIMD"}
+    if level:
+        env["ATLAS_FAST_SIMD"] = level
+    directory.mkdir()
+    code = f"OUT = {str(directory)!r}\n" + SIMD_CHECK
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+
+
+def _numpy_top_k(vectors, queries, k):
+    """Exact fp32 top-k with DocumentIndex's order: higher score first, ties by the smaller id; -1 pads."""
+    scores = queries @ vectors.T
+    order = np.lexsort((np.broadcast_to(np.arange(len(vectors)), scores.shape), -scores), axis=1)[:, :k]
+    ids = np.full((len(queries), k), -1)
+    ids[:, : order.shape[1]] = order
+    return ids
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_every_simd_path_equals_numpy(tmp_path, level):
+    """Each path the CPU supports (forced with ATLAS_FAST_SIMD) returns exactly numpy's fp32 top-k, ties included."""
+    from atlas_fast import _ext
+
+    widest = _ext.build_info()["simd"] if not os.environ.get("ATLAS_FAST_SIMD") else None
+    if widest is not None and SIMD_LEVELS.index(level) < SIMD_LEVELS.index(widest):
+        pytest.skip(f"this CPU's widest path is {widest}")
+    reported = _run_simd_check(tmp_path / level, level).split()
+    assert reported[0] == level
+    assert reported[1] == ("avx512bf16" if level == "avx512bf16" else level)  # bf16 rows: vdpbf16ps when asked
+    rng = np.random.default_rng(0)
+    vectors = rng.integers(-3, 4, (700, 37)).astype(np.float32)
+    queries = rng.integers(-3, 4, (70, 37)).astype(np.float32)
+    for k in (25, 800):
+        want = _numpy_top_k(vectors, queries, k)
+        for dtype in ("float32", "float16", "bfloat16"):
+            np.testing.assert_array_equal(np.load(tmp_path / level / f"{dtype}-{k}-ids.npy"), want, err_msg=dtype)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [("bogus", "expected one of amx, avx512bf16"), ("amx", "AMX"), ("avx512bf16", "cannot run it")],
+)
+def test_an_unavailable_simd_path_raises(value, message):
+    import subprocess
+    import sys
+
+    from atlas_fast import _ext
+
+    if value == "avx512bf16" and _ext.build_info()["simd"] == "avx512bf16":
+        pytest.skip("this CPU runs the avx512bf16 path")
+    code = "from atlas_fast.index import DocumentIndex\nDocumentIndex(8)"
+    env = {**os.environ, "ATLAS_FAST_SIMD": value}
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "SimdUnavailable" in result.stderr and f"ATLAS_FAST_SIMD={value}" in result.stderr
+    assert message in result.stderr
+
+
+def test_bf16_search_is_within_rounding_of_fp16_and_finds_the_fp32_neighbours():
+    rng = np.random.default_rng(3)
+    n, d, k = 20_000, 768, 100
+    centres = rng.standard_normal((200, d)).astype(np.float32)  # clustered, as document embeddings are
+    vectors = centres[rng.integers(0, 200, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
+    queries = vectors[rng.integers(0, n, 32)] + 0.3 * rng.standard_normal((32, d)).astype(np.float32)
+    exact = _numpy_top_k(vectors, queries, k)
+    found = {}
+    for dtype in ("float16", "bfloat16"):
+        index = DocumentIndex(d, dtype)
+        index.upsert(np.arange(n), vectors)
+        scores, found[dtype] = index.search(queries, k)
+        stored = index.get(np.arange(n))
+        # Scores are the stored rows' inner products with the queries, to the rounding of bf16 queries.
+        direct = np.take_along_axis(queries @ stored.T, found[dtype], axis=1)
+        np.testing.assert_allclose(scores, direct, rtol=2**-7, atol=2**-7 * np.abs(direct).max())
+    recall = {dtype: np.mean([np.isin(found[dtype][q], exact[q]).mean() for q in range(32)]) for dtype in found}
+    assert recall["bfloat16"] >= 0.995 and recall["float16"] >= 0.995, recall
 
 
 def test_storage_rounding_matches_numpy_and_torch():

@@ -51,6 +51,7 @@ def _build_and_save(rank, world_size, rendezvous, directory):
         np.testing.assert_array_equal(found, want_ids)
         np.testing.assert_allclose(scores, want_scores, rtol=1e-6)
         sharded.save(directory)
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -62,6 +63,7 @@ def _load_and_search(rank, world_size, rendezvous, directory):
         assert len(sharded) == N - 10
         _, found = sharded.search(_queries(rank), K)
         np.testing.assert_array_equal(found, _reference().search(_queries(rank), K)[1])
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
@@ -111,6 +113,7 @@ def _the_whole_contract(rank, world_size, rendezvous, directory):
         np.testing.assert_array_equal(again.local.ids(), local_ids)
         # Retrieval counts survive the file (a reload does not make every document cold again).
         np.testing.assert_array_equal(again.stale_ids(5, "hot"), sharded.stale_ids(5, "hot"))
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 

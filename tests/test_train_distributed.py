@@ -77,6 +77,7 @@ def _train_on_two_ranks(rank, world_size, rendezvous, tmp_path):
                 },
                 tmp_path / "two-ranks.pt",
             )
+        dist.barrier()  # no rank tears the group down while another still talks to it
     finally:
         dist.destroy_process_group()
 
