@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
-.PHONY: install run smoke test lint bench bench-smoke gpu-report gpu-check clean
+.PHONY: install run smoke test lint bench bench-index bench-smoke gpu-report gpu-check clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -45,6 +45,14 @@ bench: install
 	$(PY) -m pytest benchmarks --benchmark-json=$(BENCH_JSON) $(BENCH_ARGS)
 	$(PY) benchmarks/render.py $(BENCH_JSON) --output BENCHMARKS.md --command "make bench BENCH_ARGS='$(BENCH_ARGS)'" \
 		--notes benchmarks/notes.md
+
+# The CPU index against faiss and torch (fp32 MKL, bf16 oneDNN) at N = 1M, d = 768, k = 100, with GB/s, GFLOP/s
+# and the ISA path of every cell, written as the cpu-index section of BENCHMARKS.md (~10 min on 2 cores).
+bench-index: install
+	ATLAS_FAST_BENCH_INDEX_N=1000000 $(PY) -m pytest -q benchmarks/bench_document_index.py -k "search or machine_limits" \
+		--benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-json=benchmarks/results-index.json
+	$(PY) benchmarks/render.py benchmarks/results-index.json --output BENCHMARKS.md --section cpu-index \
+		--command "make bench-index" --notes benchmarks/notes-index.md
 
 # Every Triton kernel compiled for sm_80 and sm_90 through the triton wheel's ptxas (no GPU needed), checked
 # (no spill, shared memory within limits, fp16/bf16 dots on tensor cores), and the static report with each

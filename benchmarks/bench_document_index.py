@@ -1,9 +1,13 @@
 """Document index: DocumentIndex (fp32/fp16/bf16) vs faiss and torch, search and in-place updates.
 
 N = 1,000,000 documents of d = 768 by default (ATLAS_FAST_BENCH_INDEX_N overrides;
-the --benchmark-disable smoke run uses 100,000), k = 100. The same run measures
-the machine's limits, so the search figures can be read against them: memory
-read bandwidth (a sum over 1 GiB) and fp32 GEMM throughput (torch.mm).
+the --benchmark-disable smoke run uses 100,000), k = 100. The peers are faiss's exact
+IndexFlatIP (and its fp16 scalar quantizer) and torch's matmul + topk in fp32 (MKL) and
+bf16 (oneDNN). Every search cell records the bytes of rows it must read once and its
+FLOPs (2·N·d·batch), so BENCHMARKS.md prints GB/s and GFLOP/s, and each DocumentIndex
+cell the SIMD path that ran. The same run measures the machine's limits, so the search
+figures can be read against them: memory read bandwidth (a sum over 1 GiB) and fp32 and
+bf16 GEMM throughput (torch.mm).
 """
 
 import os
@@ -13,6 +17,7 @@ import pytest
 import torch
 from harness import run_provider
 
+from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex
 
 faiss = pytest.importorskip("faiss")
@@ -22,11 +27,16 @@ CPU = torch.device("cpu")
 SEARCH_PROVIDERS = [
     "faiss_flat_ip",
     "faiss_sq_fp16",
-    "torch_matmul_topk",
+    "torch_fp32_matmul_topk",
+    "torch_bf16_matmul_topk",
     "docindex_f32",
     "docindex_f16",
     "docindex_bf16",
 ]
+DTYPES = {"docindex_f32": "float32", "docindex_f16": "float16", "docindex_bf16": "bfloat16"}
+# Bytes per stored value: what one pass over the rows must read.
+ROW_VALUE_BYTES = {"faiss_flat_ip": 4, "faiss_sq_fp16": 2, "torch_fp32_matmul_topk": 4, "torch_bf16_matmul_topk": 2}
+ROW_VALUE_BYTES |= {"docindex_f32": 4, "docindex_f16": 2, "docindex_bf16": 2}
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +59,15 @@ def corpus(n_docs):
 def indexes(corpus):
     ids, vectors = corpus
     built = {}
-    for name, dtype in (("docindex_f32", "float32"), ("docindex_f16", "float16"), ("docindex_bf16", "bfloat16")):
+    for name, dtype in DTYPES.items():
         built[name] = DocumentIndex(DIM, dtype)
         built[name].upsert(ids, vectors)
     built["faiss_flat_ip"] = faiss.IndexFlatIP(DIM)
     built["faiss_flat_ip"].add(vectors)
     built["faiss_sq_fp16"] = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
     built["faiss_sq_fp16"].add(vectors)
-    built["torch_matmul_topk"] = torch.from_numpy(vectors)
+    built["torch_fp32_matmul_topk"] = torch.from_numpy(vectors)
+    built["torch_bf16_matmul_topk"] = torch.from_numpy(vectors).bfloat16()
     return built
 
 
@@ -71,6 +82,7 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
             return index.search(queries, K)
 
         benchmark.extra_info["index_bytes"] = index.memory_bytes()
+        benchmark.extra_info["isa"] = _ext.simd_paths()[DTYPES[provider]]
         # Recall@k of the stored precision against exact fp32 search (faiss IndexFlatIP), outside the timing.
         exact = indexes["faiss_flat_ip"].search(queries, K)[1]
         found = index.search(queries, K)[1]
@@ -83,11 +95,13 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
             return index.search(queries, K)
 
     else:
-        query_tensor = torch.from_numpy(queries)
+        query_tensor = torch.from_numpy(queries).to(index.dtype)
 
         def fn():
-            return (query_tensor @ index.T).topk(K, dim=1)
+            return (query_tensor @ index.T).float().topk(K, dim=1)
 
+    benchmark.extra_info["bytes"] = n_docs * DIM * ROW_VALUE_BYTES[provider]
+    benchmark.extra_info["flops"] = 2 * n_docs * DIM * batch
     run_provider(
         benchmark,
         fn,
@@ -134,7 +148,7 @@ def test_update(benchmark, corpus, n_docs, provider, fraction):
     )
 
 
-@pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096"])
+@pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096", "gemm_bf16_4096"])
 def test_machine_limits(benchmark, provider):
     if provider == "memory_read_1GiB":
         data = torch.ones(2**28, dtype=torch.float32)
@@ -142,13 +156,16 @@ def test_machine_limits(benchmark, provider):
         def fn():
             return data.sum()
 
+        benchmark.extra_info["bytes"] = data.numel() * 4
         work = f"{data.numel() * 4 / 1e9:.3f} GB"
     else:
-        a, b = torch.randn(4096, 4096), torch.randn(4096, 4096)
+        dtype = torch.float32 if provider == "gemm_fp32_4096" else torch.bfloat16
+        a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
 
         def fn():
             return a @ b
 
+        benchmark.extra_info["flops"] = 2 * 4096**3
         work = f"{2 * 4096**3 / 1e9:.1f} GFLOP"
     benchmark.extra_info["work"] = work
     run_provider(

@@ -1,11 +1,16 @@
 """Render pytest-benchmark JSON results as BENCHMARKS.md.
 
     python benchmarks/render.py results.json [more.json ...] --output BENCHMARKS.md --command "make bench"
+    python benchmarks/render.py index.json --output BENCHMARKS.md --section cpu-index --command "make bench-index"
+
+The first form rewrites the file (keeping every marked section); the second writes the
+results as one marked section, in place, leaving the rest of the file as it is.
 
 One section per results file (its machine, versions and date), one table per op:
 a row per (shape, mode), a column per provider holding the median time, the
 speed-up over the group's baseline provider (baseline time / provider time, so
-> 1 is faster) and the peak memory.
+> 1 is faster) and the peak memory; where a benchmark records the bytes it must read
+and its FLOPs, the achieved GB/s and GFLOP/s, and the CPU ISA path that ran.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 from collections import defaultdict
 from pathlib import Path
 
-from sections import sections
+from sections import replace_section, sections
 
 
 def format_time(seconds: float) -> str:
@@ -54,6 +59,7 @@ def render_results(results: dict) -> list[str]:
         tables[op][(info["shape"], info["mode"])][provider] = {
             "median": bench["stats"]["median"],
             "peak": info.get("peak_bytes"),
+            "rates": _rates(info, bench["stats"]["median"]),
         }
         baselines[op] = info["baseline"]
         if provider not in providers[op]:
@@ -72,13 +78,25 @@ def render_results(results: dict) -> list[str]:
                 if provider not in row:
                     cells.append("-")
                     continue
-                median = row[provider]["median"]
-                ratio = f" x{base_time / median:.2f}" if base_time else ""
-                cells.append(f"{format_time(median)}{ratio}, {format_bytes(row[provider]['peak'])}")
+                cell = row[provider]
+                ratio = f" x{base_time / cell['median']:.2f}" if base_time else ""
+                cells.append(f"{format_time(cell['median'])}{ratio}, {format_bytes(cell['peak'])}{cell['rates']}")
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         lines += _phase_table([b for b in results["benchmarks"] if b["extra_info"]["op"] == op])
     return lines
+
+
+def _rates(info: dict, seconds: float) -> str:
+    """ ", 40.1 GB/s, 30 GFLOP/s [avx512bf16]" from the bytes, FLOPs and ISA path a benchmark recorded."""
+    parts = []
+    if info.get("bytes"):
+        parts.append(f"{info['bytes'] / seconds / 1e9:.1f} GB/s")
+    if info.get("flops"):
+        parts.append(f"{info['flops'] / seconds / 1e9:.0f} GFLOP/s")
+    if info.get("isa"):
+        parts.append(f"[{info['isa']}]")
+    return "".join(f", {part}" for part in parts)
 
 
 def _phase_table(benchmarks: list[dict]) -> list[str]:
@@ -104,7 +122,16 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=Path("BENCHMARKS.md"))
     parser.add_argument("--command", default="make bench", help="the command that produced the results")
     parser.add_argument("--notes", type=Path, help="markdown kept verbatim after the tables (analysis)")
+    parser.add_argument("--section", help="write the results as this marked section instead of the whole file")
     args = parser.parse_args()
+    if args.section:
+        body = [f"Command: `{args.command}`.", ""]
+        for path in args.results:
+            body += render_results(json.loads(path.read_text()))
+        if args.notes:
+            body += [args.notes.read_text().rstrip()]
+        replace_section(args.output, args.section, "\n".join(body))
+        return
     lines = [
         "# atlas_fast benchmarks",
         "",
