@@ -70,6 +70,11 @@ def _build_parser() -> argparse.ArgumentParser:
     refresh = experiment.add_parser("refresh", help="compare refresh policies by dev recall@k and re-embedding cost")
     _config_arguments(refresh)
     refresh.add_argument("--joint-steps", type=int, default=60, help="joint steps per policy after the warm-up")
+    refresh.add_argument(
+        "--policies",
+        help="comma-separated POLICY[+OPTION] names (default: none, full, incremental, rerank and two remedies)",
+    )
+    refresh.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each a run per policy")
     return parser
 
 
@@ -109,10 +114,14 @@ def _run(args: argparse.Namespace) -> int:
         root = prepare(args.root, force=args.force)
         print(f"prepared: {root} ({(root / 'PREPARED').read_text().strip()})")
     elif args.command == "experiment":
-        from atlas_fast.train.experiment import format_table, refresh_experiment
+        from atlas_fast.train.experiment import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
 
-        results = refresh_experiment(TrainConfig.load(args.config, args.overrides), args.joint_steps)
+        config = TrainConfig.load(args.config, args.overrides)
+        policies = tuple(args.policies.split(",")) if args.policies else EXPERIMENT_POLICIES
+        seeds = tuple(int(seed) for seed in args.seeds.split(","))
+        results = refresh_experiment(config, args.joint_steps, policies, seeds)
         print(format_table(results))
+        plot_results(results, f"{config.output_dir}/refresh_experiment.png")
     return 0
 
 

@@ -304,6 +304,35 @@ std::pair<double, int64_t> DocumentIndex::drift(bool reset) {
   return result;
 }
 
+int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, int n_threads) {
+  std::unique_lock lock(mutex_);
+  const int64_t n_rows = static_cast<int64_t>(row_ids_.size());
+  int64_t transformed = 0;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(resolve_threads(n_threads)) reduction(+ : transformed)
+#endif
+  {
+    std::vector<float> old_vector(static_cast<size_t>(dim_)), new_vector(static_cast<size_t>(dim_));
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+    for (int64_t row = 0; row < n_rows; ++row) {
+      if (steps_[row] >= older_than) continue;
+      convert_to_float(type_, row_ptr(row), old_vector.data(), dim_);
+      std::fill(new_vector.begin(), new_vector.end(), 0.f);
+      for (int64_t i = 0; i < dim_; ++i) {  // new += old[i] * M[i, :]: a vectorised axpy per input dimension
+        const float weight = old_vector[i];
+        const float* matrix_row = matrix + i * dim_;
+#pragma omp simd
+        for (int64_t j = 0; j < dim_; ++j) new_vector[j] += weight * matrix_row[j];
+      }
+      convert_from_float(type_, new_vector.data(), row_ptr(row), dim_);
+      ++transformed;
+    }
+  }
+  return transformed;
+}
+
 void DocumentIndex::export_rows(int64_t start, int64_t count, int64_t* ids, int32_t* steps, uint32_t* retrieved,
                                 void* raw_vectors) const {
   std::shared_lock lock(mutex_);

@@ -52,7 +52,8 @@ std::string storage_name(StorageType type) {
 
 void require_rows(const py::array& array, int64_t n, int64_t dim, const char* what) {
   if (array.ndim() != 2 || array.shape(0) != n || array.shape(1) != dim)
-    throw std::invalid_argument(std::string(what) + " must have shape (n, dim)");
+    throw std::invalid_argument(std::string(what) + " must have shape (" + std::to_string(n) + ", " +
+                                std::to_string(dim) + ")");
 }
 
 // `compute()` run without the GIL (it must not touch Python objects).
@@ -159,6 +160,15 @@ void bind_document_index(py::module_& m) {
              return id_array(release_gil_for([&] { return self.stale_ids(budget, policy); }));
            })
       .def("drift", &DocumentIndex::drift, py::arg("reset"), py::call_guard<py::gil_scoped_release>())
+      .def(
+          "transform",
+          [](DocumentIndex& self, FloatArray matrix, int32_t older_than, int n_threads) {
+            require_rows(matrix, self.dim(), self.dim(), "matrix");
+            const float* matrix_ptr = matrix.data();
+            py::gil_scoped_release release;
+            return self.transform(matrix_ptr, older_than, n_threads);
+          },
+          py::arg("matrix"), py::arg("older_than"), py::arg("n_threads") = 0)
       .def("export_rows",
            [](const DocumentIndex& self, int64_t start, int64_t count) {
              IdArray ids(count);

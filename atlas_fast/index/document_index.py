@@ -28,7 +28,7 @@ from atlas_fast import _ext
 __all__ = ["DocumentIndex", "IndexFileError"]
 
 DTYPES = ("float32", "float16", "bfloat16")
-POLICIES = ("oldest", "hot")
+STALE_ORDERS = ("oldest", "hot")  # the orders stale_ids can take
 _MAGIC = b"ATLASIDX"
 _FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")  # magic, format version, header length
@@ -78,10 +78,10 @@ def _as_k(k) -> int:
     return int(k)
 
 
-def _as_step(step) -> int:
+def _as_step(step, name: str = "step") -> int:
     """A training step: an integer in [0, 2³¹) (1.7 is refused, not stored as 1)."""
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**31:
-        raise ValueError(f"step must be an integer in [0, 2**31); got {step!r}")
+        raise ValueError(f"{name} must be an integer in [0, 2**31); got {step!r}")
     return int(step)
 
 
@@ -244,8 +244,8 @@ class DocumentIndex:
             policy: "oldest" (smallest embedding step first: round-robin by age) or
                 "hot" (most retrieved since their last upsert first, then oldest).
         """
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+        if policy not in STALE_ORDERS:
+            raise ValueError(f"policy must be one of {', '.join(STALE_ORDERS)}; got {policy!r}")
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
             raise ValueError(f"budget must be an integer ≥ 0; got {budget!r}")
         return self._core.stale_ids(int(budget), policy)
@@ -256,6 +256,26 @@ class DocumentIndex:
         Near 1: the document encoder barely moved, a smaller refresh budget will do.
         """
         return self._core.drift(reset)
+
+    def transform(self, matrix, older_than: int) -> int:
+        """Map every row embedded before step ``older_than`` through ``matrix`` in place: v <- v @ matrix.
+
+        A drift corrector's write (`atlas_fast.index.corrector`): rows of older encoder versions are moved
+        towards the current encoder's space without re-embedding them. Steps and retrieval counts stay.
+
+        Args:
+            matrix: (d, d) finite floats.
+            older_than: rows with step < older_than are transformed, 0 ≤ older_than < 2³¹.
+
+        Returns:
+            How many rows were transformed.
+        """
+        matrix = _as_matrix("matrix", matrix, self.dim)
+        if matrix.shape[0] != self.dim:
+            raise ValueError(f"matrix must have shape ({self.dim}, {self.dim}); got {matrix.shape}")
+        older_than = _as_step(older_than, "older_than")
+        with self._writing:
+            return int(self._core.transform(matrix, older_than, self._threads()))
 
     def memory_bytes(self) -> int:
         """Bytes held by the index (vector blocks, per-document metadata, id map)."""

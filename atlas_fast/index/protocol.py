@@ -3,8 +3,8 @@
 Code that trains against an index (the trainer, the refresh policy, evaluation) depends on
 this Protocol only, and gets its index from `open_index` / `load_index`
 (atlas_fast.index.factory). For a ShardedIndex every method is collective (all ranks call it,
-each with its own arguments) except `stale_ids`, which answers for this rank's shard: each
-rank re-embeds the documents it owns.
+each with its own arguments) except `stale_ids` and `transform`, which answer for this
+rank's shard: each rank re-embeds (and corrects) the documents it owns.
 """
 
 from __future__ import annotations
@@ -61,6 +61,9 @@ class Index(Protocol):
 
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """(≤ budget,) int64 the next ids to re-embed: "oldest" step first, or "hot" (most retrieved) first."""
+
+    def transform(self, matrix, older_than: int) -> int:
+        """v <- v @ matrix (d, d) in place for every row embedded before step ``older_than``; returns how many."""
 
     def drift(self, reset: bool = True) -> tuple[float, int]:
         """(mean cosine of old and new vectors of documents overwritten since the last reset, their count)."""

@@ -11,6 +11,13 @@ whole corpus every N steps ("full"); the alternatives here trade freshness for c
   query and re-score them with the current encoder (cost paid per query, not per corpus);
 - "query-side": the passage encoder is frozen, so the index never goes stale (RAG).
 
+Two options make a refresh do more with the embeddings it pays for:
+- ``corrector`` ("procrustes" | "linear", atlas_fast.index.corrector): after each refresh, a
+  map fitted from the re-embedded documents' old to new vectors is applied in place to every
+  row of an older encoder version;
+- ``write_back`` ("rerank"): the candidates re-embedded for reranking during training are
+  upserted into the index, so the per-query cost doubles as refresh.
+
 The policy owns everything refresh touches: it is given the index and an ``embed(ids)``
 callable, and the trainer calls it at two points of a step, `retrieve` and `after_step`.
 `documents_embedded` counts every document embedding made after the initial build: the
@@ -24,6 +31,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from atlas_fast.index.corrector import CORRECTORS, fit_map
 from atlas_fast.index.protocol import Index
 
 __all__ = ["POLICIES", "RefreshPolicy", "trains_passage_encoder"]
@@ -51,6 +59,8 @@ class RefreshPolicy:
         budget: "incremental" documents per step.
         order: "oldest" or "hot" for "incremental".
         candidates: "rerank" documents retrieved per query before re-scoring.
+        corrector: one of CORRECTORS ("none" keeps older rows as they are).
+        write_back: "rerank" upserts its fresh candidate embeddings when retrieving for training.
     """
 
     def __init__(
@@ -63,9 +73,13 @@ class RefreshPolicy:
         budget: int = 64,
         order: str = "oldest",
         candidates: int = 20,
+        corrector: str = "none",
+        write_back: bool = False,
     ):
         if name not in POLICIES:
             raise ValueError(f"refresh policy must be one of {', '.join(POLICIES)}; got {name!r}")
+        if corrector not in CORRECTORS:
+            raise ValueError(f"corrector must be one of {', '.join(CORRECTORS)}; got {corrector!r}")
         self.name = name
         self.index = index
         self.embed = embed
@@ -74,7 +88,10 @@ class RefreshPolicy:
         self.budget = budget
         self.order = order
         self.candidates = candidates
+        self.corrector = corrector
+        self.write_back = write_back
         self.documents_embedded = 0
+        self.rows_corrected = 0  # rows the corrector has transformed, summed over steps
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         self.documents_embedded += int(ids.size)
@@ -85,20 +102,28 @@ class RefreshPolicy:
         ids = self.owned_ids()
         self.index.upsert(ids, self.embed(ids), step=0)
 
-    def retrieve(self, query_emb: torch.Tensor, k: int) -> np.ndarray:
+    def retrieve(self, query_emb: torch.Tensor, k: int, step: int | None = None) -> np.ndarray:
         """(B, k) int64 ids of the top-k documents of each (B, d) query, recorded as retrieved.
 
-        "rerank" takes ``candidates`` from the index and keeps the top-k of their fresh scores.
+        "rerank" takes ``candidates`` from the index and keeps the top-k of their fresh scores;
+        with ``write_back``, a retrieval for training step ``step`` (None: evaluation, which writes
+        nothing) also upserts those fresh embeddings at that step.
         """
         depth = max(self.candidates, k) if self.name == "rerank" else k
         _, ids = self.index.search(query_emb.float().cpu().numpy(), depth)
         if self.name == "rerank":
-            ids = self._rerank(query_emb, ids, k)
+            ids = self._rerank(query_emb, ids, k, step)
         self.index.record_retrieved(ids)
         return ids
 
-    def _rerank(self, query_emb: torch.Tensor, candidate_ids: np.ndarray, k: int) -> np.ndarray:
-        fresh = torch.from_numpy(self._embed(candidate_ids.reshape(-1))).view(*candidate_ids.shape, -1)
+    def _rerank(self, query_emb: torch.Tensor, candidate_ids: np.ndarray, k: int, step: int | None) -> np.ndarray:
+        flat = candidate_ids.reshape(-1)
+        fresh = self._embed(flat)
+        if self.write_back and step is not None:
+            present = flat != -1  # padding of a corpus smaller than the candidate count
+            unique, first = np.unique(flat[present], return_index=True)
+            self.index.upsert(unique, fresh[present][first], step=step)  # collective for a ShardedIndex
+        fresh = torch.from_numpy(fresh).view(*candidate_ids.shape, -1)
         scores = torch.einsum("bd,bkd->bk", query_emb.float().cpu(), fresh)
         order = scores.topk(k, dim=1).indices.numpy()
         return np.take_along_axis(candidate_ids, order, axis=1)
@@ -117,8 +142,13 @@ class RefreshPolicy:
         ``encoder_changed``: False when the passage encoder did not train this step (nothing went stale).
         """
         ids = self.ids_to_refresh(step) if encoder_changed else np.empty(0, dtype=np.int64)
+        vectors = self._embed(ids)
+        correct = self.corrector != "none" and encoder_changed
+        old = self.index.get(ids) if correct else None  # collective for a ShardedIndex: before the overwrite
         # Also when empty: a ShardedIndex's upsert is collective, and every rank takes part.
-        self.index.upsert(ids, self._embed(ids), step=step)
+        self.index.upsert(ids, vectors, step=step)
+        if correct and ids.size:  # each rank corrects its own rows with the map its own documents fit
+            self.rows_corrected += self.index.transform(fit_map(old, vectors, self.corrector), older_than=step)
         return int(ids.size)
 
     def state_dict(self) -> dict:

@@ -11,8 +11,8 @@ for gloo).
 It implements the whole `Index` contract. Lookups (`contains`, `get`, `step_of`) are
 answered by each id's owner; `record_retrieved` counts a retrieval on the owner's shard
 whichever rank retrieved it; `ids`, `len`, `drift` and `memory_bytes` cover every shard.
-`stale_ids` is the one method that is not collective: it names this rank's stale documents,
-for this rank to re-embed.
+`stale_ids` and `transform` are not collective: they name and correct this rank's own
+documents, which this rank re-embeds.
 
 Files: `save(directory)` writes one DocumentIndex file per rank plus a manifest;
 `load` reads every shard file and keeps the documents the reading rank owns, with their
@@ -165,6 +165,11 @@ class ShardedIndex:
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """This rank's shard's next ≤ budget ids to re-embed (not collective: each rank refreshes its own)."""
         return self.local.stale_ids(budget, policy)
+
+    def transform(self, matrix, older_than: int) -> int:
+        """Map this rank's rows embedded before ``older_than`` through ``matrix`` (not collective: each rank
+        corrects its own shard, with the map it fitted on its own documents). Returns the rows transformed."""
+        return self.local.transform(matrix, older_than)
 
     def drift(self, reset: bool = True) -> tuple[float, int]:
         """Mean cosine of old and new vectors over every shard's overwritten documents, and their count."""

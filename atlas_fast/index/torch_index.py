@@ -29,7 +29,7 @@ import torch
 from atlas_fast import _dispatch
 from atlas_fast.index.document_index import (
     DTYPES,
-    POLICIES,
+    STALE_ORDERS,
     DocumentIndex,
     _as_ids,
     _as_integer_array,
@@ -267,8 +267,8 @@ class TorchDocumentIndex:
     @_serialised
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """The next ≤ budget documents to re-embed ("oldest": smallest step first; "hot": most retrieved first)."""
-        if policy not in POLICIES:
-            raise ValueError(f"policy must be one of {', '.join(POLICIES)}; got {policy!r}")
+        if policy not in STALE_ORDERS:
+            raise ValueError(f"policy must be one of {', '.join(STALE_ORDERS)}; got {policy!r}")
         if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
             raise ValueError(f"budget must be an integer ≥ 0; got {budget!r}")
         n = self._count
@@ -284,6 +284,20 @@ class TorchDocumentIndex:
         if reset:
             self._drift_sum, self._drift_count = 0.0, 0
         return result
+
+    @_serialised
+    def transform(self, matrix, older_than: int) -> int:
+        """Map every row embedded before step ``older_than`` through ``matrix`` in place (see DocumentIndex)."""
+        matrix = _as_matrix("matrix", matrix, self._dim)
+        if matrix.shape[0] != self._dim:
+            raise ValueError(f"matrix must have shape ({self._dim}, {self._dim}); got {matrix.shape}")
+        older_than = _as_step(older_than, "older_than")
+        rows = np.flatnonzero(self._steps[: self._count] < older_than)
+        if rows.size:
+            index = torch.from_numpy(rows).to(self.device)
+            mapped = self._rows[index].float() @ torch.from_numpy(matrix).to(self.device)
+            self._rows[index] = mapped.to(self._rows.dtype)
+        return int(rows.size)
 
     @_serialised
     def memory_bytes(self) -> int:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from atlas_fast.index import refresh
+from atlas_fast.index import corrector, refresh
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -84,6 +84,8 @@ class TrainConfig:
     refresh_budget: int = 64  # "incremental": documents re-embedded per step
     refresh_order: str = "oldest"  # "oldest" | "hot"
     rerank_candidates: int = 20  # "rerank": over-retrieve this many, re-score with the current encoder
+    rerank_write_back: bool = False  # "rerank": upsert the re-scored candidates' fresh embeddings while training
+    refresh_corrector: str = "none"  # "none" | "procrustes" | "linear": map older rows after each refresh
     index_dtype: str = "float32"
     index_device: str = "host"  # "host": the C++ DocumentIndex; a torch device ("cuda", "auto"): TorchDocumentIndex
     device: str = "auto"  # models: "auto" = this rank's GPU when there is one, else "cpu"
@@ -122,6 +124,7 @@ class TrainConfig:
             "schedule": SCHEDULES,
             "reader": ("minilm", "t5"),
             "refresh_order": ("oldest", "hot"),
+            "refresh_corrector": corrector.CORRECTORS,
             "index_dtype": ("float32", "float16", "bfloat16"),
         }
         for key, allowed in choices.items():
@@ -145,6 +148,8 @@ class TrainConfig:
         if (self.query_side_only or self.refresh == "query-side") and not self.untied_retriever:
             setting = "query_side_only" if self.query_side_only else 'refresh = "query-side"'
             raise ConfigError(f"{setting} needs untied_retriever = true (separate passage encoder weights)")
+        if self.rerank_write_back and self.refresh != "rerank":
+            raise ConfigError(f'rerank_write_back needs refresh = "rerank"; got refresh = "{self.refresh}"')
         if self.refresh == "rerank" and self.rerank_candidates < self.n_context:
             raise ConfigError(f"rerank_candidates ({self.rerank_candidates}) must be ≥ n_context ({self.n_context})")
         if self.reader == "t5" and not self.reader_path:

@@ -4,7 +4,9 @@ One reader warm-up (retriever frozen, the index built once), checkpointed; then,
 that same checkpoint, the same number of joint PDist steps under each refresh policy:
 "none" (documents frozen where they were embedded while the encoder moves), "full"
 every N steps (Atlas), "incremental" with a per-step budget, "rerank" (over-retrieve,
-re-score with the current encoder). Reported: dev recall@k as served by each policy's
+re-score with the current encoder), and the remedies named POLICY+OPTION: "+procrustes" or
+"+linear" (a drift corrector after each incremental refresh), "+write-back" (rerank's fresh
+candidate embeddings upserted while training). Reported: dev recall@k as served by each policy's
 index after the joint steps, the same retriever's recall over a freshly re-embedded corpus
 ("fresh": what it learned, staleness aside), and the documents each policy re-embedded
 while training (its cost).
@@ -16,17 +18,59 @@ import dataclasses
 import json
 import time
 
+import numpy as np
+
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.run import format_metrics
 from atlas_fast.train.trainer import Trainer
 
-__all__ = ["POLICIES", "format_table", "refresh_experiment"]
+__all__ = ["EXPERIMENT_POLICIES", "format_table", "plot_results", "policy_config", "refresh_experiment"]
 
-POLICIES = ("none", "full", "incremental", "rerank")
+EXPERIMENT_POLICIES = ("none", "full", "incremental", "rerank", "incremental+procrustes", "rerank+write-back")
+# What each +OPTION of a policy name sets.
+OPTIONS = {
+    "procrustes": {"refresh_corrector": "procrustes"},
+    "linear": {"refresh_corrector": "linear"},
+    "write-back": {"rerank_write_back": True},
+}
 
 
-def refresh_experiment(config: TrainConfig, joint_steps: int, policies: tuple[str, ...] = POLICIES) -> dict:
-    """Warm the reader for ``config.freeze_retriever_steps`` steps, then run ``joint_steps`` under each policy."""
+# What each +KEY=N option of a policy name sets.
+NUMERIC_OPTIONS = {"every": "refresh_every", "budget": "refresh_budget", "candidates": "rerank_candidates"}
+
+
+def policy_config(config: TrainConfig, name: str) -> TrainConfig:
+    """``config`` under the policy ``name`` = POLICY[+OPTION...], e.g. "incremental+budget=100+procrustes"."""
+    policy, *options = name.split("+")
+    settings = {"refresh": policy}
+    for option in options:
+        key, _, value = option.partition("=")
+        if option in OPTIONS:
+            settings |= OPTIONS[option]
+        elif key in NUMERIC_OPTIONS and value.isdigit():
+            settings[NUMERIC_OPTIONS[key]] = int(value)
+        else:
+            known = [*OPTIONS, *(f"{key}=N" for key in NUMERIC_OPTIONS)]
+            raise ValueError(f"policy {name!r}: unknown option {option!r} (known: {', '.join(known)})")
+    return TrainConfig.from_mapping({**config.to_dict(), **settings})
+
+
+KINDS = {"none": "none", "full": "full", "incremental": "incremental", "rerank": "rerank", "query-side": "query-side"}
+
+
+def refresh_experiment(
+    config: TrainConfig,
+    joint_steps: int,
+    policies: tuple[str, ...] = EXPERIMENT_POLICIES,
+    seeds: tuple[int, ...] = (0, 1, 2),
+    other_task: str | None = "wiki-qa",
+) -> dict:
+    """Warm the reader for ``config.freeze_retriever_steps`` steps, then run ``joint_steps`` under each policy,
+    once per seed (the seed orders the joint steps' batches), all from the one warm-up checkpoint.
+
+    ``other_task``: a second bundled task whose dev recall@5 is measured before the joint steps and after
+    each run (does training on ``config.task`` specialise the retriever?); None skips it.
+    """
     warm_config = dataclasses.replace(config, refresh="none", steps=config.freeze_retriever_steps + joint_steps)
     warm = Trainer(warm_config)
     warm.build_index()
@@ -36,38 +80,101 @@ def refresh_experiment(config: TrainConfig, joint_steps: int, policies: tuple[st
         warm.train_step()
     checkpoint = warm.save_checkpoint()
     start = warm.evaluator(generate=False)
-    results = {"before": before, "after_warmup": start, "joint_steps": joint_steps, "policies": {}}
+    results = {"before": before, "after_warmup": start, "joint_steps": joint_steps, "seeds": list(seeds)}
+    if other_task:
+        results["other_task"] = other_task
+        results["after_warmup"][f"{other_task} recall@5"] = _other_task_recall(warm, other_task)
+    results["policies"] = {}
     for policy in policies:
-        run = Trainer(dataclasses.replace(warm_config, refresh=policy, output_dir=f"{config.output_dir}/{policy}"))
-        run.resume(checkpoint)
-        embedded_before = run.refresh.documents_embedded  # the warm-up's count, restored with the checkpoint
-        clock = time.perf_counter()
-        while run.step < warm_config.steps:
-            run.train_step()
-        seconds = time.perf_counter() - clock
-        trained_reembedded = run.refresh.documents_embedded - embedded_before
-        metrics = run.evaluator(generate=False)
-        # The same retriever over a freshly re-embedded corpus: what it learned, staleness aside.
-        run.build_index()
-        fresh = {f"{key} fresh": value for key, value in run.evaluator(generate=False).items()}
-        row = {**metrics, **fresh, "documents_reembedded": trained_reembedded, "seconds": seconds}
-        results["policies"][policy] = row
-        cost = f"{trained_reembedded} documents re-embedded, {seconds:.0f} s"
-        print(f"{policy}: {format_metrics({**metrics, **fresh})}, {cost}")
+        runs = []
+        for seed in seeds:
+            settings = dict(seed=config.seed + seed, output_dir=f"{config.output_dir}/{policy}/seed-{seed}")
+            run = Trainer(dataclasses.replace(policy_config(warm_config, policy), **settings))
+            run.resume(checkpoint)
+            embedded_before = run.refresh.documents_embedded  # the warm-up's count, restored with the checkpoint
+            clock = time.perf_counter()
+            while run.step < warm_config.steps:
+                run.train_step()
+            seconds = time.perf_counter() - clock
+            row = {**run.evaluator(generate=False), "seconds": seconds}
+            row["documents_reembedded"] = run.refresh.documents_embedded - embedded_before
+            if other_task:
+                row[f"{other_task} recall@5"] = _other_task_recall(run, other_task)
+            # The same retriever over a freshly re-embedded corpus: what it learned, staleness aside.
+            run.build_index()
+            row |= {f"{key} fresh": value for key, value in run.evaluator(generate=False).items()}
+            runs.append(row)
+            print(f"{policy} seed {seed}: {format_metrics(row)}")
+        results["policies"][policy] = _summary(policy, runs)
     with open(f"{config.output_dir}/refresh_experiment.json", "w", encoding="utf-8") as handle:
         json.dump({"config": warm_config.to_dict(), **results}, handle, indent=1)
     return results
 
 
+def _other_task_recall(trainer: Trainer, task: str) -> float:
+    """Dev recall@5 of ``trainer``'s retriever and index on another bundled task over the same corpus."""
+    from atlas_fast.data.formats import read_examples
+    from atlas_fast.data.prepare import ensure_prepared
+    from atlas_fast.train.evaluate import Evaluator
+
+    config = trainer.config
+    examples = read_examples(ensure_prepared(config.data_root or None) / task / "dev.jsonl")
+    if config.max_eval_examples:
+        examples = examples[: config.max_eval_examples]
+    evaluator = Evaluator(trainer.reader, trainer.retrieve, examples, (5,), config.n_context, 0, trainer.autocast)
+    return evaluator(generate=False)["recall@5"]
+
+
+def _summary(policy: str, runs: list[dict]) -> dict:
+    """Mean of every metric over the seeds, each seed's recall@1, its spread (std), and the policy's kind."""
+    summary = {key: float(np.mean([run[key] for run in runs])) for key in runs[0]}
+    summary["recall@1_seeds"] = [run["recall@1"] for run in runs]
+    summary["recall@1_std"] = float(np.std(summary["recall@1_seeds"]))
+    summary["kind"] = KINDS[policy.split("+")[0]]
+    return summary
+
+
 def format_table(results: dict) -> str:
-    """A markdown table of the experiment."""
-    keys = [k for k in results["after_warmup"] if k.startswith("recall@")]
-    columns = keys + [f"{k} fresh" for k in keys]
-    header = "| policy | " + " | ".join(columns) + " | documents re-embedded in training | training s |"
-    lines = [header, "|" + "---|" * (len(columns) + 3)]
-    start = " | ".join(f"{results['after_warmup'][k]:.3f}" for k in keys) + " | –" * len(keys)
-    lines.append(f"| (after warm-up, before joint steps) | {start} | – | – |")
+    """A markdown table of the experiment: means over the seeds, recall@1 with its spread."""
+    other = f"{results['other_task']} recall@5" if results.get("other_task") else None
+    recalls = [key for key in results["after_warmup"] if key.startswith("recall@")]  # recall@1 first (eval_k)
+    keys = [*recalls, "recall@1 fresh", *([other] if other else [])]
+    header = "| policy | kind | " + " | ".join(keys) + " | documents re-embedded | training s |"
+    lines = [header, "|" + "---|" * (len(keys) + 4)]
+    start = results["after_warmup"]
+    cells = " | ".join(f"{start[k]:.3f}" if k in start else "–" for k in keys)
+    lines.append(f"| (after warm-up, before joint steps) | – | {cells} | – | – |")
     for policy, row in results["policies"].items():
-        cells = " | ".join(f"{row[k]:.3f}" for k in columns)
-        lines.append(f"| {policy} | {cells} | {row['documents_reembedded']:,} | {row['seconds']:.0f} |")
+        values = [f"{row['recall@1']:.3f} ± {row['recall@1_std']:.3f}"] + [f"{row[k]:.3f}" for k in keys[1:]]
+        cost = f"{row['documents_reembedded']:,.0f} | {row['seconds']:.0f}"
+        lines.append(f"| {policy} | {row['kind']} | " + " | ".join(values) + f" | {cost} |")
     return "\n".join(lines)
+
+
+def plot_results(results: dict, path) -> None:
+    """recall@1 served (mean, with the seeds' spread) against documents re-embedded, one point per policy."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for policy, row in results["policies"].items():
+        seeds = row["recall@1_seeds"]
+        spread = [[row["recall@1"] - min(seeds)], [max(seeds) - row["recall@1"]]]
+        axes.errorbar(row["documents_reembedded"], row["recall@1"], yerr=spread, fmt="o", capsize=3)
+        axes.annotate(
+            policy,
+            (row["documents_reembedded"], row["recall@1"]),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    axes.axhline(results["after_warmup"]["recall@1"], color="grey", linestyle=":", label="after warm-up")
+    axes.set_xlabel("documents re-embedded during the joint steps")
+    axes.set_ylabel("served dev recall@1")
+    axes.set_title(f"Refresh policies, {results['joint_steps']} joint steps, seeds {results['seeds']}")
+    axes.legend(loc="lower right")
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)

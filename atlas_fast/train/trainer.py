@@ -86,6 +86,8 @@ class Trainer:
             config.refresh_budget,
             config.refresh_order,
             config.rerank_candidates,
+            config.refresh_corrector,
+            config.rerank_write_back,
         )
         self.evaluator = Evaluator(
             self.reader,
@@ -166,12 +168,13 @@ class Trainer:
         self.refresh.build()
 
     @torch.no_grad()
-    def retrieve(self, examples: list[Example], k: int) -> list[list[Passage]]:
-        """The top-k passages of each example, as the refresh policy serves them."""
+    def retrieve(self, examples: list[Example], k: int, training: bool = False) -> list[list[Passage]]:
+        """The top-k passages of each example, as the refresh policy serves them (``training``: for this step's
+        batch, which a write-back rerank may refresh the index with)."""
         with eval_mode(self.retriever):
             with self.autocast():
                 query_emb = self.retriever.embed_queries(self.reader.queries(examples))
-            ids = self.refresh.retrieve(query_emb, k)
+            ids = self.refresh.retrieve(query_emb, k, step=self.step if training else None)
         return [[self.passages[i] for i in row if i >= 0] for row in ids]
 
     # ---- training --------------------------------------------------------------------
@@ -196,7 +199,7 @@ class Trainer:
     def retrieved_batch(self, examples: list[Example]) -> RetrievedBatch:
         """The FiD inputs of ``examples`` over their top-K passages (timed as "retrieve")."""
         with self.phase("retrieve"):
-            passages = self.retrieve(examples, self.config.n_context)
+            passages = self.retrieve(examples, self.config.n_context, training=True)
         queries = self.reader.queries(examples)
         input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
         texts = [self.retriever_text(p) for row in passages for p in row]

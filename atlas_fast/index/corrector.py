@@ -1,0 +1,47 @@
+"""Drift correctors: a linear map from old to new document embeddings, fitted on the documents re-embedded
+this step and applied in place to the rows of older encoder versions (`Index.transform`).
+
+Each refresh step re-embeds some documents; their stored (old) and fresh (new) vectors are
+pairs X (n, d) -> Y (n, d). Where the document encoder's drift is close to linear, the map that
+carries X to Y also carries the rows that were not re-embedded most of the way, at the cost of
+one (N, d) x (d, d) product instead of N encoder passes (the idea of correcting stale embeddings
+rather than recomputing them: ANCE's asynchronous refresh, "corrector networks", ICML 2024).
+
+- "procrustes": the orthogonal M minimising ‖X M − Y‖ (M = U Vᵀ from the SVD of Xᵀ Y): rotates,
+  never rescales, so it cannot collapse the index;
+- "linear": least squares towards the identity, M = I + (XᵀX + λI)⁻¹ Xᵀ(Y − X), ridge λ = ``ridge`` ·
+  mean(diag XᵀX); with fewer pairs than dimensions it stays near I where the pairs say nothing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["CORRECTORS", "fit_map"]
+
+CORRECTORS = ("none", "procrustes", "linear")
+
+
+def fit_map(old: np.ndarray, new: np.ndarray, kind: str, ridge: float = 0.1) -> np.ndarray:
+    """The (d, d) float32 map M of kind ``kind`` with old @ M ≈ new.
+
+    Args:
+        old, new: (n, d) the stored and the fresh embeddings of the same n documents, n ≥ 1.
+        kind: "procrustes" or "linear".
+        ridge: the "linear" map's regularisation, relative to the mean squared entry of ``old``.
+    """
+    old, new = np.asarray(old, dtype=np.float64), np.asarray(new, dtype=np.float64)
+    if old.ndim != 2 or old.shape != new.shape or old.shape[0] == 0:
+        raise ValueError(f"old and new must be (n, d) arrays of one shape with n ≥ 1; got {old.shape}, {new.shape}")
+    if not (np.isfinite(old).all() and np.isfinite(new).all()):
+        raise ValueError("old and new must be finite")
+    d = old.shape[1]
+    if kind == "procrustes":
+        u, _, vt = np.linalg.svd(old.T @ new)
+        return (u @ vt).astype(np.float32)
+    if kind == "linear":
+        gram = old.T @ old
+        strength = ridge * max(float(np.trace(gram)) / d, np.finfo(np.float64).tiny)
+        delta = np.linalg.solve(gram + strength * np.eye(d), old.T @ (new - old))
+        return (np.eye(d) + delta).astype(np.float32)
+    raise ValueError(f"kind must be one of {', '.join(CORRECTORS[1:])}; got {kind!r}")

@@ -1,0 +1,172 @@
+"""Refresh remedies: in-place transform of older rows, the drift correctors, write-back rerank.
+
+Each one re-embeds or changes exactly what it promises. The "encoder" here is a known linear
+drift of a base embedding, so what every row must hold afterwards is known exactly.
+"""
+
+import numpy as np
+import pytest
+import torch
+
+from atlas_fast.index import DocumentIndex, TorchDocumentIndex
+from atlas_fast.index.corrector import fit_map
+from atlas_fast.index.refresh import RefreshPolicy
+from atlas_fast.train.config import ConfigError, TrainConfig
+
+N, DIM = 40, 4
+
+
+def _rotation(seed: int, dim: int = DIM) -> np.ndarray:
+    q, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((dim, dim)))
+    return q.astype(np.float32)
+
+
+def _base() -> np.ndarray:
+    return np.random.default_rng(0).standard_normal((N, DIM)).astype(np.float32)
+
+
+def _index(kind: str, dtype: str = "float32"):
+    return DocumentIndex(DIM, dtype) if kind == "host" else TorchDocumentIndex(DIM, dtype, "cpu")
+
+
+@pytest.mark.parametrize("kind", ["host", "torch"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_transform_maps_exactly_the_rows_of_older_versions(kind, dtype):
+    index, base, matrix = _index(kind, dtype), _base(), _rotation(1) * 1.5
+    index.upsert(np.arange(20), base[:20], step=0)
+    index.upsert(np.arange(20, N), base[20:], step=3)
+    index.record_retrieved(np.arange(5))
+    stored = index.get(np.arange(N))
+    assert index.transform(matrix, older_than=3) == 20
+    after = index.get(np.arange(N))
+    rounding = 1e-6 if dtype == "float32" else 2**-7
+    np.testing.assert_allclose(after[:20], stored[:20] @ matrix, rtol=rounding, atol=rounding * 4)
+    np.testing.assert_array_equal(after[20:], stored[20:])  # rows of the current version stay as they are
+    np.testing.assert_array_equal(index.step_of(np.arange(N)), [0] * 20 + [3] * 20)  # steps stay
+    assert set(index.stale_ids(5, "hot").tolist()) == set(range(5))  # so do retrieval counts
+
+
+@pytest.mark.parametrize("kind", ["host", "torch"])
+@pytest.mark.parametrize(
+    ("matrix", "older_than", "message"),
+    [
+        (np.eye(3), 1, r"matrix must have shape \(n, 4\)"),
+        (np.eye(4)[:2], 1, r"matrix must have shape \(4, 4\)"),
+        (np.full((4, 4), np.nan), 1, "matrix contains NaN"),
+        (np.eye(4), -1, "older_than must be an integer"),
+        (np.eye(4), 1.5, "older_than must be an integer"),
+    ],
+)
+def test_transform_names_bad_arguments(kind, matrix, older_than, message):
+    index = _index(kind)
+    index.upsert(np.arange(3), _base()[:3])
+    with pytest.raises(ValueError, match=message):
+        index.transform(matrix, older_than)
+    np.testing.assert_array_equal(index.get(np.arange(3)), _base()[:3])
+
+
+def test_procrustes_recovers_a_rotation_and_linear_a_general_map():
+    rng = np.random.default_rng(2)
+    old = rng.standard_normal((64, 8))
+    rotation = _rotation(3, 8)
+    np.testing.assert_allclose(fit_map(old, old @ rotation, "procrustes"), rotation, atol=1e-5)
+    general = rng.standard_normal((8, 8))
+    np.testing.assert_allclose(fit_map(old, old @ general, "linear", ridge=1e-8), general, atol=1e-4)
+    # With fewer pairs than dimensions, directions the pairs do not span stay where they were (identity).
+    few = rng.standard_normal((3, 8))
+    unseen = np.linalg.svd(few)[2][3:]  # (5, 8) rows orthogonal to every pair
+    mapped = unseen @ fit_map(few, few @ general, "linear")
+    np.testing.assert_allclose(mapped, unseen, atol=1e-5)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        fit_map(old, old, "cubic")
+    with pytest.raises(ValueError, match="n ≥ 1"):
+        fit_map(old[:0], old[:0], "linear")
+
+
+@pytest.mark.parametrize("corrector", ["procrustes", "linear"])
+def test_a_corrector_carries_every_older_row_to_the_new_encoder(corrector):
+    base, drift = _base(), _rotation(4)
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), base, step=0)
+
+    def embed(ids):  # the encoder after step 1: the base embedding under a rotation
+        return base[ids] @ drift
+
+    policy = RefreshPolicy("incremental", index, embed, lambda: np.arange(N), budget=8, corrector=corrector)
+    assert policy.after_step(1) == 8
+    assert policy.documents_embedded == 8 and policy.rows_corrected == N - 8
+    # The 8 re-embedded rows are fresh; the 32 others were mapped by the fitted map onto what the new
+    # encoder would make of them (exactly for a rotation; "linear" is shrunk towards the identity by
+    # its ridge), without being re-embedded.
+    stored, truth = index.get(np.arange(N)), base @ drift
+    np.testing.assert_allclose(stored[:8], truth[:8], atol=1e-6)
+    if corrector == "procrustes":
+        np.testing.assert_allclose(stored, truth, atol=1e-4)
+    else:
+        assert np.abs(stored[8:] - truth[8:]).mean() < 0.3 * np.abs(base[8:] - truth[8:]).mean()
+    np.testing.assert_array_equal(np.sort(np.flatnonzero(index.step_of(np.arange(N)) == 1)), np.sort(np.arange(8)))
+
+
+def test_a_frozen_encoder_step_corrects_nothing():
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), _base())
+    policy = RefreshPolicy("incremental", index, lambda ids: _base()[ids] * 2, lambda: np.arange(N), corrector="linear")
+    assert policy.after_step(1, encoder_changed=False) == 0
+    assert policy.rows_corrected == 0
+    np.testing.assert_array_equal(index.get(np.arange(N)), _base())
+
+
+def test_write_back_rerank_upserts_the_candidates_it_re_embedded_while_training():
+    base, drift = _base(), _rotation(5)
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), base, step=0)
+
+    def embed(ids):
+        return base[ids] @ drift
+
+    policy = RefreshPolicy("rerank", index, embed, lambda: np.arange(N), candidates=6, write_back=True)
+    queries = torch.from_numpy(base[:3] @ drift)
+    candidates = index.search(queries.numpy(), 6)[1]
+    ids = policy.retrieve(queries, 2, step=7)
+    assert ids.shape == (3, 2) and policy.documents_embedded == 18
+    written = np.unique(candidates)
+    np.testing.assert_allclose(index.get(written), base[written] @ drift, atol=1e-6)
+    np.testing.assert_array_equal(index.step_of(written), 7)
+    others = np.setdiff1d(np.arange(N), written)
+    np.testing.assert_array_equal(index.get(others), base[others])
+    # An evaluation retrieval (no step) re-scores but writes nothing.
+    before = index.get(np.arange(N))
+    policy.retrieve(torch.from_numpy(base[10:12]), 2)
+    np.testing.assert_array_equal(index.get(np.arange(N)), before)
+
+
+def test_policy_options_are_checked():
+    index = DocumentIndex(DIM)
+    with pytest.raises(ValueError, match="corrector must be one of"):
+        RefreshPolicy("incremental", index, lambda ids: ids, lambda: np.arange(0), corrector="magic")
+    with pytest.raises(ConfigError, match="rerank_write_back needs refresh"):
+        TrainConfig.tiny(refresh="incremental", rerank_write_back=True)
+    with pytest.raises(ConfigError, match="refresh_corrector"):
+        TrainConfig.tiny(refresh_corrector="magic")
+
+
+def test_the_experiment_runs_every_policy_and_seed_from_one_warm_up(tmp_path):
+    import json
+
+    from atlas_fast.train.experiment import format_table, plot_results, refresh_experiment
+    from atlas_fast.train.tiny import tiny_config
+
+    config = tiny_config(tmp_path, freeze_retriever_steps=1, rerank_candidates=6)
+    policies = ("none", "incremental+procrustes", "rerank+write-back")
+    results = refresh_experiment(config, joint_steps=2, policies=policies, seeds=(0, 1), other_task=None)
+    assert list(results["policies"]) == list(policies)
+    for name, row in results["policies"].items():
+        assert len(row["recall@1_seeds"]) == 2 and row["recall@1"] == pytest.approx(np.mean(row["recall@1_seeds"]))
+        assert row["kind"] == name.split("+")[0]
+    assert results["policies"]["none"]["documents_reembedded"] == 0
+    assert results["policies"]["incremental+procrustes"]["documents_reembedded"] == 2 * config.refresh_budget
+    stored = json.loads((tmp_path / "run" / "refresh_experiment.json").read_text())
+    assert stored["policies"].keys() == results["policies"].keys()
+    assert "rerank+write-back" in format_table(results)
+    plot_results(results, tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
