@@ -75,6 +75,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="comma-separated POLICY[+OPTION] names (default: none, full, incremental, rerank and two remedies)",
     )
     refresh.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each a run per policy")
+    refresh.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
     return parser
 
 
@@ -119,7 +120,7 @@ def _run(args: argparse.Namespace) -> int:
         config = TrainConfig.load(args.config, args.overrides)
         policies = tuple(args.policies.split(",")) if args.policies else EXPERIMENT_POLICIES
         seeds = tuple(int(seed) for seed in args.seeds.split(","))
-        results = refresh_experiment(config, args.joint_steps, policies, seeds)
+        results = refresh_experiment(config, args.joint_steps, policies, seeds, warm_checkpoint=args.warm_checkpoint)
         print(format_table(results))
         plot_results(results, f"{config.output_dir}/refresh_experiment.png")
     return 0

@@ -7,8 +7,11 @@ carries X to Y also carries the rows that were not re-embedded most of the way, 
 one (N, d) x (d, d) product instead of N encoder passes (the idea of correcting stale embeddings
 rather than recomputing them: ANCE's asynchronous refresh, "corrector networks", ICML 2024).
 
-- "procrustes": the orthogonal M minimising ‖X M − Y‖ (M = U Vᵀ from the SVD of Xᵀ Y): rotates,
-  never rescales, so it cannot collapse the index;
+- "procrustes": the orthogonal M maximising tr(Mᵀ(XᵀY + λI)) (M = U Vᵀ from its SVD): the rotation
+  that best carries X to Y, pulled towards the identity by λ = ``ridge`` · mean(diag XᵀX). It rotates,
+  never rescales. The identity term matters: with fewer pairs than dimensions XᵀY has no rank in
+  the directions the pairs do not span, and plain Procrustes rotates those arbitrarily (measured:
+  served recall@1 fell from 0.29 to 0.05 with 100 pairs in d = 384);
 - "linear": least squares towards the identity, M = I + (XᵀX + λI)⁻¹ Xᵀ(Y − X), ridge λ = ``ridge`` ·
   mean(diag XᵀX); with fewer pairs than dimensions it stays near I where the pairs say nothing.
 """
@@ -36,12 +39,12 @@ def fit_map(old: np.ndarray, new: np.ndarray, kind: str, ridge: float = 0.1) -> 
     if not (np.isfinite(old).all() and np.isfinite(new).all()):
         raise ValueError("old and new must be finite")
     d = old.shape[1]
+    gram = old.T @ old
+    strength = ridge * max(float(np.trace(gram)) / d, np.finfo(np.float64).tiny)
     if kind == "procrustes":
-        u, _, vt = np.linalg.svd(old.T @ new)
+        u, _, vt = np.linalg.svd(old.T @ new + strength * np.eye(d))
         return (u @ vt).astype(np.float32)
     if kind == "linear":
-        gram = old.T @ old
-        strength = ridge * max(float(np.trace(gram)) / d, np.finfo(np.float64).tiny)
         delta = np.linalg.solve(gram + strength * np.eye(d), old.T @ (new - old))
         return (np.eye(d) + delta).astype(np.float32)
     raise ValueError(f"kind must be one of {', '.join(CORRECTORS[1:])}; got {kind!r}")

@@ -64,21 +64,31 @@ def refresh_experiment(
     policies: tuple[str, ...] = EXPERIMENT_POLICIES,
     seeds: tuple[int, ...] = (0, 1, 2),
     other_task: str | None = "wiki-qa",
+    warm_checkpoint: str | None = None,
 ) -> dict:
     """Warm the reader for ``config.freeze_retriever_steps`` steps, then run ``joint_steps`` under each policy,
     once per seed (the seed orders the joint steps' batches), all from the one warm-up checkpoint.
 
     ``other_task``: a second bundled task whose dev recall@5 is measured before the joint steps and after
     each run (does training on ``config.task`` specialise the retriever?); None skips it.
+    ``warm_checkpoint``: a warm-up checkpoint of an earlier experiment with the same configuration to start
+    from, instead of warming up again (so further policies or seeds join the same shared warm-up).
     """
     warm_config = dataclasses.replace(config, refresh="none", steps=config.freeze_retriever_steps + joint_steps)
     warm = Trainer(warm_config)
-    warm.build_index()
-    before = warm.evaluator(generate=False)
-    print("before joint training: " + format_metrics(before))
-    while warm.step < config.freeze_retriever_steps:
-        warm.train_step()
-    checkpoint = warm.save_checkpoint()
+    if warm_checkpoint is None:
+        warm.build_index()
+        before = warm.evaluator(generate=False)
+        print("before joint training: " + format_metrics(before))
+        while warm.step < config.freeze_retriever_steps:
+            warm.train_step()
+        checkpoint = warm.save_checkpoint()
+    else:
+        before, checkpoint = None, warm_checkpoint
+        warm.resume(checkpoint)
+        if warm.step != config.freeze_retriever_steps:
+            wanted = config.freeze_retriever_steps
+            raise ValueError(f"{checkpoint} is at step {warm.step}, not freeze_retriever_steps = {wanted}")
     start = warm.evaluator(generate=False)
     results = {"before": before, "after_warmup": start, "joint_steps": joint_steps, "seeds": list(seeds)}
     if other_task:
