@@ -167,6 +167,8 @@ def test_the_experiment_runs_every_policy_and_seed_from_one_warm_up(tmp_path):
         assert row["kind"] == name.split("+")[0]
     assert results["policies"]["none"]["documents_reembedded"] == 0
     assert results["policies"]["incremental+procrustes"]["documents_reembedded"] == 2 * config.refresh_budget
+    # Training cost only: 2 steps x 4 questions x 6 candidates, not the evaluation's reranking too.
+    assert results["policies"]["rerank+write-back"]["documents_reembedded"] == 2 * 4 * 6
     stored = json.loads((tmp_path / "run" / "refresh_experiment.json").read_text())
     assert stored["policies"].keys() == results["policies"].keys()
     assert "rerank+write-back" in format_table(results)
