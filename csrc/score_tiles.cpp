@@ -62,6 +62,20 @@ __attribute__((target("avx512f"))) inline void store_sums_4x4(const __m512 (&acc
   for (int j = 0; j < 16; ++j) out[(j / 4) * out_stride + j % 4] = lanes[j];
 }
 
+// out[q * out_stride + r] = the lane sum of acc[q][r]: the 4 x 4 transpose-and-add, else one reduction each.
+template <int RB, int QB>
+__attribute__((target("avx512f"))) inline void store_block_sums(const __m512 (&acc)[QB][RB], float* out,
+                                                               int64_t out_stride) {
+  if constexpr (RB == 4 && QB == 4) {
+    store_sums_4x4(acc, out, out_stride);
+  } else {
+#pragma GCC unroll 16
+    for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
+  }
+}
+
 template <StorageType T>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline __m512 load16_avx512(const void* rows, int64_t offset,
                                                                                 __mmask16 mask) {
@@ -101,14 +115,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) inline void block_
       for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_fmadd_ps(query, row[r], acc[q][r]);
     }
   }
-  if constexpr (RB == 4 && QB == 4) {
-    store_sums_4x4(acc, out, out_stride);
-  } else {
-#pragma GCC unroll 16
-    for (int q = 0; q < QB; ++q)
-#pragma GCC unroll 16
-      for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
-  }
+  store_block_sums<RB, QB>(acc, out, out_stride);
 }
 
 template <StorageType T, int QB>
@@ -182,14 +189,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) inline void bloc
       for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_dpbf16_ps(acc[q][r], query, row[r]);
     }
   }
-  if constexpr (RB == 4 && QB == 4) {
-    store_sums_4x4(acc, out, out_stride);
-  } else {
-#pragma GCC unroll 16
-    for (int q = 0; q < QB; ++q)
-#pragma GCC unroll 16
-      for (int r = 0; r < RB; ++r) out[q * out_stride + r] = _mm512_reduce_add_ps(acc[q][r]);
-  }
+  store_block_sums<RB, QB>(acc, out, out_stride);
 }
 
 // One query: rows one after another (a linear stream the hardware prefetcher follows at full speed, where
