@@ -60,9 +60,9 @@ def test_pdist_gold_scores(benchmark, monkeypatch, provider, hidden_size, n_pair
 @pytest.mark.parametrize("provider", ["atlas_k_passes", "batched_cached_projections"])
 def test_loop_gold_scores(benchmark, provider):
     """LOOP on a T5-small-sized random reader (6+6 layers, d_model 512): B=2, K=20 passages of L=128, T=16."""
-    from atlas_fast.loop import loop_gold_scores
     from transformers import T5Config, T5ForConditionalGeneration
 
+    from atlas_fast.gold_scores import loop_gold_scores
     from atlas_fast.reference.atlas import atlas_loop_score
 
     B, K, L, T = 2, 20, 128, 16
