@@ -41,6 +41,10 @@ class DocumentIndex:
     def stale_ids(self, budget: int, policy: str) -> Ids:
         """Up to ``budget`` ids: "oldest" step first, or "hot" (most retrieved) first; ties by smaller id."""
     def drift(self, reset: bool) -> tuple[float, int]: ...
+    def transform(
+        self, matrix: npt.NDArray[np.float32], older_than: int, normalize: bool = False, n_threads: int = 0
+    ) -> int:
+        """v <- v @ matrix for rows with step < older_than (unit norm after, with ``normalize``); rows transformed."""
     def export_rows(
         self, start: int, count: int
     ) -> tuple[Ids, npt.NDArray[np.int32], npt.NDArray[np.uint32], npt.NDArray[np.float32] | npt.NDArray[np.uint16]]:

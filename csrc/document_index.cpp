@@ -304,7 +304,7 @@ std::pair<double, int64_t> DocumentIndex::drift(bool reset) {
   return result;
 }
 
-int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, int n_threads) {
+int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, bool normalize, int n_threads) {
   std::unique_lock lock(mutex_);
   const int64_t n_rows = static_cast<int64_t>(row_ids_.size());
   int64_t transformed = 0;
@@ -325,6 +325,15 @@ int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, int n_
         const float* matrix_row = matrix + i * dim_;
 #pragma omp simd
         for (int64_t j = 0; j < dim_; ++j) new_vector[j] += weight * matrix_row[j];
+      }
+      if (normalize) {  // back onto the unit sphere of a cosine index (a zero row stays zero)
+        double squares = 0.0;
+        for (int64_t j = 0; j < dim_; ++j) squares += static_cast<double>(new_vector[j]) * new_vector[j];
+        if (squares > 0.0) {
+          const float inverse = static_cast<float>(1.0 / std::sqrt(squares));
+#pragma omp simd
+          for (int64_t j = 0; j < dim_; ++j) new_vector[j] *= inverse;
+        }
       }
       convert_from_float(type_, new_vector.data(), row_ptr(row), dim_);
       ++transformed;

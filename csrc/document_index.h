@@ -62,8 +62,9 @@ class DocumentIndex {
   // Mean cosine(old, new) over rows overwritten since the last reset, and their count.
   std::pair<double, int64_t> drift(bool reset);
   // v <- v M (matrix: dim x dim fp32, row-major) for every row embedded before step `older_than`, in place
-  // (rounded back to the storage type); steps and retrieval counts stay. Returns the rows transformed.
-  int64_t transform(const float* matrix, int32_t older_than, int n_threads);
+  // (rounded back to the storage type), then, with `normalize`, rescaled to unit norm; steps and retrieval
+  // counts stay. Returns the rows transformed.
+  int64_t transform(const float* matrix, int32_t older_than, bool normalize, int n_threads);
 
   // Bulk state access for persistence: rows [start, start + count).
   void export_rows(int64_t start, int64_t count, int64_t* ids, int32_t* steps, uint32_t* retrieved,

@@ -162,13 +162,13 @@ void bind_document_index(py::module_& m) {
       .def("drift", &DocumentIndex::drift, py::arg("reset"), py::call_guard<py::gil_scoped_release>())
       .def(
           "transform",
-          [](DocumentIndex& self, FloatArray matrix, int32_t older_than, int n_threads) {
+          [](DocumentIndex& self, FloatArray matrix, int32_t older_than, bool normalize, int n_threads) {
             require_rows(matrix, self.dim(), self.dim(), "matrix");
             const float* matrix_ptr = matrix.data();
             py::gil_scoped_release release;
-            return self.transform(matrix_ptr, older_than, n_threads);
+            return self.transform(matrix_ptr, older_than, normalize, n_threads);
           },
-          py::arg("matrix"), py::arg("older_than"), py::arg("n_threads") = 0)
+          py::arg("matrix"), py::arg("older_than"), py::arg("normalize") = false, py::arg("n_threads") = 0)
       .def("export_rows",
            [](const DocumentIndex& self, int64_t start, int64_t count) {
              IdArray ids(count);

@@ -44,6 +44,21 @@ def test_transform_maps_exactly_the_rows_of_older_versions(kind, dtype):
     np.testing.assert_array_equal(after[20:], stored[20:])  # rows of the current version stay as they are
     np.testing.assert_array_equal(index.step_of(np.arange(N)), [0] * 20 + [3] * 20)  # steps stay
     assert set(index.stale_ids(5, "hot").tolist()) == set(range(5))  # so do retrieval counts
+    # normalize: the mapped rows end on the unit sphere, in the direction of the mapped vector.
+    assert index.transform(matrix, older_than=3, normalize=True) == 20
+    mapped = after[:20] @ matrix
+    unit = index.get(np.arange(20))
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, rtol=rounding * 2)
+    np.testing.assert_allclose(unit, mapped / np.linalg.norm(mapped, axis=1, keepdims=True), atol=rounding * 2)
+    np.testing.assert_array_equal(index.get(np.arange(20, N)), stored[20:])
+
+
+@pytest.mark.parametrize("kind", ["host", "torch"])
+def test_normalising_transform_leaves_a_zero_row_zero(kind):
+    index = _index(kind)
+    index.upsert(np.arange(2), np.array([[0, 0, 0, 0], [3, 0, 4, 0]], np.float32))
+    assert index.transform(np.eye(DIM), older_than=1, normalize=True) == 2
+    np.testing.assert_allclose(index.get(np.arange(2)), [[0, 0, 0, 0], [0.6, 0, 0.8, 0]], atol=1e-7)
 
 
 @pytest.mark.parametrize("kind", ["host", "torch"])
@@ -98,7 +113,7 @@ def test_a_corrector_carries_every_older_row_to_the_new_encoder(corrector):
     def embed(ids):  # the encoder after step 1: the base embedding under a rotation
         return base[ids] @ drift
 
-    policy = RefreshPolicy("incremental", index, embed, lambda: np.arange(N), budget=8, corrector=corrector)
+    policy = RefreshPolicy("incremental", index, embed, lambda: np.arange(N), budget=8, corrector=corrector, ridge=0.1)
     assert policy.after_step(1) == 8
     assert policy.documents_embedded == 8 and policy.rows_corrected == N - 8
     # The 8 re-embedded rows are fresh; the 32 others were mapped by the fitted map most of the way to what
@@ -107,6 +122,80 @@ def test_a_corrector_carries_every_older_row_to_the_new_encoder(corrector):
     np.testing.assert_allclose(stored[:8], truth[:8], atol=1e-6)
     assert np.abs(stored[8:] - truth[8:]).mean() < 0.3 * np.abs(base[8:] - truth[8:]).mean()
     np.testing.assert_array_equal(np.sort(np.flatnonzero(index.step_of(np.arange(N)) == 1)), np.sort(np.arange(8)))
+
+
+def test_the_scale_corrector_puts_a_shrunk_encoder_and_the_older_rows_on_one_scale():
+    # The drift the diagnosis measured: every embedding shrinks (here by 0.45) and turns a little.
+    base, shrink = _base(), 0.45
+    rng = np.random.default_rng(5)
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), base, step=0)
+    noise = 0.01 * rng.standard_normal(base.shape).astype(np.float32)
+    policy = RefreshPolicy(
+        "incremental",
+        index,
+        lambda ids: shrink * base[ids] + noise[ids],
+        lambda: np.arange(N),
+        budget=5,
+        corrector="scale",
+    )
+    assert policy.after_step(1) == 5 and policy.rows_corrected == N - 5
+    stored = index.get(np.arange(N))
+    # The older rows were rescaled, not turned: each is its old vector times one factor, the fitted shrink.
+    factor = np.sum(stored[5:] * base[5:], axis=1) / np.sum(base[5:] ** 2, axis=1)
+    np.testing.assert_allclose(factor, factor[0], rtol=1e-5)
+    assert factor[0] == pytest.approx(shrink, abs=0.01)
+    np.testing.assert_allclose(stored[:5], shrink * base[:5] + noise[:5], rtol=1e-6)
+    assert np.isclose(fit_map(base, 2 * base, "scale"), 2 * np.eye(DIM)).all()
+
+
+def _unit(vectors: np.ndarray) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True)
+
+
+def test_a_normalising_policy_writes_unit_rows_and_corrects_onto_the_unit_sphere():
+    base, drift = _base(), 0.4 * _rotation(6)  # the encoder shrinks and turns
+    index = DocumentIndex(DIM)
+    policy = RefreshPolicy(
+        "incremental", index, lambda ids: base[ids] @ drift, lambda: np.arange(N), budget=8, corrector="linear"
+    )
+    policy.normalize = True
+    policy.embed = lambda ids: base[ids]  # the build: the encoder before the step
+    policy.build()
+    np.testing.assert_allclose(index.get(np.arange(N)), _unit(base), rtol=1e-6)
+    policy.embed = lambda ids: base[ids] @ drift
+    assert policy.after_step(1) == 8 and policy.rows_corrected == N - 8
+    stored = index.get(np.arange(N))
+    np.testing.assert_allclose(stored[:8], _unit(base[:8] @ drift), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(stored, axis=1), 1.0, rtol=1e-5)
+    # The corrected rows turned towards the new encoder's directions.
+    truth = _unit(base[8:] @ drift)
+    assert np.sum(stored[8:] * truth, axis=1).mean() > np.sum(_unit(base[8:]) * truth, axis=1).mean()
+
+
+def test_a_normalising_policy_normalises_a_dot_product_index_it_restores_once():
+    base = _base()
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), base, step=3)
+    policy = RefreshPolicy("incremental", index, lambda ids: base[ids], lambda: np.arange(N), normalize=True)
+    policy.load_state_dict({"documents_embedded": 5})  # a checkpoint of a dot-product run (or an older one)
+    np.testing.assert_allclose(index.get(np.arange(N)), _unit(base), rtol=1e-6)
+    np.testing.assert_array_equal(index.step_of(np.arange(N)), 3)  # versions stay
+    assert policy.state_dict() == {"documents_embedded": 5, "index_normalized": True}
+    index.upsert([0], base[:1] * 7, step=4)  # not unit: a state that says normalised is taken at its word
+    policy.load_state_dict(policy.state_dict())
+    np.testing.assert_array_equal(index.get([0]), base[:1] * 7)
+
+
+def test_a_normalising_rerank_scores_by_cosine():
+    base = _base()
+    base[3] *= 50  # a long vector wins every dot product, not every cosine
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), base)
+    policy = RefreshPolicy("rerank", index, lambda ids: base[ids], lambda: np.arange(N), candidates=N, normalize=True)
+    queries = torch.from_numpy(base[[5, 9]])
+    ids = policy.retrieve(queries, 1)
+    np.testing.assert_array_equal(ids[:, 0], [5, 9])
 
 
 def test_a_frozen_encoder_step_corrects_nothing():

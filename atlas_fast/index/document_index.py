@@ -257,7 +257,7 @@ class DocumentIndex:
         """
         return self._core.drift(reset)
 
-    def transform(self, matrix, older_than: int) -> int:
+    def transform(self, matrix, older_than: int, normalize: bool = False) -> int:
         """Map every row embedded before step ``older_than`` through ``matrix`` in place: v <- v @ matrix.
 
         A drift corrector's write (`atlas_fast.index.corrector`): rows of older encoder versions are moved
@@ -266,6 +266,7 @@ class DocumentIndex:
         Args:
             matrix: (d, d) finite floats.
             older_than: rows with step < older_than are transformed, 0 ≤ older_than < 2³¹.
+            normalize: rescale each mapped row to unit norm (an index of normalised embeddings; zero rows stay).
 
         Returns:
             How many rows were transformed.
@@ -275,7 +276,7 @@ class DocumentIndex:
             raise ValueError(f"matrix must have shape ({self.dim}, {self.dim}); got {matrix.shape}")
         older_than = _as_step(older_than, "older_than")
         with self._writing:
-            return int(self._core.transform(matrix, older_than, self._threads()))
+            return int(self._core.transform(matrix, older_than, bool(normalize), self._threads()))
 
     def memory_bytes(self) -> int:
         """Bytes held by the index (vector blocks, per-document metadata, id map)."""

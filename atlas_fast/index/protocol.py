@@ -62,8 +62,9 @@ class Index(Protocol):
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """(≤ budget,) int64 the next ids to re-embed: "oldest" step first, or "hot" (most retrieved) first."""
 
-    def transform(self, matrix, older_than: int) -> int:
-        """v <- v @ matrix (d, d) in place for every row embedded before step ``older_than``; returns how many."""
+    def transform(self, matrix, older_than: int, normalize: bool = False) -> int:
+        """v <- v @ matrix (d, d) in place for every row embedded before step ``older_than`` (then rescaled to unit
+        norm with ``normalize``); returns how many."""
 
     def drift(self, reset: bool = True) -> tuple[float, int]:
         """(mean cosine of old and new vectors of documents overwritten since the last reset, their count)."""

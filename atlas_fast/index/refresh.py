@@ -11,10 +11,14 @@ whole corpus every N steps ("full"); the alternatives here trade freshness for c
   query and re-score them with the current encoder (cost paid per query, not per corpus);
 - "query-side": the passage encoder is frozen, so the index never goes stale (RAG).
 
-Two options make a refresh do more with the embeddings it pays for:
+Three options make a refresh do more with the embeddings it pays for:
+- ``normalize``: every embedding written to the index is rescaled to unit norm, so retrieval ranks by
+  cosine. Measured (`atlas-fast experiment refresh-diagnosis`): joint training shrinks the retriever's
+  embeddings (norm 3.0 -> 1.4 in 50 steps), so in a dot-product index the rows of newer encoder versions
+  score below every older row and drop out of the top-k; unit rows compete on direction alone;
 - ``corrector`` ("procrustes" | "linear", atlas_fast.index.corrector): after each refresh, a
   map fitted from the re-embedded documents' old to new vectors is applied in place to every
-  row of an older encoder version;
+  row of an older encoder version (then rescaled to unit norm under ``normalize``);
 - ``write_back`` ("rerank"): the candidates re-embedded for reranking during training are
   upserted into the index, so the per-query cost doubles as refresh.
 
@@ -61,6 +65,9 @@ class RefreshPolicy:
         candidates: "rerank" documents retrieved per query before re-scoring.
         corrector: one of CORRECTORS ("none" keeps older rows as they are).
         write_back: "rerank" upserts its fresh candidate embeddings when retrieving for training.
+        normalize: write unit-norm embeddings (retrieval by cosine); an index restored from a checkpoint of
+            a dot-product run is normalised in place when the state is loaded.
+        ridge: the corrector's pull towards the identity (`corrector.fit_map`).
     """
 
     def __init__(
@@ -75,6 +82,8 @@ class RefreshPolicy:
         candidates: int = 20,
         corrector: str = "none",
         write_back: bool = False,
+        normalize: bool = False,
+        ridge: float = 1.0,
     ):
         if name not in POLICIES:
             raise ValueError(f"refresh policy must be one of {', '.join(POLICIES)}; got {name!r}")
@@ -90,17 +99,26 @@ class RefreshPolicy:
         self.candidates = candidates
         self.corrector = corrector
         self.write_back = write_back
+        self.normalize = normalize
+        self.ridge = ridge
         self.documents_embedded = 0
         self.rows_corrected = 0  # rows the corrector has transformed, summed over steps
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         self.documents_embedded += int(ids.size)
-        return self.embed(ids) if ids.size else np.empty((0, self.index.dim), np.float32)
+        return self._written(self.embed(ids)) if ids.size else np.empty((0, self.index.dim), np.float32)
+
+    def _written(self, vectors: np.ndarray) -> np.ndarray:
+        """``vectors`` as the index stores them: unit norm under ``normalize`` (a zero vector stays zero)."""
+        if not self.normalize:
+            return vectors
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return (vectors / np.maximum(norms, np.finfo(np.float32).tiny)).astype(np.float32)
 
     def build(self) -> None:
         """Embed every document this rank owns into the index at step 0 (not counted as refresh cost)."""
         ids = self.owned_ids()
-        self.index.upsert(ids, self.embed(ids), step=0)
+        self.index.upsert(ids, self._written(self.embed(ids)), step=0)
 
     def retrieve(self, query_emb: torch.Tensor, k: int, step: int | None = None) -> np.ndarray:
         """(B, k) int64 ids of the top-k documents of each (B, d) query, recorded as retrieved.
@@ -148,11 +166,16 @@ class RefreshPolicy:
         # Also when empty: a ShardedIndex's upsert is collective, and every rank takes part.
         self.index.upsert(ids, vectors, step=step)
         if correct and ids.size:  # each rank corrects its own rows with the map its own documents fit
-            self.rows_corrected += self.index.transform(fit_map(old, vectors, self.corrector), older_than=step)
+            matrix = fit_map(old, vectors, self.corrector, self.ridge)
+            self.rows_corrected += self.index.transform(matrix, older_than=step, normalize=self.normalize)
         return int(ids.size)
 
     def state_dict(self) -> dict:
-        return {"documents_embedded": self.documents_embedded}
+        return {"documents_embedded": self.documents_embedded, "index_normalized": self.normalize}
 
     def load_state_dict(self, state: dict) -> None:
+        """Restore the counts (after ``index`` was set to the checkpoint's); a dot-product index (a state without
+        "index_normalized": an older checkpoint) is normalised in place when this policy normalises."""
         self.documents_embedded = int(state["documents_embedded"])
+        if self.normalize and not state.get("index_normalized", False):
+            self.index.transform(np.eye(self.index.dim, dtype=np.float32), older_than=2**31 - 1, normalize=True)

@@ -166,10 +166,10 @@ class ShardedIndex:
         """This rank's shard's next ≤ budget ids to re-embed (not collective: each rank refreshes its own)."""
         return self.local.stale_ids(budget, policy)
 
-    def transform(self, matrix, older_than: int) -> int:
+    def transform(self, matrix, older_than: int, normalize: bool = False) -> int:
         """Map this rank's rows embedded before ``older_than`` through ``matrix`` (not collective: each rank
         corrects its own shard, with the map it fitted on its own documents). Returns the rows transformed."""
-        return self.local.transform(matrix, older_than)
+        return self.local.transform(matrix, older_than, normalize)
 
     def drift(self, reset: bool = True) -> tuple[float, int]:
         """Mean cosine of old and new vectors over every shard's overwritten documents, and their count."""

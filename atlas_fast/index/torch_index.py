@@ -286,7 +286,7 @@ class TorchDocumentIndex:
         return result
 
     @_serialised
-    def transform(self, matrix, older_than: int) -> int:
+    def transform(self, matrix, older_than: int, normalize: bool = False) -> int:
         """Map every row embedded before step ``older_than`` through ``matrix`` in place (see DocumentIndex)."""
         matrix = _as_matrix("matrix", matrix, self._dim)
         if matrix.shape[0] != self._dim:
@@ -296,6 +296,8 @@ class TorchDocumentIndex:
         if rows.size:
             index = torch.from_numpy(rows).to(self.device)
             mapped = self._rows[index].float() @ torch.from_numpy(matrix).to(self.device)
+            if normalize:  # zero rows stay zero
+                mapped = mapped / mapped.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
             self._rows[index] = mapped.to(self._rows.dtype)
         return int(rows.size)
 

@@ -41,7 +41,7 @@ NUMERIC_RANGES: dict[str, tuple[float, bool]] = {
     **dict.fromkeys(("n_context", "refresh_every", "rerank_candidates", "steps", "batch_size"), (1, False)),
     **dict.fromkeys(("accumulation_steps", "eval_k"), (1, False)),
     **dict.fromkeys(("temperature_score", "temperature_gold", "reader_lr"), (0, True)),
-    **dict.fromkeys(("retriever_lr", "weight_decay", "clip_norm", "time_budget_s"), (0, False)),
+    **dict.fromkeys(("retriever_lr", "weight_decay", "clip_norm", "time_budget_s", "corrector_ridge"), (0, False)),
     **dict.fromkeys(("refresh_budget", "warmup_steps", "freeze_retriever_steps", "warmup_cache_examples"), (0, False)),
     **dict.fromkeys(("seed", "eval_every", "eval_generate_examples", "checkpoint_every"), (0, False)),
 }
@@ -85,7 +85,9 @@ class TrainConfig:
     refresh_order: str = "oldest"  # "oldest" | "hot"
     rerank_candidates: int = 20  # "rerank": over-retrieve this many, re-score with the current encoder
     rerank_write_back: bool = False  # "rerank": upsert the re-scored candidates' fresh embeddings while training
-    refresh_corrector: str = "none"  # "none" | "procrustes" | "linear": map older rows after each refresh
+    refresh_corrector: str = "none"  # "none" | "scale" | "procrustes" | "linear": map older rows after a refresh
+    corrector_ridge: float = 1.0  # the corrector's pull towards the identity, relative to the pairs' mean square
+    index_normalize: bool = False  # unit-norm document rows: retrieval by cosine (training scores stay dot products)
     index_dtype: str = "float32"
     index_device: str = "host"  # "host": the C++ DocumentIndex; a torch device ("cuda", "auto"): TorchDocumentIndex
     device: str = "auto"  # models: "auto" = this rank's GPU when there is one, else "cpu"

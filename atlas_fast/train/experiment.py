@@ -4,9 +4,11 @@ One reader warm-up (retriever frozen, the index built once), checkpointed; then,
 that same checkpoint, the same number of joint PDist steps under each refresh policy:
 "none" (documents frozen where they were embedded while the encoder moves), "full"
 every N steps (Atlas), "incremental" with a per-step budget, "rerank" (over-retrieve,
-re-score with the current encoder), and the remedies named POLICY+OPTION: "+procrustes" or
-"+linear" (a drift corrector after each incremental refresh), "+write-back" (rerank's fresh
-candidate embeddings upserted while training). Reported: dev recall@k as served by each policy's
+re-score with the current encoder), "query-side" (the passage encoder frozen), and the remedies
+named POLICY+OPTION: "+normalized" (unit-norm rows, retrieval by cosine), "+scale", "+linear" or
+"+procrustes" (a drift corrector after each incremental refresh), "+hot" (re-embed the most
+retrieved first), "+write-back" (rerank's fresh candidate embeddings upserted while training),
+"+every=N", "+budget=N", "+candidates=N". Reported: dev recall@k as served by each policy's
 index after the joint steps, the same retriever's recall over a freshly re-embedded corpus
 ("fresh": what it learned, staleness aside), and the documents each policy re-embedded
 while training (its cost).
@@ -16,22 +18,25 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 
 import numpy as np
 
+from atlas_fast.index.corrector import CORRECTORS
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.run import format_metrics
 from atlas_fast.train.trainer import Trainer
 
-__all__ = ["EXPERIMENT_POLICIES", "format_table", "plot_results", "policy_config", "refresh_experiment"]
+__all__ = ["EXPERIMENT_POLICIES", "format_table", "plot_results", "policy_config", "refresh_experiment", "warm_start"]
 
 EXPERIMENT_POLICIES = ("none", "full", "incremental", "rerank", "incremental+procrustes", "rerank+write-back")
 # What each +OPTION of a policy name sets.
 OPTIONS = {
-    "procrustes": {"refresh_corrector": "procrustes"},
-    "linear": {"refresh_corrector": "linear"},
+    **{corrector: {"refresh_corrector": corrector} for corrector in CORRECTORS if corrector != "none"},
     "write-back": {"rerank_write_back": True},
+    "normalized": {"index_normalize": True},
+    "hot": {"refresh_order": "hot"},
 }
 
 
@@ -43,6 +48,8 @@ def policy_config(config: TrainConfig, name: str) -> TrainConfig:
     """``config`` under the policy ``name`` = POLICY[+OPTION...], e.g. "incremental+budget=100+procrustes"."""
     policy, *options = name.split("+")
     settings = {"refresh": policy}
+    if policy == "query-side":  # a frozen passage encoder of its own, starting from the shared weights
+        settings["untied_retriever"] = True
     for option in options:
         key, _, value = option.partition("=")
         if option in OPTIONS:
@@ -74,21 +81,8 @@ def refresh_experiment(
     ``warm_checkpoint``: a warm-up checkpoint of an earlier experiment with the same configuration to start
     from, instead of warming up again (so further policies or seeds join the same shared warm-up).
     """
-    warm_config = dataclasses.replace(config, refresh="none", steps=config.freeze_retriever_steps + joint_steps)
-    warm = Trainer(warm_config)
-    if warm_checkpoint is None:
-        warm.build_index()
-        before = warm.evaluator(generate=False)
-        print("before joint training: " + format_metrics(before))
-        while warm.step < config.freeze_retriever_steps:
-            warm.train_step()
-        checkpoint = warm.save_checkpoint()
-    else:
-        before, checkpoint = None, warm_checkpoint
-        warm.resume(checkpoint)
-        if warm.step != config.freeze_retriever_steps:
-            wanted = config.freeze_retriever_steps
-            raise ValueError(f"{checkpoint} is at step {warm.step}, not freeze_retriever_steps = {wanted}")
+    warm, before, checkpoint = warm_start(config, joint_steps, warm_checkpoint)
+    warm_config = warm.config
     start = warm.evaluator(generate=False)
     results = {"before": before, "after_warmup": start, "joint_steps": joint_steps, "seeds": list(seeds)}
     if other_task:
@@ -111,15 +105,50 @@ def refresh_experiment(
             row = {**run.evaluator(generate=False), "seconds": seconds, "documents_reembedded": reembedded}
             if other_task:
                 row[f"{other_task} recall@5"] = _other_task_recall(run, other_task)
-            # The same retriever over a freshly re-embedded corpus: what it learned, staleness aside.
-            run.build_index()
+            # The same retriever over a freshly re-embedded corpus: what it learned, staleness aside (an index
+            # that is fresh already, after a last full refresh or under a frozen passage encoder, serves it).
+            if not _is_fresh(run):
+                run.build_index()
             row |= {f"{key} fresh": value for key, value in run.evaluator(generate=False).items()}
             runs.append(row)
             print(f"{policy} seed {seed}: {format_metrics(row)}")
         results["policies"][policy] = _summary(policy, runs)
-    with open(f"{config.output_dir}/refresh_experiment.json", "w", encoding="utf-8") as handle:
-        json.dump({"config": warm_config.to_dict(), **results}, handle, indent=1)
+        # Written after every policy: an interrupted experiment keeps the policies it finished.
+        temporary = f"{config.output_dir}/.refresh_experiment.json.tmp"
+        with open(temporary, "w", encoding="utf-8") as handle:
+            json.dump({"config": warm_config.to_dict(), **results}, handle, indent=1)
+        os.replace(temporary, f"{config.output_dir}/refresh_experiment.json")
     return results
+
+
+def _is_fresh(run: Trainer) -> bool:
+    """Whether every row of ``run``'s index is what its current passage encoder makes of the document."""
+    if run.config.refresh == "query-side":
+        return True
+    return bool((run.index.step_of(run.index.ids()) == run.step).all())
+
+
+def warm_start(config: TrainConfig, joint_steps: int, warm_checkpoint: str | None = None):
+    """(trainer, recall before the warm-up or None, checkpoint path) of the shared warm-up.
+
+    The warm-up trains the reader for ``config.freeze_retriever_steps`` steps (retriever frozen, index built
+    once) and checkpoints; with ``warm_checkpoint``, that checkpoint of an earlier run is restored instead.
+    The trainer's config runs ``joint_steps`` more steps, with refresh "none".
+    """
+    warm_config = dataclasses.replace(config, refresh="none", steps=config.freeze_retriever_steps + joint_steps)
+    warm = Trainer(warm_config)
+    if warm_checkpoint is None:
+        warm.build_index()
+        before = warm.evaluator(generate=False)
+        print("before joint training: " + format_metrics(before))
+        while warm.step < config.freeze_retriever_steps:
+            warm.train_step()
+        return warm, before, warm.save_checkpoint()
+    warm.resume(warm_checkpoint)
+    if warm.step != config.freeze_retriever_steps:
+        wanted = config.freeze_retriever_steps
+        raise ValueError(f"{warm_checkpoint} is at step {warm.step}, not freeze_retriever_steps = {wanted}")
+    return warm, None, warm_checkpoint
 
 
 def _other_task_recall(trainer: Trainer, task: str) -> float:

@@ -88,6 +88,8 @@ class Trainer:
             config.rerank_candidates,
             config.refresh_corrector,
             config.rerank_write_back,
+            config.index_normalize,
+            config.corrector_ridge,
         )
         self.evaluator = Evaluator(
             self.reader,
@@ -317,8 +319,8 @@ class Trainer:
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])
         self._forget_logged_after(self.step)
-        self.refresh.load_state_dict(state)
         self.refresh.index = load_index(
             path / checkpoint.INDEX_FILE, device=self._index_device(), distributed=self.world_size > 1
         )
+        self.refresh.load_state_dict(state)
         return True
