@@ -268,3 +268,22 @@ def test_the_experiment_runs_every_policy_and_seed_from_one_warm_up(tmp_path):
     again = refresh_experiment(config, 2, ("none",), seeds=(0, 1), other_task=None, warm_checkpoint=warm)
     assert again["after_warmup"] == results["after_warmup"]
     assert again["policies"]["none"]["recall@1_seeds"] == results["policies"]["none"]["recall@1_seeds"]
+
+
+def test_the_diagnosis_probes_every_age_group_of_a_mixed_index(tmp_path):
+    from atlas_fast.train.experiment import policy_config
+    from atlas_fast.train.refresh_diagnosis import diagnose_refresh, format_diagnosis
+    from atlas_fast.train.tiny import tiny_config
+
+    config = policy_config(tiny_config(tmp_path, freeze_retriever_steps=1), "incremental+budget=3")
+    result = diagnose_refresh(config, joint_steps=4, probe_every=2)
+    assert [probe["step"] for probe in result["probes"]] == [0, 2, 4]
+    first, last = result["probes"][0], result["probes"][-1]
+    assert list(first["groups"]) == ["warm-up"] and first["overwritten"] == 0
+    assert first["same_documents"]["cosine"] == pytest.approx(1.0, abs=1e-5)  # nothing has trained yet
+    # 4 steps x 3 documents re-embedded, in the groups of their age; the shares add up.
+    assert sum(row["rows"] for label, row in last["groups"].items() if label != "warm-up") == 12
+    assert sum(row["rows_share"] for row in last["groups"].values()) == pytest.approx(1.0)
+    assert sum(row["top10_share"] for row in last["groups"].values()) == pytest.approx(1.0)
+    assert last["overwritten"] == 6  # since the previous probe: steps 3 and 4
+    assert "top-10 share" in format_diagnosis(result)

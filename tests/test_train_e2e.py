@@ -1,5 +1,7 @@
 """The trainer end to end on tiny models and a synthetic corpus: learning, exact resume, refresh, errors."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -35,7 +37,7 @@ def test_losses_are_finite_and_decrease(tmp_path, mode):
 
 
 def test_a_whole_run_reports_and_writes_its_outputs(tmp_path):
-    summary = train(tiny_config(tmp_path, freeze_retriever_steps=2, eval_every=3))
+    summary = train(tiny_config(tmp_path, freeze_retriever_steps=2, eval_every=3, dev_loss_every=2))
     output = tmp_path / "run"
     assert summary["steps"] == 6
     assert {"recall@1", "recall@3", "em", "f1", "teacher@1", "em_top1_title", "em_other_passages"} <= set(
@@ -45,6 +47,8 @@ def test_a_whole_run_reports_and_writes_its_outputs(tmp_path):
     lines = (output / "metrics.jsonl").read_text().splitlines()
     assert sum('"split": "eval"' in line for line in lines) == 3  # before, at step 3, after
     assert '"retriever_loss": null' in lines[1]  # step 1 is inside the frozen-retriever warm-up
+    dev = [json.loads(line) for line in lines if '"split": "dev"' in line]
+    assert [r["step"] for r in dev] == [2, 4, 6] and all(np.isfinite(r["reader_loss"]) for r in dev)
     assert (output / "latest").read_text().strip() == "checkpoint-6"
 
 
@@ -170,6 +174,30 @@ def test_warmup_cache_holds_the_examples_encoder_states(tmp_path):
         cached_loss = reader.loss(states, mask, labels, 3)
         direct_loss = reader.loss(direct_states, direct_mask, direct_labels, 3)
     torch.testing.assert_close(cached_loss, direct_loss, rtol=1e-2, atol=1e-3)  # states are kept in bfloat16
+
+
+def test_the_dev_reader_loss_is_the_token_mean_over_held_out_questions(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, freeze_retriever_steps=2, dev_loss_examples=5))
+    trainer.build_index()
+    examples = trainer.eval_examples[:5]
+    reader = trainer.reader
+    with torch.no_grad(), trainer.autocast():
+        states, mask = reader.eval().encode(
+            *reader.tokenize_passages(reader.queries(examples), trainer.retrieve(examples, 3))
+        )
+        labels = reader.labels(examples)
+        # Per example, weighted by its target tokens: the mean over every target token of the 5.
+        per_example = [reader.loss(states[i : i + 1], mask[i : i + 1], labels[i : i + 1], 3).item() for i in range(5)]
+    tokens = (labels != -100).sum(1).numpy()
+    expected = float(np.dot(per_example, tokens) / tokens.sum())
+    assert trainer.dev_reader_loss(batch_size=2) == pytest.approx(expected, rel=2e-2)  # cached states are bf16
+    cache = trainer._dev_cache
+    trainer.train_step()  # still frozen: the same passages and states, encoded once
+    trainer.dev_reader_loss()
+    assert trainer._dev_cache is cache
+    trainer.train_step()
+    trainer.dev_reader_loss()  # the retriever trains from here on: passages may change, so they are re-encoded
+    assert trainer._dev_cache is not cache
 
 
 def test_gradient_checkpointing_and_accumulation_keep_the_losses(tmp_path):

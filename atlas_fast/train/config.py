@@ -44,6 +44,7 @@ NUMERIC_RANGES: dict[str, tuple[float, bool]] = {
     **dict.fromkeys(("retriever_lr", "weight_decay", "clip_norm", "time_budget_s", "corrector_ridge"), (0, False)),
     **dict.fromkeys(("refresh_budget", "warmup_steps", "freeze_retriever_steps", "warmup_cache_examples"), (0, False)),
     **dict.fromkeys(("seed", "eval_every", "eval_generate_examples", "checkpoint_every"), (0, False)),
+    **dict.fromkeys(("dev_loss_every", "dev_loss_examples"), (0, False)),
 }
 
 
@@ -110,6 +111,8 @@ class TrainConfig:
     eval_every: int = 0  # 0 = only before and after training
     eval_k: tuple[int, ...] = (1, 5, 10)
     eval_generate_examples: int = 200  # examples whose answers are generated for EM/F1
+    dev_loss_every: int = 50  # > 0: log the reader's loss on held-out dev questions every so many steps
+    dev_loss_examples: int = 128  # the first so many eval examples, over their top-K passages
     output_dir: str = "runs/default"
     checkpoint_every: int = 250
     time_budget_s: float = 480.0  # > 0: stop training (then evaluate and save) after this many seconds

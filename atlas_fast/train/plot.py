@@ -19,11 +19,14 @@ def plot_metrics(metrics_path: str | os.PathLike, image_path: str | os.PathLike)
     records = [json.loads(line) for line in Path(metrics_path).read_text(encoding="utf-8").splitlines() if line]
     train = [r for r in records if r.get("split") == "train"]
     evals = [r for r in records if r.get("split") == "eval"]
+    dev = [(r["step"], r["reader_loss"]) for r in records if r.get("split") == "dev"]
     figure, (losses, scores) = plt.subplots(1, 2, figsize=(11, 4))
     for key in ("reader_loss", "retriever_loss"):
         points = [(r["step"], r[key]) for r in train if r.get(key) is not None]
         if points:
             losses.plot(*zip(*points, strict=True), label=key)
+    if dev:  # held-out questions: a gap to the training loss is memorisation
+        losses.plot(*zip(*dev, strict=True), marker="o", label="reader_loss, dev questions")
     losses.set_xlabel("step")
     losses.set_title("training losses")
     losses.legend()

@@ -81,6 +81,8 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         trainer.log({"split": "train", **record})
         progress.update(1)
         progress.set_postfix(reader=f"{record['reader_loss']:.3f}", retriever=_maybe(record["retriever_loss"]))
+        if config.dev_loss_every and trainer.step % config.dev_loss_every == 0:
+            trainer.log({"step": trainer.step, "split": "dev", "reader_loss": trainer.dev_reader_loss()})
         if config.eval_every and trainer.step % config.eval_every == 0 and trainer.step < config.steps:
             trainer.log({"step": trainer.step, "split": "eval", **trainer.evaluator(generate=False)})
         if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:

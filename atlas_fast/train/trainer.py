@@ -108,6 +108,7 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the newest checkpoint written or restored
         self.output_dir = Path(config.output_dir)
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
+        self._dev_cache: EncodedExamples | None = None  # see dev_reader_loss
         if self.rank == 0:
             _prepare_output_dir(self.output_dir)
 
@@ -267,6 +268,32 @@ class Trainer:
                 )
             chosen = self._batch_positions(len(self._warmup_cache), index, self.config.batch_size)
             return CachedBatch(*(t.to(self.device) for t in self._warmup_cache.batch(chosen)))
+
+    @torch.no_grad()
+    def dev_reader_loss(self, batch_size: int = 32) -> float:
+        """The reader's loss (mean over target tokens) on the first ``dev_loss_examples`` eval examples over
+        their top-K passages, in eval mode: next to the training loss it shows memorisation (a training loss
+        that falls while this one does not).
+
+        While the retriever and the reader's encoder are both frozen, the examples' passages and encoder
+        states cannot change and are encoded once; afterwards they are encoded again at every call.
+        """
+        frozen = not self.config.reader_train_encoder and self.step < self.config.freeze_retriever_steps
+        if self._dev_cache is None or not frozen:
+            examples = self.eval_examples[: self.config.dev_loss_examples]
+            self._dev_cache = EncodedExamples(
+                self.reader, self.retrieve, examples, self.config.n_context, self.autocast
+            )
+        cache, total, tokens = self._dev_cache, 0.0, 0
+        with eval_mode(self.reader), self.autocast():
+            for start in range(0, len(cache), batch_size):
+                states, mask, labels = (
+                    t.to(self.device) for t in cache.batch(range(start, min(start + batch_size, len(cache))))
+                )
+                count = int((labels != -100).sum())
+                total += self.reader.loss(states, mask, labels, self.config.n_context).item() * count
+                tokens += count
+        return total / max(tokens, 1)
 
     # ---- checkpoints -----------------------------------------------------------------
     def state(self) -> dict:
