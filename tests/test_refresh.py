@@ -268,6 +268,7 @@ def test_the_experiment_runs_every_policy_and_seed_from_one_warm_up(tmp_path):
     again = refresh_experiment(config, 2, ("none",), seeds=(0, 1), other_task=None, warm_checkpoint=warm)
     assert again["after_warmup"] == results["after_warmup"]
     assert again["policies"]["none"]["recall@1_seeds"] == results["policies"]["none"]["recall@1_seeds"]
+    assert list(again["policies"]) == list(policies)  # the earlier policies are kept beside the re-run one
 
 
 def test_the_diagnosis_probes_every_age_group_of_a_mixed_index(tmp_path):

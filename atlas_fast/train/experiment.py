@@ -79,7 +79,9 @@ def refresh_experiment(
     ``other_task``: a second bundled task whose dev recall@5 is measured before the joint steps and after
     each run (does training on ``config.task`` specialise the retriever?); None skips it.
     ``warm_checkpoint``: a warm-up checkpoint of an earlier experiment with the same configuration to start
-    from, instead of warming up again (so further policies or seeds join the same shared warm-up).
+    from, instead of warming up again (so further policies or seeds join the same shared warm-up): the
+    policies of an earlier result in ``config.output_dir`` from that warm-up, with the same joint steps and
+    seeds, are kept beside the new ones (a policy run again is replaced).
     """
     warm, before, checkpoint = warm_start(config, joint_steps, warm_checkpoint)
     warm_config = warm.config
@@ -89,6 +91,13 @@ def refresh_experiment(
         results["other_task"] = other_task
         results["after_warmup"][f"{other_task} recall@5"] = _other_task_recall(warm, other_task)
     results["policies"] = {}
+    earlier = _earlier_result(f"{config.output_dir}/refresh_experiment.json") if warm_checkpoint else None
+    if earlier and (earlier["after_warmup"], earlier["joint_steps"], earlier["seeds"]) == (
+        start,
+        joint_steps,
+        list(seeds),
+    ):
+        results["before"], results["policies"] = earlier["before"], earlier["policies"]
     for policy in policies:
         runs = []
         for seed in seeds:
@@ -119,6 +128,17 @@ def refresh_experiment(
             json.dump({"config": warm_config.to_dict(), **results}, handle, indent=1)
         os.replace(temporary, f"{config.output_dir}/refresh_experiment.json")
     return results
+
+
+def _earlier_result(path: str) -> dict | None:
+    """The result an earlier experiment wrote at ``path``, or None when there is none (or it is unreadable)."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            earlier = json.load(handle)
+    except (OSError, ValueError):
+        return None
+    required = ("after_warmup", "joint_steps", "seeds", "before", "policies")
+    return earlier if isinstance(earlier, dict) and all(key in earlier for key in required) else None
 
 
 def _is_fresh(run: Trainer) -> bool:
