@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
-.PHONY: install run smoke test lint bench bench-index bench-smoke gpu-report gpu-check clean
+.PHONY: install run smoke test lint bench bench-index bench-index-refresh bench-smoke gpu-report gpu-check clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,14 @@ bench-index: install
 		--benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-json=benchmarks/results-index.json
 	$(PY) benchmarks/render.py benchmarks/results-index.json --output BENCHMARKS.md --section cpu-index \
 		--command "make bench-index" --notes benchmarks/notes-index.md
+
+# The writes of an index refresh: upsert and a corrector's in-place transform, at N = 250,000 rows of d = 768
+# (the transform is linear in N; the refresh experiment's README projection scales it to 21M).
+bench-index-refresh: install
+	ATLAS_FAST_BENCH_INDEX_N=250000 $(PY) -m pytest -q benchmarks/bench_document_index.py -k "transform or update" \
+		--benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-json=benchmarks/results-index-refresh.json
+	$(PY) benchmarks/render.py benchmarks/results-index-refresh.json --output BENCHMARKS.md --section index-refresh \
+		--command "make bench-index-refresh"
 
 # Every Triton kernel compiled for sm_80 and sm_90 through the triton wheel's ptxas (no GPU needed), checked
 # (no spill, shared memory within limits, fp16/bf16 dots on tensor cores), and the static report with each

@@ -148,6 +148,39 @@ def test_update(benchmark, corpus, n_docs, provider, fraction):
     )
 
 
+@pytest.mark.parametrize("provider", ["torch_fp32_matmul_inplace", "docindex_f32", "docindex_bf16"])
+def test_transform(benchmark, corpus, n_docs, provider):
+    """A drift corrector's write: every row v <- v @ M in place (2·N·d² FLOPs), normalised after, as a refresh
+    with refresh_corrector and index_normalize makes it; the peer is the same product as one MKL GEMM."""
+    ids, vectors = corpus
+    matrix = np.eye(DIM, dtype=np.float32) + 0.01 * np.random.default_rng(3).standard_normal((DIM, DIM), np.float32)
+    if provider == "torch_fp32_matmul_inplace":
+        rows, mapping = torch.from_numpy(vectors.copy()), torch.from_numpy(matrix)
+
+        def fn():
+            mapped = rows @ mapping
+            rows.copy_(mapped / mapped.norm(dim=1, keepdim=True))
+
+    else:
+        index = DocumentIndex(DIM, DTYPES[provider])
+        index.upsert(ids, vectors)
+
+        def fn():
+            index.transform(matrix, older_than=1, normalize=True)
+
+    benchmark.extra_info["flops"] = 2 * n_docs * DIM * DIM
+    run_provider(
+        benchmark,
+        fn,
+        op="index_transform",
+        shape=f"N={n_docs} d={DIM}",
+        mode="transform",
+        provider=provider,
+        baseline="torch_fp32_matmul_inplace",
+        device=CPU,
+    )
+
+
 @pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096", "gemm_bf16_4096"])
 def test_machine_limits(benchmark, provider):
     if provider == "memory_read_1GiB":

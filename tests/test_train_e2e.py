@@ -88,8 +88,16 @@ def test_resume_gives_the_same_next_steps_as_an_uninterrupted_run(tmp_path, over
     np.testing.assert_array_equal(resumed.index.get(np.arange(10)), uninterrupted.index.get(np.arange(10)))
 
 
-def test_incremental_refresh_rewrites_stored_embeddings(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, refresh="incremental", refresh_budget=16, retriever_lr=1e-2))
+def _as_stored(vectors: np.ndarray, normalized: bool) -> np.ndarray:
+    return vectors / np.linalg.norm(vectors, axis=-1, keepdims=True) if normalized else vectors
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_incremental_refresh_rewrites_stored_embeddings(tmp_path, normalize):
+    config = tiny_config(
+        tmp_path, refresh="incremental", refresh_budget=16, retriever_lr=1e-2, index_normalize=normalize
+    )
+    trainer = Trainer(config)
     trainer.build_index()
     before = trainer.index.get(np.arange(len(trainer.passages)))
     record = trainer.train_step()
@@ -99,7 +107,8 @@ def test_incremental_refresh_rewrites_stored_embeddings(tmp_path):
     assert len(changed) == 16
     np.testing.assert_array_equal(trainer.index.step_of(changed), 1)
     # The rewritten rows are what the current passage encoder makes of those documents.
-    np.testing.assert_allclose(after[changed], trainer.embed_documents(changed), rtol=1e-4, atol=1e-5)
+    fresh = _as_stored(trainer.embed_documents(changed), normalize)
+    np.testing.assert_allclose(after[changed], fresh, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("policy, per_step", [("none", 0), ("full", 120), ("query-side", 0)])
@@ -112,8 +121,10 @@ def test_refresh_policies_reembed_what_they_promise(tmp_path, policy, per_step):
         assert all(p.grad is None and not p.requires_grad for p in trainer.retriever.passage_encoder.parameters())
 
 
-def test_rerank_retrieves_by_fresh_scores(tmp_path):
-    trainer = Trainer(tiny_config(tmp_path, refresh="rerank", rerank_candidates=10, n_context=3))
+@pytest.mark.parametrize("normalize", [False, True])
+def test_rerank_retrieves_by_fresh_scores(tmp_path, normalize):
+    config = tiny_config(tmp_path, refresh="rerank", rerank_candidates=10, n_context=3, index_normalize=normalize)
+    trainer = Trainer(config)
     trainer.build_index()
     examples = trainer.eval_examples[:2]
     passages = trainer.retrieve(examples, 3)
@@ -122,7 +133,7 @@ def test_rerank_retrieves_by_fresh_scores(tmp_path):
     with torch.no_grad():
         queries = trainer.retriever.embed_queries(trainer.reader.queries(examples))
         fresh = trainer.retriever.embed_passages([trainer.retriever_text(p) for p in passages[0]])
-    scores = (queries[0] @ fresh.T).tolist()
+    scores = (queries[0] @ torch.from_numpy(_as_stored(fresh.numpy(), normalize)).T).tolist()
     assert scores == sorted(scores, reverse=True)
 
 

@@ -80,7 +80,7 @@ class TrainConfig:
     gold_score_mode: str = "pdist"
     temperature_score: float = 0.01
     temperature_gold: float = 0.01
-    refresh: str = "full"  # what measured best in `atlas-fast experiment refresh` (README)
+    refresh: str = "full"  # with index_normalize, what measured best in `atlas-fast experiment refresh` (README)
     refresh_every: int = 25  # "full": re-embed everything every N steps (Atlas's refresh_index)
     refresh_budget: int = 64  # "incremental": documents re-embedded per step
     refresh_order: str = "oldest"  # "oldest" | "hot"
@@ -88,7 +88,9 @@ class TrainConfig:
     rerank_write_back: bool = False  # "rerank": upsert the re-scored candidates' fresh embeddings while training
     refresh_corrector: str = "none"  # "none" | "scale" | "procrustes" | "linear": map older rows after a refresh
     corrector_ridge: float = 1.0  # the corrector's pull towards the identity, relative to the pairs' mean square
-    index_normalize: bool = False  # unit-norm document rows: retrieval by cosine (training scores stay dot products)
+    # Unit-norm document rows: retrieval by cosine (training scores stay dot products). With "full" every 25, what
+    # measured best in `atlas-fast experiment refresh` (README): the retriever's norms shrink as it trains.
+    index_normalize: bool = True
     index_dtype: str = "float32"
     index_device: str = "host"  # "host": the C++ DocumentIndex; a torch device ("cuda", "auto"): TorchDocumentIndex
     device: str = "auto"  # models: "auto" = this rank's GPU when there is one, else "cpu"
