@@ -45,9 +45,12 @@ NUMERIC_OPTIONS = {"every": "refresh_every", "budget": "refresh_budget", "candid
 
 
 def policy_config(config: TrainConfig, name: str) -> TrainConfig:
-    """``config`` under the policy ``name`` = POLICY[+OPTION...], e.g. "incremental+budget=100+procrustes"."""
+    """``config`` under the policy ``name`` = POLICY[+OPTION...], e.g. "incremental+budget=100+procrustes".
+
+    A name without "+normalized" is served by a dot-product index (Atlas), whatever ``config`` says.
+    """
     policy, *options = name.split("+")
-    settings = {"refresh": policy}
+    settings = {"refresh": policy, "index_normalize": False}  # a plain name is Atlas's dot product
     if policy == "query-side":  # a frozen passage encoder of its own, starting from the shared weights
         settings["untied_retriever"] = True
     for option in options:
@@ -155,7 +158,8 @@ def warm_start(config: TrainConfig, joint_steps: int, warm_checkpoint: str | Non
     once) and checkpoints; with ``warm_checkpoint``, that checkpoint of an earlier run is restored instead.
     The trainer's config runs ``joint_steps`` more steps, with refresh "none".
     """
-    warm_config = dataclasses.replace(config, refresh="none", steps=config.freeze_retriever_steps + joint_steps)
+    steps = config.freeze_retriever_steps + joint_steps
+    warm_config = dataclasses.replace(config, refresh="none", index_normalize=False, steps=steps)
     warm = Trainer(warm_config)
     if warm_checkpoint is None:
         warm.build_index()
