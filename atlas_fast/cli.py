@@ -13,7 +13,6 @@ atlas-fast smoke                 the info report, then a quick end-to-end check 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from atlas_fast import info
@@ -125,13 +124,12 @@ def _run(args: argparse.Namespace) -> int:
         root = prepare(args.root, force=args.force)
         print(f"prepared: {root} ({(root / 'PREPARED').read_text().strip()})")
     elif args.command == "experiment" and args.experiment == "refresh-diagnosis":
-        from atlas_fast.train.experiment import policy_config
+        from atlas_fast.train.experiment import policy_config, write_result
         from atlas_fast.train.refresh_diagnosis import diagnose_refresh, format_diagnosis
 
         config = policy_config(TrainConfig.load(args.config, args.overrides), args.policy)
         result = diagnose_refresh(config, args.joint_steps, args.probe_every, args.warm_checkpoint)
-        with open(f"{config.output_dir}/refresh_diagnosis.json", "w", encoding="utf-8") as handle:
-            json.dump(result, handle, indent=1)
+        write_result(f"{config.output_dir}/refresh_diagnosis.json", result)
         print(format_diagnosis(result))
     elif args.command == "experiment":
         from atlas_fast.train.experiment import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment

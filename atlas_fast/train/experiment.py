@@ -28,7 +28,15 @@ from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.run import format_metrics
 from atlas_fast.train.trainer import Trainer
 
-__all__ = ["EXPERIMENT_POLICIES", "format_table", "plot_results", "policy_config", "refresh_experiment", "warm_start"]
+__all__ = [
+    "EXPERIMENT_POLICIES",
+    "format_table",
+    "plot_results",
+    "policy_config",
+    "refresh_experiment",
+    "warm_start",
+    "write_result",
+]
 
 EXPERIMENT_POLICIES = ("none", "full", "incremental", "rerank", "incremental+procrustes", "rerank+write-back")
 # What each +OPTION of a policy name sets.
@@ -126,11 +134,16 @@ def refresh_experiment(
             print(f"{policy} seed {seed}: {format_metrics(row)}")
         results["policies"][policy] = _summary(policy, runs)
         # Written after every policy: an interrupted experiment keeps the policies it finished.
-        temporary = f"{config.output_dir}/.refresh_experiment.json.tmp"
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump({"config": warm_config.to_dict(), **results}, handle, indent=1)
-        os.replace(temporary, f"{config.output_dir}/refresh_experiment.json")
+        write_result(f"{config.output_dir}/refresh_experiment.json", {"config": warm_config.to_dict(), **results})
     return results
+
+
+def write_result(path: str, result: dict) -> None:
+    """Write ``result`` as JSON at ``path`` through a temporary file: an interruption leaves the previous file."""
+    temporary = f"{path}.tmp"
+    with open(temporary, "w", encoding="utf-8") as handle:
+        json.dump(result, handle, indent=1)
+    os.replace(temporary, path)
 
 
 def _earlier_result(path: str) -> dict | None:
