@@ -8,6 +8,7 @@ import torch
 
 from atlas_fast.index import TorchDocumentIndex
 from atlas_fast.train import ConfigError, Trainer, train
+from atlas_fast.train.metrics import passage_hits
 from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.tiny import tiny_config, write_tiny_bert, write_tiny_t5
 
@@ -185,6 +186,50 @@ def test_warmup_cache_holds_the_examples_encoder_states(tmp_path):
         cached_loss = reader.loss(states, mask, labels, 3)
         direct_loss = reader.loss(direct_states, direct_mask, direct_labels, 3)
     torch.testing.assert_close(cached_loss, direct_loss, rtol=1e-2, atol=1e-3)  # states are kept in bfloat16
+
+
+def test_the_title_copy_task_is_each_cached_passage_alone_with_its_own_title(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path))
+    trainer.build_index()
+    examples = trainer.train_examples[:4]
+    cache = EncodedExamples(trainer.reader, trainer.retrieve, examples, 3, trainer.autocast)
+    retrieved = trainer.retrieve(examples, 3)
+    pairs = [(0, 0), (1, 2), (3, 1)]
+    states, mask, labels = cache.passage_batch(pairs)
+    reader = trainer.reader.eval()
+    passages = [[retrieved[i][k]] for i, k in pairs]
+    queries = [reader.queries(examples)[i] for i, _ in pairs]
+    with torch.no_grad():
+        direct_states, direct_mask = reader.encode(*reader.tokenize_passages(queries, passages))
+        direct_labels = reader.tokenize_targets([row[0].title for row in passages])
+        torch.testing.assert_close(labels, direct_labels)
+        cached_loss = reader.loss(states, mask, labels, 1)
+        direct_loss = reader.loss(direct_states, direct_mask, direct_labels, 1)
+    torch.testing.assert_close(cached_loss, direct_loss, rtol=1e-2, atol=1e-3)  # states are kept in bfloat16
+    assert cache.answerable == passage_hits(examples, retrieved, {}).any(axis=1).tolist()
+
+
+@pytest.mark.parametrize("answerable_only", [True, False])
+def test_the_cached_warm_up_copies_titles_first_then_trains_on_answerable_questions(tmp_path, answerable_only):
+    config = tiny_config(
+        tmp_path,
+        freeze_retriever_steps=5,
+        warmup_cache_examples=12,
+        reader_copy_steps=2,
+        reader_copy_batch_size=5,
+        warmup_answerable_only=answerable_only,
+    )
+    trainer = Trainer(config)
+    trainer.build_index()
+    copy = trainer._cached_batch(0)
+    assert copy.n_passages == 1 and copy.states.shape[0] == 5 and copy.labels.shape[0] == 5
+    cache = trainer._warmup_cache
+    expected = [i for i in range(len(cache)) if cache.answerable[i]] if answerable_only else list(range(len(cache)))
+    assert trainer._warmup_examples == (expected or list(range(len(cache))))
+    records = [trainer.train_step() for _ in range(5)]
+    assert all(r["retriever_loss"] is None and np.isfinite(r["reader_loss"]) for r in records)
+    question = trainer._cached_batch(2)  # step 5 is past the copy steps
+    assert question.n_passages == 3 and question.states.shape[1] % 3 == 0
 
 
 def test_the_dev_reader_loss_is_the_token_mean_over_held_out_questions(tmp_path):

@@ -44,7 +44,8 @@ NUMERIC_RANGES: dict[str, tuple[float, bool]] = {
     **dict.fromkeys(("retriever_lr", "weight_decay", "clip_norm", "time_budget_s", "corrector_ridge"), (0, False)),
     **dict.fromkeys(("refresh_budget", "warmup_steps", "freeze_retriever_steps", "warmup_cache_examples"), (0, False)),
     **dict.fromkeys(("seed", "eval_every", "eval_generate_examples", "checkpoint_every"), (0, False)),
-    **dict.fromkeys(("dev_loss_every", "dev_loss_examples"), (0, False)),
+    **dict.fromkeys(("dev_loss_every", "dev_loss_examples", "reader_copy_steps"), (0, False)),
+    "reader_copy_batch_size": (1, False),
 }
 
 
@@ -70,7 +71,7 @@ class TrainConfig:
     untied_retriever: bool = False
     query_side_only: bool = False
     reader_train_encoder: bool = False  # False: the reader's encoder stays frozen (CPU default)
-    reader_decoder_layers: int = 0  # minilm reader: keep the first n decoder layers (0 = all 6)
+    reader_decoder_layers: int = 2  # minilm reader: keep the first n decoder layers (0 = all 6); 2 learns faster
     query_max_length: int = 32
     passage_max_length: int = 64  # retriever
     reader_passage_max_length: int = 48
@@ -98,14 +99,18 @@ class TrainConfig:
     steps: int = 650
     batch_size: int = 16
     accumulation_steps: int = 1
-    reader_lr: float = 1e-3
+    reader_lr: float = 2e-3
     retriever_lr: float = 3e-5
     weight_decay: float = 0.01
     warmup_steps: int = 30
     schedule: str = "linear"
     clip_norm: float = 1.0
     freeze_retriever_steps: int = 600  # the reader warm-up: it must be a useful teacher first
-    warmup_cache_examples: int = 2000  # > 0: the warm-up trains the reader over cached encoder states of so many
+    warmup_cache_examples: int = 4000  # > 0: the warm-up trains the reader over cached encoder states of so many
+    # The cached warm-up's first steps: write a single passage's title from that passage (learns to copy; README).
+    reader_copy_steps: int = 200
+    reader_copy_batch_size: int = 64  # passages per title-copy step (one passage each: cheaper than a question)
+    warmup_answerable_only: bool = True  # the cached warm-up's question steps: only questions whose K passages hit
     precision: str = "bf16"
     gradient_checkpointing: bool = False
     seed: int = 0
@@ -220,6 +225,7 @@ class TrainConfig:
             eval_k=(1, 3),
             freeze_retriever_steps=0,
             warmup_cache_examples=0,
+            reader_copy_steps=0,
             precision="fp32",
             time_budget_s=0.0,
         )

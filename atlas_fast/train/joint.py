@@ -46,11 +46,13 @@ class RetrievedBatch:
 
 @dataclasses.dataclass
 class CachedBatch:
-    """A warm-up micro-batch over cached frozen-encoder states: states (B, K·L, H), mask (B, K·L), labels (B, T)."""
+    """A warm-up micro-batch over cached frozen-encoder states: states (B, K·L, H), mask (B, K·L), labels (B, T),
+    with K = n_passages (1 for the title-copy task)."""
 
     states: torch.Tensor
     mask: torch.Tensor
     labels: torch.Tensor
+    n_passages: int
 
 
 class JointModel(nn.Module):
@@ -83,7 +85,7 @@ class JointModel(nn.Module):
         """Reader loss (token mean) and, when ``train_retriever``, the retriever loss against the gold scores."""
         if isinstance(batch, CachedBatch):
             with self.timer("reader"), self.autocast():
-                return self.reader.loss(batch.states, batch.mask, batch.labels, self.config.n_context), None
+                return self.reader.loss(batch.states, batch.mask, batch.labels, batch.n_passages), None
         config, K = self.config, self.config.n_context
         retriever_loss = None
         with self.autocast():

@@ -108,6 +108,7 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the newest checkpoint written or restored
         self.output_dir = Path(config.output_dir)
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
+        self._warmup_examples: list[int] = []  # the cache's positions the question steps train on
         self._dev_cache: EncodedExamples | None = None  # see dev_reader_loss
         if self.rank == 0:
             _prepare_output_dir(self.output_dir)
@@ -255,19 +256,36 @@ class Trainer:
         return min(self.config.warmup_cache_examples, len(self.local_train_examples))
 
     def _cached_batch(self, index: int) -> CachedBatch:
-        """A reader-only warm-up micro-batch over cached encoder states (built on first use; timed as "retrieve")."""
+        """A reader-only warm-up micro-batch over cached encoder states (built on first use; timed as "retrieve").
+
+        The first ``reader_copy_steps`` steps are the title-copy task: single cached passages, each with its
+        own title as the target. The steps after it train on the questions, only on those whose K passages
+        hold a hit when ``warmup_answerable_only``: a target the passages cannot give teaches the reader to
+        answer from the question alone.
+        """
+        config = self.config
         with self.phase("retrieve"):
             if self._warmup_cache is None:
                 self._warmup_cache = EncodedExamples(
                     self.reader,
                     self.retrieve,
                     self.local_train_examples[: self.warmup_cache_size()],
-                    self.config.n_context,
+                    config.n_context,
                     self.autocast,
-                    progress=self.config.progress and self.rank == 0,
+                    progress=config.progress and self.rank == 0,
                 )
-            chosen = self._batch_positions(len(self._warmup_cache), index, self.config.batch_size)
-            return CachedBatch(*(t.to(self.device) for t in self._warmup_cache.batch(chosen)))
+                cache = self._warmup_cache
+                self._warmup_examples = [
+                    i for i in range(len(cache)) if cache.answerable[i] or not config.warmup_answerable_only
+                ] or list(range(len(cache)))  # none answerable (a tiny corpus): every example rather than none
+            cache, K = self._warmup_cache, config.n_context
+            if self.step < config.reader_copy_steps:
+                chosen = self._batch_positions(len(cache) * K, index, config.reader_copy_batch_size)
+                batch = (*cache.passage_batch([divmod(pair, K) for pair in chosen]), 1)
+            else:
+                chosen = self._batch_positions(len(self._warmup_examples), index, config.batch_size)
+                batch = (*cache.batch([self._warmup_examples[i] for i in chosen]), K)
+            return CachedBatch(*(t.to(self.device) for t in batch[:3]), batch[3])
 
     @torch.no_grad()
     def dev_reader_loss(self, batch_size: int = 32) -> float:
