@@ -33,14 +33,18 @@ def _t5_reader(t5_dir):
     return FiDReader.from_t5(t5_dir, passage_max_length=40).eval()
 
 
-def _bert_reader(bert_dir):
+def _bert_reader(bert_dir, share_encoder_embeddings=False):
     torch.manual_seed(0)
-    return FiDReader.from_bert_encoder(bert_dir, passage_max_length=24).eval()
+    return FiDReader.from_bert_encoder(
+        bert_dir, passage_max_length=24, share_encoder_embeddings=share_encoder_embeddings
+    ).eval()
 
 
-@pytest.fixture(params=["t5", "bert"])
+@pytest.fixture(params=["t5", "bert", "bert-shared-embeddings"])
 def reader(request, bert_dir, t5_dir):
-    return _t5_reader(t5_dir) if request.param == "t5" else _bert_reader(bert_dir)
+    if request.param == "t5":
+        return _t5_reader(t5_dir)
+    return _bert_reader(bert_dir, share_encoder_embeddings=request.param == "bert-shared-embeddings")
 
 
 def test_retriever_mean_pools_real_tokens_only(bert_dir):
@@ -120,3 +124,30 @@ def test_generate_returns_answers_without_template_tokens(reader):
     states, flat_mask = reader.encode(input_ids, mask)
     answers = reader.generate(states, flat_mask, 2)
     assert len(answers) == 2 and all(isinstance(a, str) and "<extra_id_0>" not in a for a in answers)
+
+
+@pytest.mark.parametrize("train_encoder", [False, True])
+def test_shared_embeddings_are_one_parameter_that_trains_only_with_the_encoder(bert_dir, train_encoder):
+    reader = _bert_reader(bert_dir, share_encoder_embeddings=True).train()
+    shared = reader.model.encoder.embeddings.word_embeddings.weight
+    assert reader.model.decoder.bert.embeddings.word_embeddings.weight is shared
+    assert reader.model.decoder.cls.predictions.decoder.weight is shared
+    reader.model.tie_weights()  # Hugging Face's re-tie keeps the sharing
+    assert reader.model.decoder.cls.predictions.decoder.weight is shared
+    reader.model.encoder.requires_grad_(train_encoder)
+    input_ids, mask = reader.tokenize_passages(QUERIES, PASSAGES)
+    states, flat_mask = reader.encode(input_ids, mask)
+    reader.loss(states, flat_mask, reader.tokenize_targets(ANSWERS), 2).backward()
+    assert (shared.grad is not None) == train_encoder
+    assert reader.model.decoder.cls.predictions.bias.grad is not None  # the head's own bias still trains
+
+
+def test_shared_embeddings_survive_a_state_dict_round_trip(bert_dir):
+    source = _bert_reader(bert_dir, share_encoder_embeddings=True)
+    with torch.no_grad():
+        source.model.encoder.embeddings.word_embeddings.weight.add_(1.0)
+    target = _bert_reader(bert_dir, share_encoder_embeddings=True)
+    target.load_state_dict(source.state_dict())
+    shared = target.model.encoder.embeddings.word_embeddings.weight
+    assert target.model.decoder.cls.predictions.decoder.weight is shared
+    torch.testing.assert_close(shared, source.model.encoder.embeddings.word_embeddings.weight)

@@ -84,13 +84,19 @@ class FiDReader(nn.Module):
         return cls(model, AutoTokenizer.from_pretrained(path), TextFormat.atlas_t5(), **kwargs)
 
     @classmethod
-    def from_bert_encoder(cls, path: str | os.PathLike, decoder_layers: int = 0, **kwargs) -> FiDReader:
+    def from_bert_encoder(
+        cls, path: str | os.PathLike, decoder_layers: int = 0, share_encoder_embeddings: bool = False, **kwargs
+    ) -> FiDReader:
         """An encoder-decoder warm-started from one BERT-style checkpoint, with the plain text format.
 
         Encoder and decoder both start from the checkpoint; the decoder's cross-attention, which the
         checkpoint lacks, starts as a copy of the layer's self-attention rather than at random.
         ``decoder_layers`` > 0 keeps only the first that many decoder layers (a shallower decoder
-        learns and runs faster on a CPU); 0 keeps them all.
+        learns and runs faster on a CPU); 0 keeps them all. ``share_encoder_embeddings`` makes the
+        decoder's input embeddings and its output layer the encoder's word embeddings (one
+        parameter, frozen with the encoder when the encoder is): the decoder then predicts a token
+        from a state that points at that token's own embedding, which is what a copied passage
+        token looks like at the encoder's output, so copying starts easy.
         """
         from transformers import AutoTokenizer, EncoderDecoderModel
         from transformers.utils import logging
@@ -111,6 +117,8 @@ class FiDReader(nn.Module):
             del layers[decoder_layers:]
             model.config.decoder.num_hidden_layers = decoder_layers
         _cross_attention_from_self_attention(layers)
+        if share_encoder_embeddings:
+            _share_encoder_embeddings(model)
         model.config.decoder_start_token_id = tokenizer.cls_token_id
         model.config.eos_token_id = tokenizer.sep_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
@@ -299,3 +307,14 @@ def _cross_attention_from_self_attention(layers) -> None:
             for name in ("query", "key", "value"):
                 getattr(target.self, name).load_state_dict(getattr(source.self, name).state_dict())
             target.output.load_state_dict(source.output.state_dict())
+
+
+def _share_encoder_embeddings(model) -> None:
+    """Make the BERT decoder's input embeddings and LM-head weight the encoder's word embeddings.
+
+    The LM head keeps its own bias and transform. Hugging Face re-ties the head to the decoder's
+    input embeddings on ``tie_weights()``, which now is the shared module too.
+    """
+    shared = model.encoder.embeddings.word_embeddings
+    model.decoder.bert.embeddings.word_embeddings = shared
+    model.decoder.cls.predictions.decoder.weight = shared.weight

@@ -72,6 +72,7 @@ class TrainConfig:
     query_side_only: bool = False
     reader_train_encoder: bool = False  # False: the reader's encoder stays frozen (CPU default)
     reader_decoder_layers: int = 2  # minilm reader: keep the first n decoder layers (0 = all 6); 2 learns faster
+    reader_share_embeddings: bool = False  # minilm reader: decoder input and output embeddings = the encoder's
     query_max_length: int = 32
     passage_max_length: int = 64  # retriever
     reader_passage_max_length: int = 48

@@ -99,7 +99,12 @@ def build_models(config: TrainConfig) -> tuple[Retriever, FiDReader]:
         reader = FiDReader.from_t5(config.reader_path, **lengths)
     else:
         path = config.reader_path or retriever_path
-        reader = FiDReader.from_bert_encoder(path, decoder_layers=config.reader_decoder_layers, **lengths)
+        reader = FiDReader.from_bert_encoder(
+            path,
+            decoder_layers=config.reader_decoder_layers,
+            share_encoder_embeddings=config.reader_share_embeddings,
+            **lengths,
+        )
     if not config.reader_train_encoder:
         reader.model.encoder.requires_grad_(False)
     if config.gradient_checkpointing:
