@@ -1,8 +1,7 @@
 """Build script for the compiled part of atlas_fast.
 
 Metadata lives in pyproject.toml; this file only declares what setuptools cannot
-express there: the `kernels/` folder installed as `atlas_fast.kernels`, and the
-pybind11 extension `atlas_fast._C` (numpy buffers only, no torch headers, so it
+express there: the pybind11 extension `atlas_fast._C` (numpy buffers only, no torch headers, so it
 builds in an isolated environment with pybind11 as its only requirement).
 """
 
@@ -28,9 +27,8 @@ c_extension = Pybind11Extension(
 )
 
 setup(
-    # Every subpackage of atlas_fast/, discovered, plus kernels/ under its installed name.
-    packages=[*find_packages(include=["atlas_fast", "atlas_fast.*"]), "atlas_fast.kernels"],
-    package_dir={"atlas_fast": "atlas_fast", "atlas_fast.kernels": "kernels"},
+    # Every subpackage of atlas_fast/, discovered (the Triton kernels are atlas_fast/kernels/).
+    packages=find_packages(include=["atlas_fast", "atlas_fast.*"]),
     package_data={"atlas_fast": ["py.typed", "_C.pyi"]},
     ext_modules=[c_extension],
     cmdclass={"build_ext": build_ext},

@@ -35,7 +35,7 @@ Backend = Literal["triton", "reference"]
 BACKEND_ENV = "ATLAS_FAST_BACKEND"
 _CHOICES = ("auto", "triton", "reference")
 
-# Public ops that have a Triton kernel in kernels/ (reported by `python -m atlas_fast.info`).
+# Public ops that have a Triton kernel in atlas_fast/kernels/ (reported by `python -m atlas_fast.info`).
 KERNEL_OPS: tuple[str, ...] = (
     "kldivloss",
     "emdr_loss",

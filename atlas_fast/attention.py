@@ -1,7 +1,7 @@
 """FiD cross-attention with the per-passage attention signal (ADist).
 
 `fid_cross_attention` is the op. When the mass is asked for, it runs the fused
-kernels (kernels/attention.py: forward with the per-passage accumulator,
+kernels (atlas_fast/kernels/attention.py: forward with the per-passage accumulator,
 backward for q, k, v, Philox attention dropout) where Triton can run; otherwise
 the PyTorch reference (atlas_fast/reference/attention.py): SDPA without
 mass, a passage-chunked exact computation with it. atlas_fast.fid_patch routes a

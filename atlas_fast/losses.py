@@ -53,7 +53,7 @@ __all__ = [
     "t5_lm_head_scale",
 ]
 
-# Largest K the kernels hold in registers (kernels/kldivloss.py and kernels/emdr_loss.py);
+# Largest K the kernels hold in registers (atlas_fast/kernels/kldivloss.py and atlas_fast/kernels/emdr_loss.py);
 # kept here so that dispatch does not import Triton to read it.
 
 

@@ -3,7 +3,7 @@
 Atlas searches its fp16 shard with ``queries.half() @ embeddings`` then ``topk``, writing
 a (queries × N) score matrix. Providers: `atlas_mm_topk` (that expression, the
 baseline), `reference` (chunked mm + topk merge, what CPU tensors run), `triton`
-(kernels/index_topk.py, CUDA only), `faiss_cpu` (IndexFlatIP on the host, for scale).
+(atlas_fast/kernels/index_topk.py, CUDA only), `faiss_cpu` (IndexFlatIP on the host, for scale).
 N ∈ {1M, 4M} by default (ATLAS_FAST_BENCH_GPU_INDEX_N, comma-separated), d = 768,
 queries ∈ {1, 64, 512}, k = 100; fp16 rows. extra_info carries `bytes_read` (the
 shard's size) so bandwidth = bytes_read / time can be set against the GPU's peak.

@@ -32,7 +32,7 @@ def _stats(**overrides) -> KernelStats:
 
 
 def test_every_launched_kernel_has_a_case():
-    """A new kernel in kernels/ fails here until compile_gate/cases.py launches it."""
+    """A new kernel in atlas_fast/kernels/ fails here until compile_gate/cases.py launches it."""
     found = launchable_kernels()
     assert {"_kldiv_fwd_kernel", "_score_topk_kernel", "_fid_attention_bwd_dq_kernel"} <= found
     covered = {kernel for case in all_cases() for kernel in case.work}

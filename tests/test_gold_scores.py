@@ -153,7 +153,6 @@ def test_parameters_are_fine_under_no_grad():
 @pytest.mark.parametrize("temperature", [1.0, 0.01])
 def test_kernel_matches_naive(dtype, n_rows, dim, vocab, temperature):
     from atlas_fast.kernels.gold_scores import token_logprobs_triton
-
     from atlas_fast.testing import assert_within_reference_error, kernel_device
 
     device = kernel_device()

@@ -1,7 +1,7 @@
 """`python -m atlas_fast.compile_gate`: compile every kernel case for sm_80 and sm_90 and check it.
 
 Exit status 1 when a kernel spills, exceeds the shared-memory limit, runs an
-fp16/bf16 dot off tensor cores, rounds an fp32 dot, or when a kernel in kernels/ is
+fp16/bf16 dot off tensor cores, rounds an fp32 dot, or when a kernel in atlas_fast/kernels/ is
 launched by no case. Each architecture compiles in its own process (Triton binds a
 kernel's target per process), all of them at once. Needs no GPU, but must run
 without TRITON_INTERPRET=1, which replaces the compiler by the interpreter.

@@ -1,6 +1,6 @@
-"""Every specialisation the host launchers in kernels/ can produce, at the benchmarks' shapes.
+"""Every specialisation the host launchers in atlas_fast/kernels/ can produce, at the benchmarks' shapes.
 
-A case calls one real launcher (kernels/*.py) on CPU tensors of its shapes inside
+A case calls one real launcher (atlas_fast/kernels/*.py) on CPU tensors of its shapes inside
 `driver.compile_only`, so what compiles is what that launch would compile on the
 GPU. Each case also states the work its kernels must do — the bytes they must move
 and the FLOPs they must compute — from which the report derives its roofline bound.
@@ -9,7 +9,7 @@ Coverage: dtypes (fp32, fp16, bf16 where the kernel takes them), mask on and off
 every reduction, gradient on and off, small and large K (up to the kernels'
 limits), both mass kinds, dropout on and off, the backward kernels, index_topk at
 1, 64 and 512 queries and at k = 16, 100 and the kernels' largest k. `tests/test_compile_gate.py`
-fails when a kernel in kernels/ is launched by no case.
+fails when a kernel in atlas_fast/kernels/ is launched by no case.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Which Triton kernels kernels/ defines: every @triton.jit function that some launcher subscripts with a grid."""
+"""Which Triton kernels atlas_fast/kernels/ defines: every @triton.jit function some launcher subscripts with a grid."""
 
 from __future__ import annotations
 

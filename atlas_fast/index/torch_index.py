@@ -2,7 +2,7 @@
 
 Atlas keeps each rank's shard in GPU memory and searches it with ``q.half() @ E`` and
 ``topk``, materialising a (queries × N) score matrix. Here search runs the fused
-score-and-top-k kernel (kernels/index_topk.py) on CUDA and never writes that matrix;
+score-and-top-k kernel (atlas_fast/kernels/index_topk.py) on CUDA and never writes that matrix;
 on CPU tensors it runs the chunked reference. The interface, the id map, staleness,
 drift and the file format are the CPU DocumentIndex's (files are interchangeable:
 persistence goes through host memory and the same writer). Upsert writes rows with

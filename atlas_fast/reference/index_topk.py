@@ -1,6 +1,6 @@
 """Exact top-k inner-product search over a matrix of document rows: chunked `torch.mm` + `torch.topk`.
 
-The reference of kernels/index_topk.py, and what `TorchDocumentIndex` runs on CPU
+The reference of atlas_fast/kernels/index_topk.py, and what `TorchDocumentIndex` runs on CPU
 tensors. Atlas computes ``queries.half() @ embeddings`` and one `topk` over the
 whole (q, N) matrix; here the documents go by chunks of ``chunk_rows`` and each
 chunk's top-k is merged with the running top-k, so at most (q, chunk_rows) scores

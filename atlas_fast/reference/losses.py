@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 __all__ = ["EMDR_LOSS_MAX_K", "KLDIVLOSS_MAX_K", "emdr_loss_ref", "kldivloss_ref", "retriever_scores_ref"]
 
-# The largest K the Triton kernels take (kernels/kldivloss.py, kernels/emdr_loss.py): each holds a whole row of K
+# The largest K the Triton kernels take (atlas_fast/kernels/kldivloss.py and emdr_loss.py): each holds a whole row of K
 # in registers, and wider rows spill on sm_80/sm_90 (the compile gate checks it). Kept here, free of Triton, so
 # that atlas_fast.losses can route larger K to these references without importing the kernels.
 KLDIVLOSS_MAX_K = 8192

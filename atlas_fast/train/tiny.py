@@ -120,3 +120,8 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     )
     values.update(overrides)
     return TrainConfig.tiny(**values)
+
+
+def set_arguments(config: TrainConfig) -> list[str]:
+    """The `atlas-fast train` arguments (`--set key=value`, values as JSON) that give exactly `config`."""
+    return [arg for key, value in config.to_dict().items() for arg in ("--set", f"{key}={json.dumps(value)}")]

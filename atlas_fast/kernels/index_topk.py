@@ -24,9 +24,9 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
-from atlas_fast.kernels.launch import multiprocessor_count
 
 from atlas_fast._dispatch import interpreting
+from atlas_fast.kernels.launch import multiprocessor_count
 from atlas_fast.reference.index_topk import EMPTY_KEY, unpack_keys
 
 _EMPTY: tl.constexpr = tl.constexpr(EMPTY_KEY)
