@@ -10,7 +10,7 @@ STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
 .PHONY: install run smoke test test-latest lock lint bench bench-index bench-index-refresh bench-smoke gpu-report \
-	gpu-check gpu-check-dry-run clean
+	gpu-check gpu-check-dry-run compile-gate-oldest clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(LOCK) $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -86,11 +86,31 @@ gpu-report: install
 	$(PY) -m atlas_fast.compile_gate --json benchmarks/compile_gate.json; status=$$?; \
 		$(PY) benchmarks/gpu_report.py benchmarks/compile_gate.json --output BENCHMARKS.md && exit $$status
 
-# On a CUDA machine (< 8 min on one H100/H200): the gpu-marked tests, then the headline GPU benchmarks, with
-# the device name and each Triton kernel's roofline fraction, into BENCHMARKS.md.
-gpu-check: install
-	env -u TRITON_INTERPRET $(PY) -m pytest -q -m gpu tests
-	env -u TRITON_INTERPRET $(PY) benchmarks/gpu_check.py
+# On a CUDA machine, < 8 min on one H100/H200, with that machine's own python3 (no venv, no downloads): build and
+# install atlas_fast, the kernel tests on CUDA, the headline GPU benchmarks with the device name and each Triton
+# kernel's roofline fraction; logs, results and the report land in GPU_CHECK_OUT as each step ends, and the figures
+# in BENCHMARKS.md. See benchmarks/gpu_check.py.
+GPU_CHECK_OUT ?= gpu-check-out
+gpu-check:
+	env -u TRITON_INTERPRET $(PYTHON) benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)
+
+# The oldest torch/triton/transformers set the project supports (requirements-oldest.txt: the GPU image's triton
+# 3.6.0 and transformers 5.17.0, the CPU torch wheel) in its own venv, for the two rehearsals below.
+OLDEST := .venv-oldest
+$(OLDEST)/.installed: requirements-oldest.txt
+	test -x $(OLDEST)/bin/python || $(PYTHON) -m venv $(OLDEST)
+	$(OLDEST)/bin/python -m pip install --quiet --require-hashes -r requirements-oldest.txt
+	touch $@
+
+# gpu-check rehearsed on this CPU machine with the oldest supported set: every step up to the first that needs
+# CUDA (versions, build, install), then a clean stop.
+gpu-check-dry-run: $(OLDEST)/.installed
+	env -u TRITON_INTERPRET $(OLDEST)/bin/python benchmarks/gpu_check.py --out $(GPU_CHECK_OUT)-dry-run --dry-run
+
+# The compile gate under the oldest supported triton (the newest runs in make test).
+compile-gate-oldest: $(OLDEST)/.installed
+	env -u TRITON_INTERPRET PYTHONPATH=. $(OLDEST)/bin/python -m atlas_fast.compile_gate \
+		--json $(OLDEST)/compile_gate.json
 
 clean:
-	rm -rf $(VENV) build *.egg-info atlas_fast/_C*.so
+	rm -rf $(VENV) .venv-latest $(OLDEST) build *.egg-info atlas_fast/_C*.so

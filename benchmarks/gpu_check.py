@@ -1,32 +1,50 @@
-"""The GPU benchmarks at the headline shapes, with each Triton kernel's roofline fraction, into BENCHMARKS.md.
+"""The GPU check: on the GPU machine's own Python, build, test the kernels on CUDA, benchmark the headline shapes.
 
-    python benchmarks/gpu_check.py            # on a CUDA machine (`make gpu-check` runs the gpu tests first)
-    python benchmarks/gpu_check.py --dry-run  # anywhere: the benchmark cases it would run
+    python3 benchmarks/gpu_check.py --out DIR            # `make gpu-check`: on a CUDA machine, < 8 min on one H100
+    python3 benchmarks/gpu_check.py --out DIR --dry-run  # anywhere: every step up to the first that needs CUDA
+    python3 benchmarks/gpu_check.py --list               # the benchmark cases it would run
 
-Runs, with pytest-benchmark, side by side in one session:
-- kldivloss at B=64, K=40 (forward and forward+backward) against Atlas's eager expression and torch.compile;
-- pdist_gold_scores at B·K=2560, T=16, V=32128 (time and peak memory) against Atlas's materialised logits;
-- fid_cross_attention with mass at B=4, NH=32, T=32, K ∈ {40, 100}, L=256 against the materialised path and SDPA;
-- index_topk at 1M and 4M fp16 rows, 1/64/512 queries, against Atlas's ``q.half() @ E`` then ``topk``.
-Then writes the figures, the device's name and, for each Triton row, the fraction of its roofline bound it
-reached (bound / measured: 1.0 would be the peak), into the "gpu-check" section of BENCHMARKS.md.
+No virtualenv and no downloads: it uses the interpreter it runs under and what that has installed (torch >= 2.11,
+triton >= 3.6, pybind11, pytest, pytest-benchmark, hypothesis). In order, each step logged to DIR as it ends, so
+that what ran comes back even if a later step fails:
+1. the environment: Python, torch, triton, CUDA, the device; optional packages that are missing (faiss) and what
+   of the check skips without them (environment.txt);
+2. the build: atlas_fast._C with the pybind11 found, the package installed editable with
+   `pip install --no-deps --no-build-isolation --no-index` (build.log);
+3. the kernel tests on CUDA, `-m "gpu or interpret"` without TRITON_INTERPRET (tests.log);
+4. the headline benchmarks with pytest-benchmark, side by side in one session (benchmarks.log,
+   results-gpu.json): kldivloss at B=64, K=40 (forward and forward+backward) against Atlas's eager expression
+   and torch.compile; pdist_gold_scores at B·K=2560, T=16, V=32128 (time and peak memory) against Atlas's
+   materialised logits; fid_cross_attention with mass at B=4, NH=32, T=32, K ∈ {40, 100}, L=256 against the
+   materialised path and SDPA; index_topk at 1M and 4M fp16 rows, 1/64/512 queries, against Atlas's
+   ``q.half() @ E`` then ``topk``;
+5. the report: the figures, the device's name and, for each Triton row, the fraction of its roofline bound it
+   reached (bound / measured: 1.0 would be the peak), printed, written as DIR/gpu-check.md and into the
+   "gpu-check" section of BENCHMARKS.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import os
+import platform
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
-from sections import replace_section
-
-from atlas_fast.compile_gate import cases
-from atlas_fast.compile_gate.driver import TARGETS, Target
-
 HERE = Path(__file__).resolve().parent
+# The checkout is the package: step 2 installs it editable for the subprocesses, but this process started before.
+sys.path.insert(0, str(HERE.parent))
+
+from sections import replace_section  # noqa: E402
+
+from atlas_fast.compile_gate import cases  # noqa: E402
+from atlas_fast.compile_gate.driver import TARGETS, Target  # noqa: E402
+
 FILES = ["bench_losses.py", "bench_gold_scores.py", "bench_attention.py", "bench_index_topk.py"]
 
 # Devices whose peaks differ from their architecture's entry in TARGETS (NVIDIA data sheets, dense).
@@ -147,28 +165,114 @@ def render(results: dict) -> str:
     return "\n".join(lines)
 
 
+# Packages the check can run without, and what of it skips when one is missing.
+OPTIONAL = {
+    "faiss": "the faiss_cpu provider of bench_index_topk (not a headline case) and the faiss interop tests",
+}
+TESTS_TIMEOUT_S = 300
+BENCHMARKS_TIMEOUT_S = 240
+
+
+class Log:
+    """Prints each line and appends it to DIR/gpu-check.log at once, so a later failure loses nothing."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / "gpu-check.log"
+        self.path.write_text("", encoding="utf-8")
+
+    def __call__(self, line: str = "") -> None:
+        print(line, flush=True)
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+
+
+def _environment(log: Log, out: Path) -> bool:
+    """Step 1: versions and the device; returns whether CUDA is usable."""
+    import torch
+    import triton
+
+    cuda = torch.cuda.is_available()
+    device = torch.cuda.get_device_name(0) if cuda else "none (torch.cuda.is_available() is False)"
+    lines = [
+        f"python {platform.python_version()} ({sys.executable})",
+        f"torch {torch.__version__}, CUDA {torch.version.cuda or 'none (a CPU build)'}",
+        f"triton {triton.__version__}",
+        f"device: {device}",
+    ]
+    lines += [
+        f"missing: {name}: skipped: {what}" for name, what in OPTIONAL.items() if importlib.util.find_spec(name) is None
+    ]
+    (out / "environment.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    for line in lines:
+        log(line)
+    return cuda
+
+
+def _step(log: Log, name: str, command: list[str], logfile: Path, timeout_s: float) -> int:
+    """Runs one step with its output in ``logfile``; returns its exit status (124 when it ran out of time)."""
+    log(f"== {name}: {' '.join(command[:6])}{' ...' if len(command) > 6 else ''} (log: {logfile.name})")
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    started = time.perf_counter()
+    with logfile.open("w", encoding="utf-8") as handle:
+        try:
+            status = subprocess.run(
+                command, cwd=HERE.parent, env=env, stdout=handle, stderr=subprocess.STDOUT, timeout=timeout_s
+            ).returncode
+        except subprocess.TimeoutExpired:
+            status = 124
+    tail = logfile.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-1:] or [""]
+    log(f"   exit {status} in {time.perf_counter() - started:.0f} s: {tail[0]}")
+    return status
+
+
+def _build(log: Log, out: Path) -> int:
+    """Step 2: atlas_fast._C built with this interpreter's pybind11, the package installed editable, no network."""
+    install = [sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "--no-index", "-e", "."]
+    status = _step(log, "build and install", install, out / "build.log", timeout_s=600)
+    if status == 0:
+        check = [sys.executable, "-c", "import atlas_fast._C, atlas_fast.info as i; print(i.report())"]
+        status = _step(log, "native module", check, out / "native.log", timeout_s=60)
+    return status
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", type=Path, default=HERE / "results-gpu.json")
-    parser.add_argument("--output", type=Path, default=HERE.parent / "BENCHMARKS.md")
-    parser.add_argument("--dry-run", action="store_true", help="list the benchmark cases, run nothing")
+    parser.add_argument("--out", type=Path, help="folder for the logs, the JSON results and the report")
+    parser.add_argument("--output", type=Path, default=HERE.parent / "BENCHMARKS.md", help="BENCHMARKS.md to update")
+    parser.add_argument("--dry-run", action="store_true", help="stop cleanly before the first step that needs CUDA")
+    parser.add_argument("--list", action="store_true", help="list the benchmark cases, run nothing")
     args = parser.parse_args()
-    node_ids = headline_node_ids()
-    if args.dry_run:
-        print("\n".join(node_ids))
+    if args.list:
+        print("\n".join(headline_node_ids()))
         return 0
-    import torch
-
-    if not torch.cuda.is_available():
-        print("error: gpu_check needs a CUDA device (use --dry-run to list its cases)", file=sys.stderr)
-        return 2
-    command = [sys.executable, "-m", "pytest", "-q", f"--benchmark-json={args.json}",
-               "--benchmark-max-time=0.5", "--benchmark-min-rounds=5", *node_ids]  # fmt: skip
-    status = subprocess.run(command, cwd=HERE.parent).returncode
-    if not args.json.exists():
-        return status or 1
-    replace_section(args.output, "gpu-check", render(json.loads(args.json.read_text(encoding="utf-8"))))
-    return status
+    if args.out is None:
+        parser.error("--out DIR is required: the folder the logs and results are written to")
+    args.out.mkdir(parents=True, exist_ok=True)
+    log = Log(args.out)
+    cuda = _environment(log, args.out)
+    status = _build(log, args.out)
+    if status:
+        log("stop: the build failed (build.log)")
+        return status
+    if not cuda:
+        log("stop: the next step needs a CUDA device; every step before it passed")
+        return 0 if args.dry_run else 2
+    if args.dry_run:
+        log("stop: --dry-run; the next step would run the kernel tests on CUDA")
+        return 0
+    tests = [sys.executable, "-m", "pytest", "-q", "-ra", "-m", "gpu or interpret", "-p", "no:cacheprovider", "tests"]
+    test_status = _step(log, "kernel tests on CUDA", tests, args.out / "tests.log", TESTS_TIMEOUT_S)
+    results = args.out / "results-gpu.json"
+    benchmarks = [sys.executable, "-m", "pytest", "-q", f"--benchmark-json={results}", "--benchmark-max-time=0.5",
+                  "--benchmark-min-rounds=5", "-p", "no:cacheprovider", *headline_node_ids()]  # fmt: skip
+    bench_status = _step(log, "headline benchmarks", benchmarks, args.out / "benchmarks.log", BENCHMARKS_TIMEOUT_S)
+    if results.exists():
+        report = render(json.loads(results.read_text(encoding="utf-8")))
+        (args.out / "gpu-check.md").write_text(report + "\n", encoding="utf-8")
+        replace_section(args.output, "gpu-check", report)
+        for line in report.splitlines():
+            log(line)
+    return test_status or bench_status or (0 if results.exists() else 1)
 
 
 if __name__ == "__main__":
