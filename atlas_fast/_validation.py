@@ -1,7 +1,10 @@
 """Argument checks shared by the public ops: each error names the argument and what was expected.
 
-Finiteness checks read the tensor back to the host, a synchronisation on CUDA;
-ATLAS_FAST_CHECK_FINITE=0 skips them where that cost matters more than the error.
+Checks of shapes, dtypes and devices read metadata only and always run. Checks of values (NaN/inf, label
+range, empty target rows) read the tensor back to the host: they run in eager mode on CPU, and on CUDA only
+in the debug mode ATLAS_FAST_DEBUG=1, since there each is a host synchronisation that also breaks CUDA-graph
+capture; under torch.compile they never run (a data-dependent branch breaks the graph).
+ATLAS_FAST_CHECK_FINITE=0 turns them off everywhere.
 """
 
 from __future__ import annotations
@@ -58,9 +61,16 @@ def labels(value: object, expected: tuple[int, ...]) -> torch.Tensor:
     return value
 
 
+def value_checks(value: torch.Tensor) -> bool:
+    """Whether checks that read ``value``'s elements back to the host run (see the module's docstring)."""
+    if torch.compiler.is_compiling() or os.environ.get("ATLAS_FAST_CHECK_FINITE", "1") == "0":
+        return False
+    return value.device.type == "cpu" or os.environ.get("ATLAS_FAST_DEBUG") == "1"
+
+
 def every_row_has_a_target(labels: torch.Tensor) -> None:
     """Each row of (B, T) labels needs a token that is not -100 (a mean over none is undefined)."""
-    if bool(((labels != -100).sum(-1) == 0).any()):
+    if value_checks(labels) and bool(((labels != -100).sum(-1) == 0).any()):
         raise ValueError("labels has a row with no valid target token (all -100); its gold score is undefined")
 
 
@@ -80,12 +90,12 @@ def reduction(value: str) -> str:
 def finite(name: str, value: torch.Tensor, divided_by: tuple[str, float] | None = None) -> None:
     """No NaN or ±inf in ``value`` and, with ``divided_by = (temperature name, τ)``, none in ``value / τ``.
 
-    One reduction (the largest magnitude), so one host synchronisation on CUDA. Finite scores of 3e38,
+    One reduction (the largest magnitude). Finite scores of 3e38,
     or τ = 1e-45, overflow float32 once divided, where the kernels and the reference divide, and the
     softmax turns NaN: that is said instead. float64 stays float64 in the reference, so only its own
-    values are checked. Skipped under ATLAS_FAST_CHECK_FINITE=0.
+    values are checked. Runs where `value_checks` allows.
     """
-    if os.environ.get("ATLAS_FAST_CHECK_FINITE", "1") == "0" or value.numel() == 0:
+    if value.numel() == 0 or not value_checks(value):
         return
     largest = float(value.detach().abs().amax())  # NaN and inf propagate
     if not math.isfinite(largest):

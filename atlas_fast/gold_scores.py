@@ -59,11 +59,18 @@ def _validate_lm_head_inputs(hidden: torch.Tensor, lm_head_weight: torch.Tensor,
             "call inside torch.no_grad() or pass detached hidden and lm_head_weight"
         )
     vocab = lm_head_weight.shape[0]
-    real = labels[labels != -100]
-    if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab):
-        raise ValueError(f"labels must be -100 (padding) or token ids in [0, {vocab}); got values outside")
-    _validation.finite("hidden", hidden)
-    _validation.finite("lm_head_weight", lm_head_weight)
+    if _validation.value_checks(labels):
+        real = labels[labels != -100]
+        if real.numel() and (int(real.min()) < 0 or int(real.max()) >= vocab):
+            raise ValueError(f"labels must be -100 (padding) or token ids in [0, {vocab}); got values outside")
+
+
+def _finite_result(values: torch.Tensor) -> torch.Tensor:
+    """A NaN/inf in hidden or the LM head reaches every score it touches: checking the small result replaces a scan
+    of the whole (V, H) weight on every call."""
+    if values.numel() and _validation.value_checks(values) and not bool(torch.isfinite(values).all()):
+        raise ValueError("hidden or lm_head_weight contains NaN or infinite values (the gold scores are not finite)")
+    return values
 
 
 def _token_logprobs(
@@ -79,7 +86,7 @@ def _token_logprobs(
         values = token_logprobs_triton(rows, lm_head_weight, row_labels, temperature)
     else:
         values = token_logprobs_ref(rows, lm_head_weight, row_labels, temperature)
-    return values.view(B, K, T)
+    return _finite_result(values.view(B, K, T))
 
 
 def pdist_gold_scores(hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
