@@ -14,7 +14,6 @@ could serve asks for it, so a CPU process never imports it.
 
 from __future__ import annotations
 
-import functools
 import os
 from typing import Literal
 
@@ -58,13 +57,21 @@ def requested_backend() -> str:
     return value
 
 
-@functools.cache
+_UNCHECKED = object()
+_triton_error: object = _UNCHECKED
+
+
+# Cached in a module global, not functools.cache, which torch.compile would warn about and trace through.
 def _triton_import_error() -> str | None:
-    try:
-        import triton  # noqa: F401
-    except Exception as error:  # a broken install can raise more than ImportError
-        return f"{type(error).__name__}: {error}"
-    return None
+    global _triton_error
+    if _triton_error is _UNCHECKED:
+        try:
+            import triton  # noqa: F401
+
+            _triton_error = None
+        except Exception as error:  # a broken install can raise more than ImportError
+            _triton_error = f"{type(error).__name__}: {error}"
+    return _triton_error
 
 
 def interpreting() -> bool:

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from atlas_fast import _dispatch, _validation
+from atlas_fast import _dispatch, _validation, ops
 from atlas_fast.reference.attention import fid_cross_attention_ref
 
 __all__ = ["PASSAGE_MASS_KINDS", "fid_cross_attention"]
@@ -91,9 +91,7 @@ def fid_cross_attention(
     if passage_mass is not None and (
         _dispatch.choose_backend("fid_cross_attention", q.device, dtype=q.dtype) == "triton"
     ):
-        from atlas_fast.kernels.attention import fid_cross_attention_triton
-
-        return fid_cross_attention_triton(
+        return ops.fid_cross_attention(
             q, k, v, attention_mask, n_passages, float(scale), passage_mass, float(dropout_p)
         )
     return fid_cross_attention_ref(

@@ -23,7 +23,7 @@ import contextlib
 import torch
 from torch import nn
 
-from atlas_fast import _dispatch, _validation
+from atlas_fast import _dispatch, _validation, ops
 from atlas_fast.fid_patch import cross_attention_modules
 from atlas_fast.reference.gold_scores import adist_gold_scores_ref, masked_token_mean, token_logprobs_ref
 
@@ -81,9 +81,7 @@ def _token_logprobs(
     rows = hidden.reshape(B * K * T, H)
     row_labels = labels[:, None, :].expand(B, K, T).reshape(-1)
     if _dispatch.choose_backend(op, hidden.device, dtype=hidden.dtype) == "triton":
-        from atlas_fast.kernels.gold_scores import token_logprobs_triton
-
-        values = token_logprobs_triton(rows, lm_head_weight, row_labels, temperature)
+        values = ops.token_logprobs(rows, lm_head_weight, row_labels, temperature)
     else:
         values = token_logprobs_ref(rows, lm_head_weight, row_labels, temperature)
     return _finite_result(values.view(B, K, T))

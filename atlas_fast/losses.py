@@ -4,8 +4,9 @@
     loss = atlas_fast.losses.emdr_loss(score, token_logprobs, labels)  # Atlas: self.logprob(...)
 
 Each call validates its arguments (ValueError naming the argument), then runs
-the Triton kernel on CUDA tensors (and on CPU under TRITON_INTERPRET=1) or the
-PyTorch reference otherwise; ATLAS_FAST_BACKEND=reference|triton forces one.
+the Triton kernel, as a registered op (atlas_fast.ops: torch.ops.atlas_fast.kldivloss,
+.emdr_loss), on CUDA tensors (and on CPU under TRITON_INTERPRET=1) or the PyTorch
+reference otherwise; ATLAS_FAST_BACKEND=reference|triton forces one.
 Losses are computed in float32 whatever the input dtype and returned in float32
 (float64 inputs stay float64 and always use the reference). Gradients flow to
 the retriever scores only: gold scores and token log-probabilities are
@@ -24,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from atlas_fast import _dispatch, _validation
+from atlas_fast import _dispatch, _validation, ops
 from atlas_fast.gold_scores import (
     adist_gold_scores,
     emdr_token_logprobs,
@@ -124,9 +125,7 @@ def kldivloss(
         return empty if reduction == "none" else empty.sum()
     unsupported = _kernel_limit(scores.shape[1], KLDIVLOSS_MAX_K)
     if _dispatch.choose_backend("kldivloss", scores.device, unsupported, scores.dtype) == "triton":
-        from atlas_fast.kernels.kldivloss import kldivloss_triton
-
-        return kldivloss_triton(scores, gold_scores, temperature_score, temperature_gold, mask, reduction)
+        return ops.kldivloss(scores, gold_scores, temperature_score, temperature_gold, mask, reduction)
     return kldivloss_ref(scores, gold_scores, temperature_score, temperature_gold, mask, reduction)
 
 
@@ -168,9 +167,7 @@ def emdr_loss(
         return scores.sum(dtype=torch.float32) * 0.0
     unsupported = _kernel_limit(K, EMDR_LOSS_MAX_K)
     if _dispatch.choose_backend("emdr_loss", scores.device, unsupported, scores.dtype) == "triton":
-        from atlas_fast.kernels.emdr_loss import emdr_loss_triton
-
-        return emdr_loss_triton(scores, token_logprobs, labels, temperature_score, mask)
+        return ops.emdr_loss(scores, token_logprobs, labels, temperature_score, mask)
     return emdr_loss_ref(scores, token_logprobs, labels, temperature_score, mask)
 
 

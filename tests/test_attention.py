@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from atlas_fast import losses
+from atlas_fast import losses, ops
 from atlas_fast.attention import fid_cross_attention
 from atlas_fast.reference.atlas import atlas_normssum
 from atlas_fast.reference.attention import fid_cross_attention_naive, fid_cross_attention_ref
@@ -118,12 +118,11 @@ def test_bad_input_is_a_clear_value_error(kwargs, message):
 @pytest.mark.parametrize(("T", "K", "L", "Dh"), [(5, 5, 7, 8), (17, 3, 70, 20), (1, 1, 16, 16)])
 @pytest.mark.parametrize("passage_mass", ["prob", "vnorm"])
 def test_fused_kernel_matches_reference(dtype, T, K, L, Dh, passage_mass):
-    from atlas_fast.kernels.attention import fid_cross_attention_triton
 
     q, k, v, mask = (t.detach().to(kernel_device()) for t in _inputs(B=2, NH=2, T=T, K=K, L=L, Dh=Dh))
     q, k, v = (t.to(dtype).requires_grad_() for t in (q, k, v))
     mask[1] = False  # a row with no real key: uniform, as T5
-    out, mass = fid_cross_attention_triton(q, k, v, mask, K, 0.5, passage_mass)
+    out, mass = ops.fid_cross_attention(q, k, v, mask, K, 0.5, passage_mass)
     want_out, want_mass = fid_cross_attention_ref(q, k, v, mask, K, 0.5, passage_mass)
     assert out.dtype == dtype and mass.dtype == torch.float32 and not mass.requires_grad
     assert_close(out, want_out, dtype=dtype)
@@ -154,12 +153,12 @@ def test_public_op_dispatches_to_the_kernel(monkeypatch):
 @pytest.mark.interpret
 def test_kernel_dropout_replays_from_its_seed():
     """Output and gradients equal attention with the replayed Philox mask; the mass ignores dropout."""
-    from atlas_fast.kernels.attention import dropout_keep_scale, fid_cross_attention_triton
+    from atlas_fast.kernels.attention import dropout_keep_scale
 
     q, k, v, mask = (t.detach().to(kernel_device()).requires_grad_(t.requires_grad) for t in _inputs())
-    out, mass = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)
-    again, _ = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)
-    other, _ = fid_cross_attention_triton(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=99)
+    out, mass = ops.fid_cross_attention(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)
+    again, _ = ops.fid_cross_attention(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=1234)
+    other, _ = ops.fid_cross_attention(q, k, v, mask, 5, 0.5, "vnorm", dropout_p=0.3, seed=99)
     assert torch.equal(out, again) and not torch.equal(out, other)
     keep = dropout_keep_scale((2, 3, 5, 35), 0.3, 1234, q.device)
     assert 0.5 < (keep > 0).float().mean() < 0.9

@@ -53,13 +53,13 @@ def _size(dtype: str) -> int:
 
 
 def _kldivloss_case(B: int, K: int, dtype: str, mask: bool, reduction: str, grad: bool) -> Case:
-    from atlas_fast.kernels.kldivloss import kldivloss_triton
+    from atlas_fast import ops
 
     def run():
         scores = torch.randn(B, K, dtype=DTYPES[dtype], requires_grad=grad)
         gold = torch.randn(B, K, dtype=DTYPES[dtype])
         passage_mask = torch.ones(B, K, dtype=torch.bool) if mask else None
-        loss = kldivloss_triton(scores, gold, mask=passage_mask, reduction=reduction)
+        loss = ops.kldivloss(scores, gold, mask=passage_mask, reduction=reduction)
         if grad:
             loss.backward(torch.ones_like(loss))
 
@@ -97,14 +97,14 @@ def kldivloss_cases() -> list[Case]:
 
 
 def _emdr_loss_case(B: int, K: int, T: int, dtype: str, mask: bool, grad: bool) -> Case:
-    from atlas_fast.kernels.emdr_loss import emdr_loss_triton
+    from atlas_fast import ops
 
     def run():
         scores = torch.randn(B, K, dtype=DTYPES[dtype], requires_grad=grad)
         logprobs = torch.randn(B, K, T, dtype=DTYPES[dtype])
         labels = torch.zeros(B, T, dtype=torch.int64)
         passage_mask = torch.ones(B, K, dtype=torch.bool) if mask else None
-        loss = emdr_loss_triton(scores, logprobs, labels, mask=passage_mask)
+        loss = ops.emdr_loss(scores, logprobs, labels, mask=passage_mask)
         if grad:
             loss.backward()
 
@@ -159,14 +159,14 @@ def gold_scores_cases() -> list[Case]:
 
 
 def _attention_case(B, NH, T, K, L, D, dtype, mass, dropout, backward) -> Case:
-    from atlas_fast.kernels.attention import fid_cross_attention_triton
+    from atlas_fast import ops
 
     def run():
         q = torch.randn(B, NH, T, D, dtype=DTYPES[dtype], requires_grad=backward)
         k = torch.randn(B, NH, K * L, D, dtype=DTYPES[dtype], requires_grad=backward)
         v = torch.randn(B, NH, K * L, D, dtype=DTYPES[dtype], requires_grad=backward)
         mask = torch.ones(B, K * L, dtype=torch.bool)
-        out, _ = fid_cross_attention_triton(q, k, v, mask, K, passage_mass=mass, dropout_p=dropout, seed=1)
+        out, _ = ops.fid_cross_attention(q, k, v, mask, K, passage_mass=mass, dropout_p=dropout, seed=1)
         if backward:
             out.sum().backward()
 

@@ -276,78 +276,64 @@ def _backward_config(T: int, D: int, dtype: torch.dtype) -> tuple[int, int, int,
     return max(16, min(64, triton.next_power_of_2(T))), 32, block_d, 4
 
 
-class FiDAttentionFunction(torch.autograd.Function):
-    """Fused forward (output, mass, row statistics) and backward (dq, dk, dv); the mass gets no gradient."""
+def fid_cross_attention_forward_triton(q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed):
+    """Fused forward: out (B, NH, T, Dh) in q's dtype, mass (B, NH, T, K) float32, and the (B, NH, T) float32 row
+    max and row sum of the softmax that the backward needs.
 
-    @staticmethod
-    def forward(ctx, q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed):
-        B, NH, T, D = q.shape
-        KL = k.shape[2]
-        L = KL // n_passages
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-        mask = attention_mask.to(torch.int8).contiguous()
-        out = torch.empty_like(q)
-        mass = torch.empty((B, NH, T, n_passages), device=q.device, dtype=torch.float32)
-        # (B, NH, K·L) ‖v_j‖ in fp32 for "vnorm"; "prob" weighs every real key by 1 (the pointer is unused).
-        key_weight = torch.linalg.vector_norm(v, dim=-1, dtype=torch.float32) if passage_mass == "vnorm" else mass
-        passage_max = torch.empty_like(mass)
-        row_max = torch.empty((B, NH, T), device=q.device, dtype=torch.float32)
-        row_sum = torch.empty_like(row_max)
-        block_t, block_l, block_d, num_warps = _forward_config(T, L, D, q.dtype)
-        _fid_attention_fwd_kernel[(B * NH, triton.cdiv(T, block_t))](
-            q, k, v, mask, key_weight, out, mass, passage_max, row_max, row_sum,
-            NH, T, L, n_passages, D, scale, dropout_p, seed,
-            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
-            out.stride(0), out.stride(1), out.stride(2), mass.stride(0), mass.stride(1), mass.stride(2),
-            HAS_KEY_WEIGHT=passage_mass == "vnorm", IEEE_FP32=q.dtype == torch.float32,
-            HAS_DROPOUT=dropout_p > 0, BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps,
-        )  # fmt: skip
-        ctx.save_for_backward(q, k, v, mask, out, row_max, row_sum)
-        ctx.scale, ctx.dropout_p, ctx.seed = scale, dropout_p, seed
-        ctx.mark_non_differentiable(mass)
-        return out, mass
-
-    @staticmethod
-    def backward(ctx, grad_out, _grad_mass):
-        q, k, v, mask, out, row_max, row_sum = ctx.saved_tensors
-        B, NH, T, D = q.shape
-        KL = k.shape[2]
-        grad_out = grad_out.contiguous()
-        delta = (grad_out.float() * out.float()).sum(-1)  # δ_t = Σ_d do·o, (B, NH, T)
-        grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-        block_t, block_n, block_d, num_warps = _backward_config(T, D, q.dtype)
-        common = dict(
-            IEEE_FP32=q.dtype == torch.float32, HAS_DROPOUT=ctx.dropout_p > 0,
-            BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
-        )  # fmt: skip
-        shapes = (NH, T, KL, D, ctx.scale, ctx.dropout_p, ctx.seed)
-        _fid_attention_bwd_dkdv_kernel[(B * NH, triton.cdiv(KL, block_n))](
-            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_k, grad_v, *shapes, **common
-        )
-        _fid_attention_bwd_dq_kernel[(B * NH, triton.cdiv(T, block_t))](
-            q, k, v, mask, grad_out, row_max, row_sum, delta, grad_q, *shapes, **common
-        )
-        return grad_q, grad_k, grad_v, None, None, None, None, None, None
-
-
-def fid_cross_attention_triton(
-    q, k, v, attention_mask, n_passages, scale=1.0, passage_mass="vnorm", dropout_p=0.0, seed=None
-):
-    """Fused FiD cross-attention with mass; the contract of the reference with passage_mass set.
-
-    Args:
-        q: (B, NH, T, Dh); k, v: (B, NH, K·L, Dh); attention_mask: (B, K·L), True/1 = real token.
-        n_passages: K. scale: multiplies q·k. passage_mass: "prob" or "vnorm".
-        dropout_p: attention dropout (the mass is taken before it).
-        seed: Philox seed of the dropout mask; None draws one from torch's CPU generator, so
-            torch.manual_seed makes runs repeatable. `dropout_keep_scale` replays the mask.
-
-    Returns:
-        out (B, NH, T, Dh) in q's dtype, differentiable in q, k, v; mass (B, NH, T, K) float32, no gradient.
+    q: (B, NH, T, Dh); k, v: (B, NH, K·L, Dh); attention_mask: (B, K·L), True/1 = real token; n_passages: K;
+    scale multiplies q·k; passage_mass "prob" or "vnorm"; dropout_p on the attention weights (the mass is taken
+    before it), its Philox mask drawn from ``seed`` (`dropout_keep_scale` replays it). Inputs validated already
+    (atlas_fast.attention); the autograd is the registered op's (atlas_fast/ops.py).
     """
-    if seed is None:
-        seed = int(torch.randint(0, 2**31 - 1, (1,)).item()) if dropout_p > 0 else 0
-    return FiDAttentionFunction.apply(q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed)
+    B, NH, T, D = q.shape
+    KL = k.shape[2]
+    L = KL // n_passages
+    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    mask = attention_mask.to(torch.int8).contiguous()
+    out = torch.empty_like(q)
+    mass = torch.empty((B, NH, T, n_passages), device=q.device, dtype=torch.float32)
+    # (B, NH, K·L) ‖v_j‖ in fp32 for "vnorm"; "prob" weighs every real key by 1 (the pointer is unused).
+    key_weight = torch.linalg.vector_norm(v, dim=-1, dtype=torch.float32) if passage_mass == "vnorm" else mass
+    passage_max = torch.empty_like(mass)
+    row_max = torch.empty((B, NH, T), device=q.device, dtype=torch.float32)
+    row_sum = torch.empty_like(row_max)
+    block_t, block_l, block_d, num_warps = _forward_config(T, L, D, q.dtype)
+    _fid_attention_fwd_kernel[(B * NH, triton.cdiv(T, block_t))](
+        q, k, v, mask, key_weight, out, mass, passage_max, row_max, row_sum,
+        NH, T, L, n_passages, D, scale, dropout_p, seed,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
+        out.stride(0), out.stride(1), out.stride(2), mass.stride(0), mass.stride(1), mass.stride(2),
+        HAS_KEY_WEIGHT=passage_mass == "vnorm", IEEE_FP32=q.dtype == torch.float32,
+        HAS_DROPOUT=dropout_p > 0, BLOCK_T=block_t, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=num_warps,
+    )  # fmt: skip
+    return out, mass, row_max, row_sum
+
+
+def fid_cross_attention_backward_triton(
+    grad_out, q, k, v, attention_mask, out, row_max, row_sum, scale, dropout_p, seed
+):
+    """(grad_q, grad_k, grad_v) of the forward's ``out`` given grad_out (B, NH, T, Dh): one kernel for dk and dv,
+    one for dq, from the saved row statistics (the mass gets no gradient)."""
+    B, NH, T, D = q.shape
+    KL = k.shape[2]
+    q, k, v, out = q.contiguous(), k.contiguous(), v.contiguous(), out.contiguous()
+    mask = attention_mask.to(torch.int8).contiguous()
+    grad_out = grad_out.contiguous()
+    delta = (grad_out.float() * out.float()).sum(-1)  # δ_t = Σ_d do·o, (B, NH, T)
+    grad_q, grad_k, grad_v = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    block_t, block_n, block_d, num_warps = _backward_config(T, D, q.dtype)
+    common = dict(
+        IEEE_FP32=q.dtype == torch.float32, HAS_DROPOUT=dropout_p > 0,
+        BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
+    )  # fmt: skip
+    shapes = (NH, T, KL, D, scale, dropout_p, seed)
+    _fid_attention_bwd_dkdv_kernel[(B * NH, triton.cdiv(KL, block_n))](
+        q, k, v, mask, grad_out, row_max, row_sum, delta, grad_k, grad_v, *shapes, **common
+    )
+    _fid_attention_bwd_dq_kernel[(B * NH, triton.cdiv(T, block_t))](
+        q, k, v, mask, grad_out, row_max, row_sum, delta, grad_q, *shapes, **common
+    )
+    return grad_q, grad_k, grad_v
 
 
 def dropout_keep_scale(shape: tuple[int, int, int, int], dropout_p: float, seed: int, device) -> torch.Tensor:

@@ -80,55 +80,41 @@ def _emdr_fwd_kernel(
         tl.store(grad_ptr + b * stride_gb + cols, grad.to(grad_ptr.dtype.element_ty), mask=cols < K)
 
 
-class EMDRLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores, token_logprobs, labels, mask, temperature_score):
-        B, K = scores.shape
-        T = labels.shape[1]
-        scores = scores.contiguous()
-        labels = labels.contiguous()
-        mask_arg = mask.contiguous() if mask is not None else scores  # unused without HAS_MASK
-        counted = labels != -100
-        if mask is not None:
-            counted = counted & mask.any(dim=-1, keepdim=True)
-        # N stays on the device: no host synchronisation.
-        n_tokens = counted.sum().clamp_min(1).to(torch.float32)
-        block_k = triton.next_power_of_2(max(K, 2))
-        block_t = max(1, min(triton.next_power_of_2(max(T, 1)), _ELEMENTS_PER_TILE // block_k))
-        compute_grad = ctx.needs_input_grad[0]
-        loss = torch.zeros((), device=scores.device, dtype=torch.float32)
-        # fp32 so that the backward's scaling by grad_output rounds to the input dtype only once.
-        grad = torch.empty((B, K) if compute_grad else (1, 1), device=scores.device, dtype=torch.float32)
-        _emdr_fwd_kernel[(B,)](
-            scores, token_logprobs, labels, mask_arg, loss, grad, n_tokens,
-            K, T, scores.stride(0), token_logprobs.stride(0), token_logprobs.stride(1), token_logprobs.stride(2),
-            labels.stride(0), mask_arg.stride(0), grad.stride(0),
-            temperature_score,
-            HAS_MASK=mask is not None, COMPUTE_GRAD=compute_grad, BLOCK_K=block_k, BLOCK_T=block_t,
-            num_warps=_num_warps(block_k, block_t),
-        )  # fmt: skip
-        ctx.scores_dtype = scores.dtype
-        if compute_grad:
-            ctx.save_for_backward(grad)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None
-        (grad,) = ctx.saved_tensors
-        return (grad * grad_output).to(ctx.scores_dtype), None, None, None, None
-
-
-def emdr_loss_triton(
+def emdr_loss_forward_triton(
     scores: torch.Tensor,
     token_logprobs: torch.Tensor,
     labels: torch.Tensor,
-    temperature_score: float = 0.01,
-    mask: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Triton EMDR² loss: the contract of atlas_fast.reference.emdr_loss_ref.
+    temperature_score: float,
+    mask: torch.Tensor | None,
+    with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 scalar loss and, when ``with_grad``, the float32 (B, K) gradient w.r.t. the scores from the same
+    launch; else an empty (0,) tensor.
 
-    Inputs must be validated already (atlas_fast.losses.emdr_loss does it) and K ≤ EMDR_LOSS_MAX_K.
+    The contract of atlas_fast.reference.emdr_loss_ref; inputs validated already (atlas_fast.losses.emdr_loss) and
+    K ≤ EMDR_LOSS_MAX_K. No autograd here: atlas_fast.ops registers it as atlas_fast::emdr_loss.
     """
-    return EMDRLossFunction.apply(scores, token_logprobs, labels, mask, temperature_score)
+    B, K = scores.shape
+    T = labels.shape[1]
+    scores = scores.contiguous()
+    labels = labels.contiguous()
+    mask_arg = mask.contiguous() if mask is not None else scores  # unused without HAS_MASK
+    counted = labels != -100
+    if mask is not None:
+        counted = counted & mask.any(dim=-1, keepdim=True)
+    # N stays on the device: no host synchronisation.
+    n_tokens = counted.sum().clamp_min(1).to(torch.float32)
+    block_k = triton.next_power_of_2(max(K, 2))
+    block_t = max(1, min(triton.next_power_of_2(max(T, 1)), _ELEMENTS_PER_TILE // block_k))
+    loss = torch.zeros((), device=scores.device, dtype=torch.float32)
+    # fp32 so that the backward's scaling by grad_output rounds to the input dtype only once.
+    grad = torch.empty((B, K) if with_grad else (0,), device=scores.device, dtype=torch.float32)
+    _emdr_fwd_kernel[(B,)](
+        scores, token_logprobs, labels, mask_arg, loss, grad, n_tokens,
+        K, T, scores.stride(0), token_logprobs.stride(0), token_logprobs.stride(1), token_logprobs.stride(2),
+        labels.stride(0), mask_arg.stride(0), grad.stride(0) if with_grad else 0,
+        temperature_score,
+        HAS_MASK=mask is not None, COMPUTE_GRAD=with_grad, BLOCK_K=block_k, BLOCK_T=block_t,
+        num_warps=_num_warps(block_k, block_t),
+    )  # fmt: skip
+    return loss, grad

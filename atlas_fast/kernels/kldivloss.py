@@ -7,7 +7,8 @@ reduction, and — for scalar reductions — the gradient w.r.t. the scores,
 (softmax(s/τ_s) − target) / τ_s · 1/denominator, all in one launch. The backward
 then only multiplies that gradient by grad_output. For reduction="none" the
 gradient depends on the (B, K) grad_output, so one backward kernel recomputes
-both softmaxes instead of storing them.
+both softmaxes instead of storing them. The autograd around these launchers is
+the registered op's (atlas_fast/ops.py).
 
 Reads 2·B·K inputs and writes B·K gradients: memory-bound, so the win over
 eager PyTorch is in doing ~10 elementwise passes as one. A row is held in
@@ -141,74 +142,68 @@ def _denominator(B: int, K: int, mask: torch.Tensor | None, reduction: str) -> t
     return 1.0, count.clamp_min(1).to(torch.float32)
 
 
-class KLDivLossFunction(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, scores, gold_scores, mask, temperature_score, temperature_gold, reduction):
-        B, K = scores.shape
-        scores = scores.contiguous()
-        gold_scores = gold_scores.contiguous()
-        mask_arg = mask.contiguous() if mask is not None else scores  # any pointer; unused without HAS_MASK
-        block_b, block_k, num_warps, grid = _launch_config(B, K)
-        compute_grad = ctx.needs_input_grad[0] and reduction != "none"
-        inv_denom, denom = _denominator(B, K, mask, reduction)
-        if reduction == "none":
-            loss = torch.empty((B, K), device=scores.device, dtype=torch.float32)
-        else:
-            loss = torch.zeros((), device=scores.device, dtype=torch.float32)
-        # fp32 so that the backward's scaling by grad_output rounds to the input dtype only once.
-        grad = torch.empty((B, K) if compute_grad else (1, 1), device=scores.device, dtype=torch.float32)
-        _kldiv_fwd_kernel[grid](
-            scores, gold_scores, mask_arg, loss, grad, denom if denom is not None else loss,
-            B, K, scores.stride(0), gold_scores.stride(0), mask_arg.stride(0),
-            loss.stride(0) if reduction == "none" else 0, grad.stride(0),
-            temperature_score, temperature_gold, inv_denom,
-            HAS_MASK=mask is not None, REDUCE=_REDUCE_NONE if reduction == "none" else _REDUCE_SUM,
-            DENOM_FROM_PTR=denom is not None, COMPUTE_GRAD=compute_grad,
-            BLOCK_B=block_b, BLOCK_K=block_k, num_warps=num_warps,
-        )  # fmt: skip
-        ctx.reduction = reduction
-        ctx.scores_dtype = scores.dtype
-        ctx.temperatures = (temperature_score, temperature_gold)
-        if reduction == "none":
-            ctx.save_for_backward(scores, gold_scores, mask)
-        elif compute_grad:
-            ctx.save_for_backward(grad)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad_output):
-        if not ctx.needs_input_grad[0]:
-            return None, None, None, None, None, None
-        if ctx.reduction != "none":
-            (grad,) = ctx.saved_tensors
-            return (grad * grad_output).to(ctx.scores_dtype), None, None, None, None, None
-        scores, gold_scores, mask = ctx.saved_tensors
-        B, K = scores.shape
-        grad_output = grad_output.contiguous()
-        mask_arg = mask if mask is not None else scores
-        grad = torch.empty_like(scores)
-        block_b, block_k, num_warps, grid = _launch_config(B, K)
-        temperature_score, temperature_gold = ctx.temperatures
-        _kldiv_bwd_pointwise_kernel[grid](
-            scores, gold_scores, mask_arg, grad_output, grad,
-            B, K, scores.stride(0), gold_scores.stride(0), mask_arg.stride(0),
-            grad_output.stride(0), grad.stride(0),
-            temperature_score, temperature_gold,
-            HAS_MASK=mask is not None, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=num_warps,
-        )  # fmt: skip
-        return grad, None, None, None, None, None
-
-
-def kldivloss_triton(
+def kldivloss_forward_triton(
     scores: torch.Tensor,
     gold_scores: torch.Tensor,
-    temperature_score: float = 0.01,
-    temperature_gold: float = 0.01,
-    mask: torch.Tensor | None = None,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """Triton kldivloss: the contract of atlas_fast.reference.kldivloss_ref.
+    temperature_score: float,
+    temperature_gold: float,
+    mask: torch.Tensor | None,
+    reduction: str,
+    with_grad: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The loss, float32 scalar or (B, K) for "none", and, when ``with_grad`` (scalar reductions only), the float32
+    (B, K) gradient of the loss w.r.t. the scores from the same launch; else an empty (0,) tensor.
 
-    Inputs must be validated already (atlas_fast.losses.kldivloss does it) and K ≤ KLDIVLOSS_MAX_K.
+    The contract of atlas_fast.reference.kldivloss_ref; inputs validated already (atlas_fast.losses.kldivloss) and
+    K ≤ KLDIVLOSS_MAX_K. No autograd here: atlas_fast.ops registers it as atlas_fast::kldivloss.
     """
-    return KLDivLossFunction.apply(scores, gold_scores, mask, temperature_score, temperature_gold, reduction)
+    B, K = scores.shape
+    scores = scores.contiguous()
+    gold_scores = gold_scores.contiguous()
+    mask_arg = mask.contiguous() if mask is not None else scores  # any pointer; unused without HAS_MASK
+    block_b, block_k, num_warps, grid = _launch_config(B, K)
+    compute_grad = with_grad and reduction != "none"
+    inv_denom, denom = _denominator(B, K, mask, reduction)
+    if reduction == "none":
+        loss = torch.empty((B, K), device=scores.device, dtype=torch.float32)
+    else:
+        loss = torch.zeros((), device=scores.device, dtype=torch.float32)
+    # fp32 so that the backward's scaling by grad_output rounds to the input dtype only once.
+    grad = torch.empty((B, K) if compute_grad else (0,), device=scores.device, dtype=torch.float32)
+    _kldiv_fwd_kernel[grid](
+        scores, gold_scores, mask_arg, loss, grad, denom if denom is not None else loss,
+        B, K, scores.stride(0), gold_scores.stride(0), mask_arg.stride(0),
+        loss.stride(0) if reduction == "none" else 0, grad.stride(0) if compute_grad else 0,
+        temperature_score, temperature_gold, inv_denom,
+        HAS_MASK=mask is not None, REDUCE=_REDUCE_NONE if reduction == "none" else _REDUCE_SUM,
+        DENOM_FROM_PTR=denom is not None, COMPUTE_GRAD=compute_grad,
+        BLOCK_B=block_b, BLOCK_K=block_k, num_warps=num_warps,
+    )  # fmt: skip
+    return loss, grad
+
+
+def kldivloss_backward_triton(
+    grad_output: torch.Tensor,
+    scores: torch.Tensor,
+    gold_scores: torch.Tensor,
+    temperature_score: float,
+    temperature_gold: float,
+    mask: torch.Tensor | None,
+) -> torch.Tensor:
+    """Gradient w.r.t. the (B, K) scores, in their dtype, of reduction="none"'s (B, K) loss given its (B, K)
+    grad_output: one kernel recomputes both softmaxes rather than storing them."""
+    B, K = scores.shape
+    scores = scores.contiguous()
+    gold_scores = gold_scores.contiguous()
+    grad_output = grad_output.contiguous()
+    mask_arg = mask.contiguous() if mask is not None else scores
+    grad = torch.empty_like(scores)
+    block_b, block_k, num_warps, grid = _launch_config(B, K)
+    _kldiv_bwd_pointwise_kernel[grid](
+        scores, gold_scores, mask_arg, grad_output, grad,
+        B, K, scores.stride(0), gold_scores.stride(0), mask_arg.stride(0),
+        grad_output.stride(0), grad.stride(0),
+        temperature_score, temperature_gold,
+        HAS_MASK=mask is not None, BLOCK_B=block_b, BLOCK_K=block_k, num_warps=num_warps,
+    )  # fmt: skip
+    return grad
