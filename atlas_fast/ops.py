@@ -8,6 +8,7 @@
         -> (out, mass, row_max, row_sum)
     torch.ops.atlas_fast.fid_cross_attention_backward(grad_out, q, k, v, attention_mask, out, row_max, row_sum,
         scale, dropout_p, seed) -> (grad_q, grad_k, grad_v)
+    torch.ops.atlas_fast.index_topk(queries, rows, row_ids, k) -> (scores, ids)  (TorchDocumentIndex's search)
 
 Each op has a fake implementation (shapes and dtypes only), so torch.compile traces a call without running it
 and without a graph break, and autograd through `register_autograd`. The loss ops return, when ``with_grad``, the
@@ -25,7 +26,7 @@ from typing import Optional
 import torch
 from torch.library import custom_op
 
-__all__ = ["emdr_loss", "fid_cross_attention", "kldivloss", "token_logprobs"]
+__all__ = ["emdr_loss", "fid_cross_attention", "index_topk", "kldivloss", "token_logprobs"]
 
 
 # ---------------------------------------------------------------------------- kldivloss
@@ -283,3 +284,24 @@ def fid_cross_attention(
         q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed_tensor
     )
     return out, mass
+
+
+# ---------------------------------------------------------------------------- index_topk
+
+
+@custom_op("atlas_fast::index_topk", mutates_args=())
+def index_topk(
+    queries: torch.Tensor, rows: torch.Tensor, row_ids: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k rows of each of the (q, d) queries by inner product over (n, d) ``rows`` with (n,) int64 ``row_ids``:
+    (q, k) float32 scores and int64 ids, sorted, ties by the smaller id, (−inf, −1) padding past n; the (q, n) score
+    matrix is never written. No gradient (retrieval is not differentiated)."""
+    from atlas_fast.kernels.index_topk import search_triton
+
+    return search_triton(queries, rows, row_ids, k)
+
+
+@index_topk.register_fake
+def _(queries, rows, row_ids, k):
+    shape = (queries.shape[0], k)
+    return queries.new_empty(shape, dtype=torch.float32), queries.new_empty(shape, dtype=torch.int64)

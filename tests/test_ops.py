@@ -74,3 +74,10 @@ def test_fid_cross_attention_ops(device, passage_mass):
     detached = [t.detach() for t in (q, k, v)]
     backward = (torch.randn_like(out), *detached, mask, out.detach(), row_max, row_sum, 1.0, 0.0, seed)
     _check(torch.ops.atlas_fast.fid_cross_attention_backward, backward)
+
+
+@pytest.mark.parametrize("k", [3, 40])  # 40 > n: padded with (−inf, −1)
+def test_index_topk_op(device, k):
+    rows = torch.randn(33, 16, device=device)
+    ids = torch.arange(100, 133, device=device)
+    _check(torch.ops.atlas_fast.index_topk, (torch.randn(2, 16, device=device), rows, ids, k))

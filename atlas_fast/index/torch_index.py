@@ -26,7 +26,7 @@ import threading
 import numpy as np
 import torch
 
-from atlas_fast import _dispatch
+from atlas_fast import _dispatch, ops
 from atlas_fast.index.document_index import (
     DTYPES,
     STALE_ORDERS,
@@ -232,10 +232,8 @@ class TorchDocumentIndex:
         on_cpu = "the fused kernel serves CUDA shards; CPU tensors use the chunked reference"
         backend = _dispatch.choose_backend("index_topk", self.device, on_cpu if self.device.type != "cuda" else None)
         if backend == "triton" and self._count:
-            from atlas_fast.kernels.index_topk import search_triton  # imports triton: CUDA only
-
             if k <= SEARCH_MAX_K:
-                return search_triton(queries, rows, row_ids, int(k))
+                return ops.index_topk(queries, rows, row_ids, int(k))  # imports triton: CUDA only
             if _dispatch.requested_backend() == "triton":
                 limit = f"the kernel's limit of {SEARCH_MAX_K}"
                 raise _dispatch.TritonUnavailable(f"index_topk: k = {k} is above {limit}")
