@@ -72,7 +72,7 @@ def _kldivloss_backward_op(
 
 @_kldivloss_backward_op.register_fake
 def _(grad_output, scores, gold_scores, temperature_score, temperature_gold, mask):
-    return torch.empty_like(scores)
+    return scores.new_empty(scores.shape)  # contiguous, as the launcher's output, whatever the input's strides
 
 
 def _kldivloss_setup(ctx, inputs, output):
@@ -208,7 +208,8 @@ def _fid_attention_op(
 def _(q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed):
     B, NH, T, _ = q.shape
     row_max = q.new_empty((B, NH, T), dtype=torch.float32)
-    return torch.empty_like(q), q.new_empty((B, NH, T, n_passages), dtype=torch.float32), row_max, row_max.clone()
+    # Contiguous, as the launcher's outputs, whatever the inputs' strides.
+    return q.new_empty(q.shape), q.new_empty((B, NH, T, n_passages), dtype=torch.float32), row_max, row_max.clone()
 
 
 @custom_op("atlas_fast::fid_cross_attention_backward", mutates_args=())
@@ -234,7 +235,7 @@ def _fid_attention_backward_op(
 
 @_fid_attention_backward_op.register_fake
 def _(grad_out, q, k, v, attention_mask, out, row_max, row_sum, scale, dropout_p, seed):
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    return q.new_empty(q.shape), k.new_empty(k.shape), v.new_empty(v.shape)
 
 
 def _fid_attention_setup(ctx, inputs, output):

@@ -63,7 +63,8 @@ def test_token_logprobs_op(device):
 @pytest.mark.parametrize("passage_mass", ["prob", "vnorm"])
 def test_fid_cross_attention_ops(device, passage_mass):
     B, NH, T, K, L, D = 1, 2, 3, 2, 16, 16
-    q = torch.randn(B, NH, T, D, device=device, requires_grad=True)
+    # q as Hugging Face attention hands it over: a transposed view, whose strides the outputs must not follow.
+    q = torch.randn(B, T, NH, D, device=device).transpose(1, 2).requires_grad_()
     k = torch.randn(B, NH, K * L, D, device=device, requires_grad=True)
     v = torch.randn(B, NH, K * L, D, device=device, requires_grad=True)
     mask = torch.rand(B, K * L, device=device) > 0.2

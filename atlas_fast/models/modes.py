@@ -7,15 +7,23 @@ from collections.abc import Iterator
 
 from torch import nn
 
-__all__ = ["eval_mode"]
+__all__ = ["eval_mode", "set_training"]
+
+
+def set_training(module: nn.Module, mode: bool) -> None:
+    """``module.train(mode)`` without the subclasses' overrides: Hugging Face's PreTrainedModel.train (transformers
+    >= 5.25) consults its kernel hub, which torch.compile cannot trace; the flag on every submodule is all that
+    dropout and the models read."""
+    for submodule in module.modules():
+        submodule.training = mode
 
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
     """``module`` in eval mode (no dropout) inside the block; its previous mode is restored after, also on error."""
     was_training = module.training
-    module.eval()
+    set_training(module, False)
     try:
         yield module
     finally:
-        module.train(was_training)
+        set_training(module, was_training)

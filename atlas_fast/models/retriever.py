@@ -88,19 +88,40 @@ class Retriever(nn.Module):
     def device(self) -> torch.device:
         return next(self.query_encoder.parameters()).device
 
-    def _embed(self, encoder: nn.Module, texts: list[str], max_length: int) -> torch.Tensor:
+    def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
-        batch = batch.to(self.device)
-        hidden = encoder(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        return mean_pool(hidden, batch["attention_mask"]).float()
+        return batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device)
+
+    def tokenize_queries(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, L) input ids and attention mask of the query encoder, on the retriever's device."""
+        return self._tokenize(texts, self.query_max_length)
+
+    def tokenize_passages(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(n, L) input ids and attention mask of the passage encoder, on the retriever's device."""
+        return self._tokenize(texts, self.passage_max_length)
+
+    @staticmethod
+    def _embed_tokens(encoder: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return mean_pool(hidden, attention_mask).float()
+
+    def embed_query_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(n, d) float32 embeddings of tokenised queries (n, L); differentiable in the query encoder. Tensors only,
+        so that torch.compile traces it whole."""
+        return self._embed_tokens(self.query_encoder, input_ids, attention_mask)
+
+    def embed_passage_tokens(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(n, d) float32 embeddings of tokenised passages (n, L); differentiable unless training is query-side
+        only."""
+        return self._embed_tokens(self.passage_encoder, input_ids, attention_mask)
 
     def embed_queries(self, texts: list[str]) -> torch.Tensor:
         """(n, d) float32 query embeddings; differentiable in the query encoder."""
-        return self._embed(self.query_encoder, texts, self.query_max_length)
+        return self.embed_query_tokens(*self.tokenize_queries(texts))
 
     def embed_passages(self, texts: list[str]) -> torch.Tensor:
         """(n, d) float32 passage embeddings; differentiable unless training is query-side only."""
-        return self._embed(self.passage_encoder, texts, self.passage_max_length)
+        return self.embed_passage_tokens(*self.tokenize_passages(texts))
 
     @torch.no_grad()
     def embed_passages_for_index(self, texts: list[str], batch_size: int = 128, progress: bool = False) -> np.ndarray:

@@ -19,7 +19,7 @@ from torch import nn
 
 from atlas_fast import losses
 from atlas_fast.models import FiDReader, Retriever
-from atlas_fast.models.modes import eval_mode
+from atlas_fast.models.modes import eval_mode, set_training
 from atlas_fast.train.config import TrainConfig
 from atlas_fast.train.phases import PhaseTimer
 
@@ -30,15 +30,20 @@ __all__ = ["CachedBatch", "JointModel", "RetrievedBatch"]
 class RetrievedBatch:
     """A micro-batch of B questions with their K retrieved passages each.
 
+    Tensors only, tokenised before `JointModel.forward`, so that torch.compile traces the forward whole.
+
     Attributes:
-        queries: B query texts (the query encoder's input).
-        passage_texts: B·K retriever passage texts, K per query, in retrieval order.
+        query_ids, query_mask: (B, Lq) the retriever's tokenised queries.
+        passage_ids, passage_ids_mask: (B·K, Lp) the retriever's tokenised passages, K per query, in retrieval
+            order.
         input_ids, passage_mask: (B, K, L) the reader's tokenised passages.
         labels: (B, T) reader targets, -100 = padding.
     """
 
-    queries: list[str]
-    passage_texts: list[str]
+    query_ids: torch.Tensor
+    query_mask: torch.Tensor
+    passage_ids: torch.Tensor
+    passage_ids_mask: torch.Tensor
     input_ids: torch.Tensor
     passage_mask: torch.Tensor
     labels: torch.Tensor
@@ -91,13 +96,13 @@ class JointModel(nn.Module):
         with self.autocast():
             if train_retriever:
                 with self.timer("reembed"):
-                    query_emb = self.retriever.embed_queries(batch.queries)
-                    passage_emb = self.retriever.embed_passages(batch.passage_texts)
-                    scores = losses.retriever_scores(query_emb, passage_emb.view(len(batch.queries), K, -1))
+                    query_emb = self.retriever.embed_query_tokens(batch.query_ids, batch.query_mask)
+                    passage_emb = self.retriever.embed_passage_tokens(batch.passage_ids, batch.passage_ids_mask)
+                    scores = losses.retriever_scores(query_emb, passage_emb.view(query_emb.shape[0], K, -1))
             # A frozen reader encoder is run once, in eval mode, for both the gold scores and the FiD pass.
             frozen_encoder = not config.reader_train_encoder
             with self.timer("reader"), torch.no_grad() if frozen_encoder else contextlib.nullcontext():
-                self.reader.model.encoder.train(not frozen_encoder)
+                set_training(self.reader.model.encoder, not frozen_encoder)
                 states, flat_mask = self.reader.encode(batch.input_ids, batch.passage_mask)
             if train_retriever:
                 with self.timer("gold"):

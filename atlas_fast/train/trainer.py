@@ -207,7 +207,13 @@ class Trainer:
         queries = self.reader.queries(examples)
         input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
         texts = [self.retriever_text(p) for row in passages for p in row]
-        return RetrievedBatch(queries, texts, input_ids, passage_mask, self.reader.labels(examples))
+        return RetrievedBatch(
+            *self.retriever.tokenize_queries(queries),
+            *self.retriever.tokenize_passages(texts),
+            input_ids,
+            passage_mask,
+            self.reader.labels(examples),
+        )
 
     def train_step(self) -> dict:
         """One optimiser step (``accumulation_steps`` micro-batches); returns losses and per-phase seconds."""
