@@ -7,6 +7,7 @@ prints so the slowest phase is visible. Two sizes: the tests' tiny models, and t
 default run's MiniLM retriever and reader (skipped in the --benchmark-disable smoke run).
 """
 
+import time
 from collections import defaultdict
 
 import pytest
@@ -14,7 +15,7 @@ import torch
 from harness import run_provider
 
 from atlas_fast.models import packaged_minilm_path
-from atlas_fast.train import Trainer
+from atlas_fast.train import TrainConfig, Trainer
 from atlas_fast.train.tiny import tiny_config
 
 PHASES = ("retrieve", "reembed", "gold", "reader", "backward", "refresh")
@@ -57,3 +58,30 @@ def test_train_step(benchmark, tmp_path, provider, size):
         device=torch.device("cpu"),
     )
     benchmark.extra_info["phase_seconds"] = {phase: sum(v) / len(v) for phase, v in phases.items() if v}
+
+
+@pytest.mark.parametrize("provider", ["eager", "compiled"])
+def test_train_step_compiled(benchmark, tmp_path, provider):
+    """The default run's joint step (MiniLM retriever and reader, B=16, K=5, bf16 autocast, PDist) with and without
+    `compile = true`; extra_info["first_step_s"] is the first step, which pays for compiling."""
+    if benchmark.disabled:
+        pytest.skip("the smoke run leaves compiling out (minutes on 2 cores)")
+    config = TrainConfig(
+        freeze_retriever_steps=0, checkpoint_every=0, progress=False, compile=provider == "compiled",
+        output_dir=str(tmp_path / "run"), steps=10**6,
+    )  # fmt: skip
+    trainer = Trainer(config)
+    trainer.build_index()
+    started = time.perf_counter()
+    trainer.train_step()
+    benchmark.extra_info["first_step_s"] = time.perf_counter() - started
+    run_provider(
+        benchmark,
+        trainer.train_step,
+        op="train_step",
+        shape=f"B={config.batch_size} K={config.n_context} default run, joint step",
+        mode="fwd+bwd",
+        provider=provider,
+        baseline="eager",
+        device=torch.device("cpu"),
+    )

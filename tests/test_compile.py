@@ -138,3 +138,28 @@ def test_joint_step_compiles_whole_and_equals_eager(tmp_path, gold_score_mode):
     assert compiled_grads.keys() == eager_grads.keys() and any(n.startswith("retriever.") for n in eager_grads)
     for name, grad in eager_grads.items():
         assert_close(compiled_grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compile_option_trains_what_eager_trains(tmp_path):
+    """`compile = true` (Inductor's default backend) over two steps: the same losses as the eager trainer."""
+    from atlas_fast.train import Trainer
+    from atlas_fast.train.tiny import tiny_config, write_tiny_bert
+
+    write_tiny_bert(tmp_path / "bert-no-dropout", dropout=0.0)
+    records = {}
+    for compiled in (False, True):
+        config = tiny_config(
+            tmp_path,
+            retriever_path=str(tmp_path / "bert-no-dropout"),
+            output_dir=str(tmp_path / f"run-{compiled}"),
+            freeze_retriever_steps=0,
+            compile=compiled,
+            progress=False,
+        )
+        trainer = Trainer(config)
+        trainer.build_index()
+        records[compiled] = [trainer.train_step() for _ in range(2)]
+    for eager, compiled in zip(records[False], records[True], strict=True):
+        assert compiled["reader_loss"] == pytest.approx(eager["reader_loss"], rel=1e-4)
+        assert compiled["retriever_loss"] == pytest.approx(eager["retriever_loss"], rel=1e-4)

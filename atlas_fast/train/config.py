@@ -114,6 +114,7 @@ class TrainConfig:
     warmup_answerable_only: bool = True  # the cached warm-up's question steps: only questions whose K passages hit
     precision: str = "bf16"
     gradient_checkpointing: bool = False
+    compile: bool = False  # torch.compile the joint model (one graph for forward and backward; README)
     seed: int = 0
     # evaluation and output
     eval_every: int = 0  # 0 = only before and after training

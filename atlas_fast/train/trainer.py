@@ -77,6 +77,8 @@ class Trainer:
             self.replica = DistributedDataParallel(
                 self.model, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False
             )  # no buffer changes in training (no batch norm): nothing to re-broadcast before each forward
+        if config.compile:  # forward and backward as one graph each (tests/test_compile.py), DDP's buckets included
+            self.replica = torch.compile(self.replica)
         self.refresh = RefreshPolicy(
             config.refresh,
             open_index(self.retriever.dim, config.index_dtype, self._index_device(), distributed=self.world_size > 1),
