@@ -1,4 +1,5 @@
-"""PDist gold scores: Atlas's full-logits expression vs the chunked reference and the Triton kernel.
+"""PDist gold scores: Atlas's full-logits expression vs the chunked reference, the Triton kernel, and torch's own
+chunked `F.linear_cross_entropy` (torch >= 2.13, `options=LinearCrossEntropyOptions()`), the direct peer.
 
 Atlas applies the LM head to all B·K·T decoder states and takes the cross-entropy
 of the (B·K, T, V) logits. atlas_fast never holds them. Gold scores are computed
@@ -12,12 +13,13 @@ from harness import run_provider
 
 from atlas_fast.gold_scores import pdist_gold_scores
 from atlas_fast.reference.atlas import atlas_perplexity_score
+from atlas_fast.reference.gold_scores import masked_token_mean
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 VOCAB, TARGET_TOKENS, K = 32128, 16, 40
 
 
-@pytest.mark.parametrize("provider", ["atlas_naive", "reference", "triton"])
+@pytest.mark.parametrize("provider", ["atlas_naive", "reference", "triton", "torch_linear_ce"])
 @pytest.mark.parametrize("hidden_size", [512, 1024])
 @pytest.mark.parametrize("n_pairs", [256, 2560])  # B·K single-passage reader passes
 def test_pdist_gold_scores(benchmark, monkeypatch, provider, hidden_size, n_pairs):
@@ -37,6 +39,20 @@ def test_pdist_gold_scores(benchmark, monkeypatch, provider, hidden_size, n_pair
             with torch.no_grad():
                 logits = hidden.view(B * K, TARGET_TOKENS, hidden_size) @ weight.T
                 return atlas_perplexity_score(logits, labels, K)
+
+    elif provider == "torch_linear_ce":
+        if not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+            pytest.skip(f"torch {torch.__version__} has no chunked F.linear_cross_entropy (2.13 added it)")
+        options = torch.nn.LinearCrossEntropyOptions()
+        rows = hidden.view(-1, hidden_size)
+        row_labels = labels[:, None, :].expand(B, K, TARGET_TOKENS).reshape(-1)
+
+        def fn():
+            with torch.no_grad():
+                nll = torch.nn.functional.linear_cross_entropy(
+                    rows, weight, row_labels, reduction="none", ignore_index=-100, options=options
+                )
+                return masked_token_mean(-nll.view(B, K, TARGET_TOKENS), labels)
 
     else:
         monkeypatch.setenv("ATLAS_FAST_BACKEND", provider)
