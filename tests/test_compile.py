@@ -105,6 +105,20 @@ def test_value_checks_run_in_eager_cpu_mode_and_in_debug_mode_only(monkeypatch):
     assert not value_checks(cpu) and not value_checks(elsewhere)
 
 
+def _deterministic_trainer(tmp_path, **overrides):
+    """A Trainer over the tiny setup with a dropout-free retriever (eager and compiled runs draw no randomness),
+    its index built."""
+    from atlas_fast.train import Trainer
+    from atlas_fast.train.tiny import tiny_config, write_tiny_bert
+
+    model = tmp_path / "bert-no-dropout"
+    if not model.is_dir():
+        write_tiny_bert(model, dropout=0.0)
+    trainer = Trainer(tiny_config(tmp_path, retriever_path=str(model), progress=False, **overrides))
+    trainer.build_index()
+    return trainer
+
+
 def _joint_losses_and_grads(model, batch, train_retriever: bool, compiled: bool):
     model.zero_grad(set_to_none=True)
     run = torch.compile(model, fullgraph=True, backend="aot_eager") if compiled else model
@@ -121,15 +135,7 @@ def test_joint_step_compiles_whole_and_equals_eager(tmp_path, gold_score_mode):
     """JointModel's forward and backward (re-embedding, reader encoder, gold scores, retriever loss, FiD reader loss)
     as one graph. LOOP is left out: it swaps the decoder's cross-attention projections in place per leave-one-out
     pass, which torch.compile breaks the graph on (a mutated nn.Module)."""
-    from atlas_fast.train import Trainer
-    from atlas_fast.train.tiny import tiny_config, write_tiny_bert
-
-    write_tiny_bert(tmp_path / "bert-no-dropout", dropout=0.0)
-    config = tiny_config(
-        tmp_path, retriever_path=str(tmp_path / "bert-no-dropout"), gold_score_mode=gold_score_mode, progress=False
-    )
-    trainer = Trainer(config)
-    trainer.build_index()
+    trainer = _deterministic_trainer(tmp_path, gold_score_mode=gold_score_mode)
     batch = trainer.retrieved_batch(trainer.micro_batch(0))
     eager_losses, eager_grads = _joint_losses_and_grads(trainer.model, batch, True, compiled=False)
     compiled_losses, compiled_grads = _joint_losses_and_grads(trainer.model, batch, True, compiled=True)
@@ -143,22 +149,11 @@ def test_joint_step_compiles_whole_and_equals_eager(tmp_path, gold_score_mode):
 @pytest.mark.slow
 def test_compile_option_trains_what_eager_trains(tmp_path):
     """`compile = true` (Inductor's default backend) over two steps: the same losses as the eager trainer."""
-    from atlas_fast.train import Trainer
-    from atlas_fast.train.tiny import tiny_config, write_tiny_bert
-
-    write_tiny_bert(tmp_path / "bert-no-dropout", dropout=0.0)
     records = {}
     for compiled in (False, True):
-        config = tiny_config(
-            tmp_path,
-            retriever_path=str(tmp_path / "bert-no-dropout"),
-            output_dir=str(tmp_path / f"run-{compiled}"),
-            freeze_retriever_steps=0,
-            compile=compiled,
-            progress=False,
+        trainer = _deterministic_trainer(
+            tmp_path, output_dir=str(tmp_path / f"run-{compiled}"), freeze_retriever_steps=0, compile=compiled
         )
-        trainer = Trainer(config)
-        trainer.build_index()
         records[compiled] = [trainer.train_step() for _ in range(2)]
     for eager, compiled in zip(records[False], records[True], strict=True):
         assert compiled["reader_loss"] == pytest.approx(eager["reader_loss"], rel=1e-4)
