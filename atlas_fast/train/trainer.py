@@ -229,7 +229,7 @@ class Trainer:
             batch = self._cached_batch(index) if cached else self.retrieved_batch(self.micro_batch(index))
             last = micro == config.accumulation_steps - 1
             # DDP reduces gradients in the backward of the last micro-batch only.
-            synchronised = contextlib.nullcontext() if last or self.replica is self.model else self.replica.no_sync()
+            synchronised = self.replica.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext()
             with synchronised:
                 reader_loss, retriever_loss = self.replica(batch, train_retriever and not cached)
                 with self.phase("backward"):
