@@ -16,6 +16,13 @@ float32 gradient of a scalar loss w.r.t. the scores from the same launch (the ke
 already), so that the backward is one multiplication by grad_output; reduction="none" has a (B, K) grad_output,
 so its backward is an op of its own.
 
+Registration: on a machine with CUDA the ops are `torch.library.triton_op`s whose launchers call their kernels
+through `wrap_triton`, so torch.compile decomposes each op into its Triton kernels and Inductor schedules them
+with the rest of the graph. Elsewhere (Triton's CPU interpreter, the compile gate) they are opaque `custom_op`s:
+wrap_triton hands interpreted kernels back unwrapped, so a traced triton_op could not run them. The explicit
+fake implementations serve both (they replace the triton_op's own, which would run the launcher on fake
+tensors to learn the same shapes).
+
 The references (atlas_fast/reference/) are plain PyTorch, which torch.compile traces and fuses as it is: they
 are not wrapped. atlas_fast.losses, atlas_fast.gold_scores and atlas_fast.attention validate the arguments,
 choose the backend and call these functions on the Triton path; the ops themselves check nothing.
@@ -24,15 +31,26 @@ choose the backend and call these functions on the Triton path; the ops themselv
 from typing import Optional
 
 import torch
-from torch.library import custom_op
+from torch.library import custom_op, triton_op
+
+from atlas_fast._dispatch import interpreting
 
 __all__ = ["emdr_loss", "fid_cross_attention", "index_topk", "kldivloss", "token_logprobs"]
+
+
+def _register(name: str):
+    """triton_op where the kernels run compiled (CUDA), custom_op where they can only be interpreted. Decided at
+    import, when torch.compile has not traced anything yet; triton_op imports triton, which CPU-only imports of
+    atlas_fast avoid."""
+    if torch.cuda.is_available() and not interpreting():
+        return triton_op(name, mutates_args=())
+    return custom_op(name, mutates_args=())
 
 
 # ---------------------------------------------------------------------------- kldivloss
 
 
-@custom_op("atlas_fast::kldivloss", mutates_args=())
+@_register("atlas_fast::kldivloss")
 def _kldivloss_op(
     scores: torch.Tensor,
     gold_scores: torch.Tensor,
@@ -56,7 +74,7 @@ def _(scores, gold_scores, temperature_score, temperature_gold, mask, reduction,
     return loss, scores.new_empty(grad_shape, dtype=torch.float32)
 
 
-@custom_op("atlas_fast::kldivloss_backward", mutates_args=())
+@_register("atlas_fast::kldivloss_backward")
 def _kldivloss_backward_op(
     grad_output: torch.Tensor,
     scores: torch.Tensor,
@@ -115,7 +133,7 @@ def kldivloss(
 # ---------------------------------------------------------------------------- emdr_loss
 
 
-@custom_op("atlas_fast::emdr_loss", mutates_args=())
+@_register("atlas_fast::emdr_loss")
 def _emdr_loss_op(
     scores: torch.Tensor,
     token_logprobs: torch.Tensor,
@@ -165,7 +183,7 @@ def emdr_loss(
 # ---------------------------------------------------------------------------- token_logprobs (gold scores)
 
 
-@custom_op("atlas_fast::token_logprobs", mutates_args=())
+@_register("atlas_fast::token_logprobs")
 def token_logprobs(
     hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, temperature: float
 ) -> torch.Tensor:
@@ -185,7 +203,7 @@ def _(hidden, lm_head_weight, labels, temperature):
 # ---------------------------------------------------------------------------- fid_cross_attention (Triton)
 
 
-@custom_op("atlas_fast::fid_cross_attention", mutates_args=())
+@_register("atlas_fast::fid_cross_attention")
 def _fid_attention_op(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -199,9 +217,7 @@ def _fid_attention_op(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     from atlas_fast.kernels.attention import fid_cross_attention_forward_triton
 
-    return fid_cross_attention_forward_triton(
-        q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, int(seed)
-    )
+    return fid_cross_attention_forward_triton(q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed)
 
 
 @_fid_attention_op.register_fake
@@ -212,7 +228,7 @@ def _(q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed)
     return q.new_empty(q.shape), q.new_empty((B, NH, T, n_passages), dtype=torch.float32), row_max, row_max.clone()
 
 
-@custom_op("atlas_fast::fid_cross_attention_backward", mutates_args=())
+@_register("atlas_fast::fid_cross_attention_backward")
 def _fid_attention_backward_op(
     grad_out: torch.Tensor,
     q: torch.Tensor,
@@ -229,7 +245,7 @@ def _fid_attention_backward_op(
     from atlas_fast.kernels.attention import fid_cross_attention_backward_triton
 
     return fid_cross_attention_backward_triton(
-        grad_out, q, k, v, attention_mask, out, row_max, row_sum, scale, dropout_p, int(seed)
+        grad_out, q, k, v, attention_mask, out, row_max, row_sum, scale, dropout_p, seed
     )
 
 
@@ -271,16 +287,17 @@ def fid_cross_attention(
     """atlas_fast::fid_cross_attention (the Triton kernels), differentiable in q, k, v; arguments as
     atlas_fast.attention.fid_cross_attention with passage_mass "prob" or "vnorm", validated already.
 
-    seed: the dropout mask's Philox seed; None draws one from torch's CPU generator (torch.manual_seed makes runs
-    repeatable) as a tensor, so that neither eager mode nor torch.compile reads it back to the host.
+    seed: the dropout mask's Philox seed; None draws one from torch's generator of q's device (torch.manual_seed
+    makes runs repeatable) into a device tensor that the kernels read, so that a new seed neither reads back to
+    the host nor recompiles, and a CUDA graph replays with fresh draws.
 
     Returns:
         out (B, NH, T, Dh) in q's dtype; mass (B, NH, T, K) float32, no gradient.
     """
-    if seed is None:
-        seed_tensor = torch.randint(0, 2**31 - 1, ()) if dropout_p > 0 else torch.zeros((), dtype=torch.int64)
+    if seed is None and dropout_p > 0:
+        seed_tensor = torch.randint(0, 2**31 - 1, (), device=q.device)
     else:
-        seed_tensor = torch.tensor(seed, dtype=torch.int64)
+        seed_tensor = torch.tensor(seed or 0, dtype=torch.int64, device=q.device)
     out, mass, _, _ = _fid_attention_op(
         q, k, v, attention_mask, n_passages, scale, passage_mass, dropout_p, seed_tensor
     )
@@ -290,7 +307,7 @@ def fid_cross_attention(
 # ---------------------------------------------------------------------------- index_topk
 
 
-@custom_op("atlas_fast::index_topk", mutates_args=())
+@_register("atlas_fast::index_topk")
 def index_topk(
     queries: torch.Tensor, rows: torch.Tensor, row_ids: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from atlas_fast.compile_gate.cases import all_cases
-from atlas_fast.compile_gate.coverage import launchable_kernels
+from atlas_fast.compile_gate.coverage import bare_launches, launchable_kernels
 from atlas_fast.compile_gate.inspect import Dot, KernelStats, dots_of, problems
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,12 +39,22 @@ def test_every_launched_kernel_has_a_case():
     assert found - covered == set()
 
 
+def test_every_launch_goes_through_wrap_triton():
+    """A bare ``kernel[grid](...)`` inside a triton_op is invisible to torch.compile's tracing."""
+    assert bare_launches() == set()
+
+
 def test_coverage_finds_a_new_kernel(tmp_path):
     (tmp_path / "new_op.py").write_text(
         "import triton\n\n@triton.jit\ndef _helper(x):\n    return x\n\n"
         "@triton.jit\ndef _new_kernel(x_ptr):\n    pass\n\ndef launch(x):\n    _new_kernel[(1,)](x)\n"
     )
-    assert launchable_kernels(tmp_path) == {"_new_kernel"}
+    assert launchable_kernels(tmp_path) == bare_launches(tmp_path) == {"_new_kernel"}
+    (tmp_path / "new_op.py").write_text(
+        "import triton\nfrom torch.library import wrap_triton\n\n@triton.jit\ndef _new_kernel(x_ptr):\n    pass\n\n"
+        "def launch(x):\n    wrap_triton(_new_kernel)[(1,)](x)\n"
+    )
+    assert launchable_kernels(tmp_path) == {"_new_kernel"} and bare_launches(tmp_path) == set()
 
 
 def test_problems_accepts_a_clean_half_kernel():

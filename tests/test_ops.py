@@ -60,20 +60,21 @@ def test_token_logprobs_op(device):
     _check(torch.ops.atlas_fast.token_logprobs, (hidden, weight, labels, 1.0))
 
 
+@pytest.mark.parametrize("dropout_p", [0.0, 0.25])
 @pytest.mark.parametrize("passage_mass", ["prob", "vnorm"])
-def test_fid_cross_attention_ops(device, passage_mass):
+def test_fid_cross_attention_ops(device, passage_mass, dropout_p):
     B, NH, T, K, L, D = 1, 2, 3, 2, 16, 16
     # q as Hugging Face attention hands it over: a transposed view, whose strides the outputs must not follow.
     q = torch.randn(B, T, NH, D, device=device).transpose(1, 2).requires_grad_()
     k = torch.randn(B, NH, K * L, D, device=device, requires_grad=True)
     v = torch.randn(B, NH, K * L, D, device=device, requires_grad=True)
     mask = torch.rand(B, K * L, device=device) > 0.2
-    seed = torch.zeros((), dtype=torch.int64)
-    arguments = (q, k, v, mask, K, 1.0, passage_mass, 0.0, seed)
+    seed = torch.tensor(7, dtype=torch.int64, device=device)  # a device tensor, as the kernels read it
+    arguments = (q, k, v, mask, K, 1.0, passage_mass, dropout_p, seed)
     _check(torch.ops.atlas_fast.fid_cross_attention, arguments)
     out, _, row_max, row_sum = torch.ops.atlas_fast.fid_cross_attention(*arguments)
     detached = [t.detach() for t in (q, k, v)]
-    backward = (torch.randn_like(out), *detached, mask, out.detach(), row_max, row_sum, 1.0, 0.0, seed)
+    backward = (torch.randn_like(out), *detached, mask, out.detach(), row_max, row_sum, 1.0, dropout_p, seed)
     _check(torch.ops.atlas_fast.fid_cross_attention_backward, backward)
 
 

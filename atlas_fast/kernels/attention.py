@@ -28,6 +28,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 # A kernel may read a global only when it is a constexpr.
 _FLOAT32_MIN: tl.constexpr = tl.constexpr(-3.4028234663852886e38)
@@ -49,7 +50,8 @@ def _dot(a, b, IEEE_FP32: tl.constexpr):
 
 
 @triton.jit
-def _dropout_mask_kernel(out_ptr, T, KL, dropout_p, seed, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+def _dropout_mask_kernel(out_ptr, T, KL, dropout_p, seed_ptr, BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr):
+    seed = tl.load(seed_ptr)
     batch_head = tl.program_id(0)
     rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     keys = tl.program_id(2) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -64,12 +66,13 @@ def _dropout_mask_kernel(out_ptr, T, KL, dropout_p, seed, BLOCK_T: tl.constexpr,
 @triton.jit
 def _fid_attention_fwd_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, key_weight_ptr, out_ptr, mass_ptr, max_ptr, row_max_ptr, row_sum_ptr,
-    NH, T, L, K, D, scale, dropout_p, seed,
+    NH, T, L, K, D, scale, dropout_p, seed_ptr,
     stride_qb, stride_qh, stride_qt, stride_kb, stride_kh, stride_kj, stride_mb,
     stride_ob, stride_oh, stride_ot, stride_sb, stride_sh, stride_st,
     HAS_KEY_WEIGHT: tl.constexpr, IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
+    seed = tl.load(seed_ptr)  # a device tensor: a new seed neither recompiles nor syncs the host
     batch_head = tl.program_id(0)
     b = batch_head // NH
     h = batch_head % NH
@@ -164,54 +167,69 @@ def _recomputed_tile(
     return probs_dropped, grad_logits
 
 
+# The offset helpers take no pointer: torch.compile's analysis of which kernel arguments are written follows a
+# store's address back through every argument of the helper that produced it, so an offset computed next to a
+# load would mark the loaded input as written, and Inductor would copy it before every launch.
+@triton.jit
+def _row_block_offsets(batch_head, rows, dims, T, D):
+    """A block of target rows of contiguous (B, NH, T, D) tensors: rows < T, element offsets, element mask."""
+    row_ok = rows < T
+    return row_ok, batch_head * T * D + rows[:, None] * D + dims[None, :], row_ok[:, None] & (dims < D)[None, :]
+
+
+@triton.jit
+def _key_block_offsets(batch_head, keys, dims, KL, D):
+    """A block of keys of contiguous (B, NH, K·L, D) tensors: keys < K·L, element offsets, element mask."""
+    key_ok = keys < KL
+    return key_ok, batch_head * KL * D + keys[:, None] * D + dims[None, :], key_ok[:, None] & (dims < D)[None, :]
+
+
 @triton.jit
 def _load_row_block(
-    q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
+    q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, row_ok, row_offsets, row_mask, T
 ):  # fmt: skip
-    """q, do and the forward's row statistics for a block of target rows (contiguous (B, NH, T, D) inputs)."""
-    row_ok = rows < T
-    row_mask = row_ok[:, None] & (dims < D)[None, :]
-    row_offsets = batch_head * T * D + rows[:, None] * D + dims[None, :]
+    """q, do and the forward's row statistics for a block of target rows."""
     q = tl.load(q_ptr + row_offsets, mask=row_mask, other=0.0)
     grad_out = tl.load(grad_out_ptr + row_offsets, mask=row_mask, other=0.0)
     row_max = tl.load(row_max_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
     row_sum = tl.load(row_sum_ptr + batch_head * T + rows, mask=row_ok, other=1.0)
     delta = tl.load(delta_ptr + batch_head * T + rows, mask=row_ok, other=0.0)
-    return row_ok, row_offsets, row_mask, q, grad_out, row_max, row_sum, delta
+    return q, grad_out, row_max, row_sum, delta
 
 
 @triton.jit
-def _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D):
-    """k, v and the padding mask for a block of keys (contiguous (B, NH, K·L, D) inputs)."""
-    key_ok = keys < KL
+def _load_key_block(k_ptr, v_ptr, mask_ptr, b, keys, key_ok, kv_offsets, kv_mask, KL):
+    """k, v and the padding mask (True = real token) for a block of keys."""
     real = tl.load(mask_ptr + b * KL + keys, mask=key_ok, other=0) != 0
-    kv_offsets = batch_head * KL * D + keys[:, None] * D + dims[None, :]
-    kv_mask = key_ok[:, None] & (dims < D)[None, :]
     k = tl.load(k_ptr + kv_offsets, mask=kv_mask, other=0.0)
     v = tl.load(v_ptr + kv_offsets, mask=kv_mask, other=0.0)
-    return key_ok, real, kv_offsets, kv_mask, k, v
+    return real, k, v
 
 
 @triton.jit
 def _fid_attention_bwd_dkdv_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_k_ptr, grad_v_ptr,
-    NH, T, KL, D, scale, dropout_p, seed,
+    NH, T, KL, D, scale, dropout_p, seed_ptr,
     IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One block of keys: dv = Σ_t pᵀ·do, dk = Σ_t dsᵀ·q·scale with ds = p·(do·vᵀ − δ); padded keys get 0."""
+    seed = tl.load(seed_ptr)  # a device tensor: a new seed neither recompiles nor syncs the host
     batch_head = tl.program_id(0)
     b = batch_head // NH
     keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     dims = tl.arange(0, BLOCK_D)
-    key_ok, real, kv_offsets, kv_mask, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D)
+    key_ok, kv_offsets, kv_mask = _key_block_offsets(batch_head, keys, dims, KL, D)
+    real, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, b, keys, key_ok, kv_offsets, kv_mask, KL)
     grad_k = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     grad_v = tl.zeros((BLOCK_N, BLOCK_D), dtype=tl.float32)
     for start in range(0, T, BLOCK_T):
         rows = start + tl.arange(0, BLOCK_T)
-        row_ok, _, _, q, grad_out, row_max, row_sum, delta = _load_row_block(
-            q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
-        )
+        row_ok, row_offsets, row_mask = _row_block_offsets(batch_head, rows, dims, T, D)
+        q, grad_out, row_max, row_sum, delta = _load_row_block(
+            q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, row_ok, row_offsets,
+            row_mask, T,
+        )  # fmt: skip
         dropped, grad_logits = _recomputed_tile(
             q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta,
             batch_head, rows, keys, T, KL, dropout_p, seed, scale, IEEE_FP32, HAS_DROPOUT,
@@ -225,22 +243,25 @@ def _fid_attention_bwd_dkdv_kernel(
 @triton.jit
 def _fid_attention_bwd_dq_kernel(
     q_ptr, k_ptr, v_ptr, mask_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, grad_q_ptr,
-    NH, T, KL, D, scale, dropout_p, seed,
+    NH, T, KL, D, scale, dropout_p, seed_ptr,
     IEEE_FP32: tl.constexpr, HAS_DROPOUT: tl.constexpr,
     BLOCK_T: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
 ):  # fmt: skip
     """One block of target rows: dq = Σ_keys ds·k·scale."""
+    seed = tl.load(seed_ptr)  # a device tensor: a new seed neither recompiles nor syncs the host
     batch_head = tl.program_id(0)
     b = batch_head // NH
     rows = tl.program_id(1) * BLOCK_T + tl.arange(0, BLOCK_T)
     dims = tl.arange(0, BLOCK_D)
-    row_ok, row_offsets, row_mask, q, grad_out, row_max, row_sum, delta = _load_row_block(
-        q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, dims, T, D
+    row_ok, row_offsets, row_mask = _row_block_offsets(batch_head, rows, dims, T, D)
+    q, grad_out, row_max, row_sum, delta = _load_row_block(
+        q_ptr, grad_out_ptr, row_max_ptr, row_sum_ptr, delta_ptr, batch_head, rows, row_ok, row_offsets, row_mask, T
     )
     grad_q = tl.zeros((BLOCK_T, BLOCK_D), dtype=tl.float32)
     for start in range(0, KL, BLOCK_N):
         keys = start + tl.arange(0, BLOCK_N)
-        key_ok, real, _, _, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, batch_head, b, keys, dims, KL, D)
+        key_ok, kv_offsets, kv_mask = _key_block_offsets(batch_head, keys, dims, KL, D)
+        real, k, v = _load_key_block(k_ptr, v_ptr, mask_ptr, b, keys, key_ok, kv_offsets, kv_mask, KL)
         _, grad_logits = _recomputed_tile(
             q, k, v, grad_out, real, key_ok, row_ok, row_max, row_sum, delta,
             batch_head, rows, keys, T, KL, dropout_p, seed, scale, IEEE_FP32, HAS_DROPOUT,
@@ -282,8 +303,9 @@ def fid_cross_attention_forward_triton(q, k, v, attention_mask, n_passages, scal
 
     q: (B, NH, T, Dh); k, v: (B, NH, K·L, Dh); attention_mask: (B, K·L), True/1 = real token; n_passages: K;
     scale multiplies q·k; passage_mass "prob" or "vnorm"; dropout_p on the attention weights (the mass is taken
-    before it), its Philox mask drawn from ``seed`` (`dropout_keep_scale` replays it). Inputs validated already
-    (atlas_fast.attention); the autograd is the registered op's (atlas_fast/ops.py).
+    before it), its Philox mask drawn from ``seed``, a 0-d int64 tensor on q's device (`dropout_keep_scale`
+    replays it). Inputs validated already (atlas_fast.attention); the autograd is the registered op's
+    (atlas_fast/ops.py).
     """
     B, NH, T, D = q.shape
     KL = k.shape[2]
@@ -298,7 +320,7 @@ def fid_cross_attention_forward_triton(q, k, v, attention_mask, n_passages, scal
     row_max = torch.empty((B, NH, T), device=q.device, dtype=torch.float32)
     row_sum = torch.empty_like(row_max)
     block_t, block_l, block_d, num_warps = _forward_config(T, L, D, q.dtype)
-    _fid_attention_fwd_kernel[(B * NH, triton.cdiv(T, block_t))](
+    wrap_triton(_fid_attention_fwd_kernel)[(B * NH, triton.cdiv(T, block_t))](
         q, k, v, mask, key_weight, out, mass, passage_max, row_max, row_sum,
         NH, T, L, n_passages, D, scale, dropout_p, seed,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2), mask.stride(0),
@@ -327,10 +349,10 @@ def fid_cross_attention_backward_triton(
         BLOCK_T=block_t, BLOCK_N=block_n, BLOCK_D=block_d, num_warps=num_warps,
     )  # fmt: skip
     shapes = (NH, T, KL, D, scale, dropout_p, seed)
-    _fid_attention_bwd_dkdv_kernel[(B * NH, triton.cdiv(KL, block_n))](
+    wrap_triton(_fid_attention_bwd_dkdv_kernel)[(B * NH, triton.cdiv(KL, block_n))](
         q, k, v, mask, grad_out, row_max, row_sum, delta, grad_k, grad_v, *shapes, **common
     )
-    _fid_attention_bwd_dq_kernel[(B * NH, triton.cdiv(T, block_t))](
+    wrap_triton(_fid_attention_bwd_dq_kernel)[(B * NH, triton.cdiv(T, block_t))](
         q, k, v, mask, grad_out, row_max, row_sum, delta, grad_q, *shapes, **common
     )
     return grad_q, grad_k, grad_v
@@ -340,7 +362,8 @@ def dropout_keep_scale(shape: tuple[int, int, int, int], dropout_p: float, seed:
     """The (B, NH, T, K·L) dropout factors (0 or 1/(1-p)) the kernels use for ``seed``: for tests and debugging."""
     B, NH, T, KL = shape
     out = torch.empty(shape, device=device, dtype=torch.float32)
-    _dropout_mask_kernel[(B * NH, triton.cdiv(T, 16), triton.cdiv(KL, 64))](
-        out, T, KL, dropout_p, seed, BLOCK_T=16, BLOCK_N=64
+    seed_tensor = torch.tensor(seed, dtype=torch.int64, device=device)
+    wrap_triton(_dropout_mask_kernel)[(B * NH, triton.cdiv(T, 16), triton.cdiv(KL, 64))](
+        out, T, KL, dropout_p, seed_tensor, BLOCK_T=16, BLOCK_N=64
     )
     return out

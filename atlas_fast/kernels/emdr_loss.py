@@ -18,6 +18,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 _ELEMENTS_PER_TILE = 4096  # BLOCK_K · BLOCK_T
 
@@ -109,7 +110,7 @@ def emdr_loss_forward_triton(
     loss = torch.zeros((), device=scores.device, dtype=torch.float32)
     # fp32 so that the backward's scaling by grad_output rounds to the input dtype only once.
     grad = torch.empty((B, K) if with_grad else (0,), device=scores.device, dtype=torch.float32)
-    _emdr_fwd_kernel[(B,)](
+    wrap_triton(_emdr_fwd_kernel)[(B,)](
         scores, token_logprobs, labels, mask_arg, loss, grad, n_tokens,
         K, T, scores.stride(0), token_logprobs.stride(0), token_logprobs.stride(1), token_logprobs.stride(2),
         labels.stride(0), mask_arg.stride(0), grad.stride(0) if with_grad else 0,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 
 @triton.jit
@@ -87,7 +88,7 @@ def token_logprobs_triton(
     # fp32 dots run on FMA units with replicated operands: a narrower H slab keeps them in registers.
     widest_h = 16 if hidden.dtype == torch.float32 else 64
     block_v, block_h = 64, min(widest_h, max(16, triton.next_power_of_2(dim)))
-    _token_logprobs_kernel[(triton.cdiv(n_rows, block_m),)](
+    wrap_triton(_token_logprobs_kernel)[(triton.cdiv(n_rows, block_m),)](
         hidden, lm_head_weight, labels, out,
         n_rows, vocab, dim, hidden.stride(0), lm_head_weight.stride(0), temperature,
         IEEE_FP32=hidden.dtype == torch.float32, BLOCK_M=block_m, BLOCK_V=block_v, BLOCK_H=block_h,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 from atlas_fast._dispatch import interpreting
 from atlas_fast.kernels.launch import multiprocessor_count
@@ -115,7 +116,7 @@ def search_triton(queries: torch.Tensor, rows: torch.Tensor, row_ids: torch.Tens
     queries = queries.contiguous()
     rows = rows.contiguous()
     precision = "ieee" if rows.dtype == torch.float32 else "tf32"  # exact fp32 rows; halves use tensor cores
-    _score_topk_kernel[(n_query_blocks, splits)](
+    wrap_triton(_score_topk_kernel)[(n_query_blocks, splits)](
         queries, rows, row_ids, candidates, n_queries, n_rows, dim, rows_per_split,
         queries.stride(0), rows.stride(0), candidates.stride(0),
         BLOCK_Q=block_q, K_PAD=k_pad, BLOCK_D=block_d, INPUT_PRECISION=precision, num_warps=num_warps,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
 
 _ELEMENTS_PER_PROGRAM = 4096  # BLOCK_B · BLOCK_K: keeps a program's registers bounded
 
@@ -170,7 +171,7 @@ def kldivloss_forward_triton(
         loss = torch.zeros((), device=scores.device, dtype=torch.float32)
     # fp32 so that the backward's scaling by grad_output rounds to the input dtype only once.
     grad = torch.empty((B, K) if compute_grad else (0,), device=scores.device, dtype=torch.float32)
-    _kldiv_fwd_kernel[grid](
+    wrap_triton(_kldiv_fwd_kernel)[grid](
         scores, gold_scores, mask_arg, loss, grad, denom if denom is not None else loss,
         B, K, scores.stride(0), gold_scores.stride(0), mask_arg.stride(0),
         loss.stride(0) if reduction == "none" else 0, grad.stride(0) if compute_grad else 0,
@@ -199,7 +200,7 @@ def kldivloss_backward_triton(
     mask_arg = mask.contiguous() if mask is not None else scores
     grad = torch.empty_like(scores)
     block_b, block_k, num_warps, grid = _launch_config(B, K)
-    _kldiv_bwd_pointwise_kernel[grid](
+    wrap_triton(_kldiv_bwd_pointwise_kernel)[grid](
         scores, gold_scores, mask_arg, grad_output, grad,
         B, K, scores.stride(0), gold_scores.stride(0), mask_arg.stride(0),
         grad_output.stride(0), grad.stride(0),
