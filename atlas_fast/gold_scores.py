@@ -7,9 +7,10 @@
 
 The first two take the reader's final decoder hidden states and its LM-head
 weight instead of logits: the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)
-never holds more than a tile of logits, the chunked reference (CPU) a bounded
-chunk. T5 with tied embeddings (the default) scales the decoder output by
-d_model^-0.5 before its LM head; pass ``hidden * t5_lm_head_scale(model.config)``.
+never holds more than a tile of logits; on CPU the chunked reference, or from 8,192
+rows torch's chunked F.linear_cross_entropy (faster there), a bounded chunk. T5
+with tied embeddings (the default) scales the decoder output by d_model^-0.5
+before its LM head; pass ``hidden * t5_lm_head_scale(model.config)``.
 
 These are targets, computed under no_grad in Atlas: calling them where autograd
 would record (grad mode on and an input requiring grad) raises. All are exposed
@@ -25,7 +26,7 @@ from torch import nn
 
 from atlas_fast import _dispatch, _validation, ops
 from atlas_fast.fid_patch import cross_attention_modules
-from atlas_fast.reference.gold_scores import adist_gold_scores_ref, masked_token_mean, token_logprobs_ref
+from atlas_fast.reference.gold_scores import adist_gold_scores_ref, masked_token_mean, token_logprobs_cpu
 
 __all__ = ["adist_gold_scores", "emdr_token_logprobs", "loop_gold_scores", "pdist_gold_scores", "t5_lm_head_scale"]
 
@@ -76,14 +77,15 @@ def _finite_result(values: torch.Tensor) -> torch.Tensor:
 def _token_logprobs(
     hidden: torch.Tensor, lm_head_weight: torch.Tensor, labels: torch.Tensor, temperature: float, op: str
 ) -> torch.Tensor:
-    """(B, K, T) log softmax(hidden·Wᵀ/τ)[label] via the kernel or the chunked reference."""
+    """(B, K, T) log softmax(hidden·Wᵀ/τ)[label] via the kernel, or on the reference backend the chunked reference
+    or torch's chunked F.linear_cross_entropy, whichever is faster for B·K·T rows."""
     B, K, T, H = hidden.shape
     rows = hidden.reshape(B * K * T, H)
     row_labels = labels[:, None, :].expand(B, K, T).reshape(-1)
     if _dispatch.choose_backend(op, hidden.device, dtype=hidden.dtype) == "triton":
         values = ops.token_logprobs(rows, lm_head_weight, row_labels, temperature)
     else:
-        values = token_logprobs_ref(rows, lm_head_weight, row_labels, temperature)
+        values = token_logprobs_cpu(rows, lm_head_weight, row_labels, temperature)
     return _finite_result(values.view(B, K, T))
 
 

@@ -1,10 +1,14 @@
-"""PDist gold scores: Atlas's full-logits expression vs the chunked reference, the Triton kernel, and torch's own
-chunked `F.linear_cross_entropy` (torch >= 2.13, `options=LinearCrossEntropyOptions()`), the direct peer.
+"""PDist gold scores: Atlas's full-logits expression against atlas_fast and the peers that never build the logits.
 
-Atlas applies the LM head to all B·K·T decoder states and takes the cross-entropy
-of the (B·K, T, V) logits. atlas_fast never holds them. Gold scores are computed
-under no_grad, so there is only a forward mode. The largest shapes (5 GB of
-logits for the naive provider) are left out of the --benchmark-disable smoke run.
+Providers: atlas_naive (Atlas: the (B·K, T, V) logits, then log_softmax); reference (atlas_fast's CPU path:
+the chunked reference, or torch's chunked op from TORCH_LINEAR_CE_MIN_ROWS rows; extra_info["cpu_path"] says
+which); chunked_reference (the hand-written chunked loop, always); triton (the kernel, CUDA);
+torch_linear_ce (torch >= 2.13's `F.linear_cross_entropy(..., options=LinearCrossEntropyOptions())`);
+cut_cross_entropy (Apple's package: its Triton CCE kernel on CUDA, its torch.compile implementation on CPU).
+Shapes: PDist's headline (B·K = 2560, T = 16, H = 768, V = 32,128), a tenth of it, and a decoder-only
+vocabulary (V = 151,936, Qwen's) at the small B·K, where Atlas's logits still fit in memory. Gold scores are
+computed under no_grad, so there is only a forward mode. The --benchmark-disable smoke run keeps to the
+smallest shape.
 """
 
 import pytest
@@ -13,59 +17,79 @@ from harness import run_provider
 
 from atlas_fast.gold_scores import pdist_gold_scores
 from atlas_fast.reference.atlas import atlas_perplexity_score
-from atlas_fast.reference.gold_scores import masked_token_mean
+from atlas_fast.reference.gold_scores import masked_token_mean, token_logprobs_ref, uses_torch_linear_ce
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-VOCAB, TARGET_TOKENS, K = 32128, 16, 40
+TARGET_TOKENS, K, HIDDEN = 16, 40, 768
+PROVIDERS = ["atlas_naive", "reference", "chunked_reference", "triton", "torch_linear_ce", "cut_cross_entropy"]
 
 
-@pytest.mark.parametrize("provider", ["atlas_naive", "reference", "triton", "torch_linear_ce"])
-@pytest.mark.parametrize("hidden_size", [512, 1024])
-@pytest.mark.parametrize("n_pairs", [256, 2560])  # B·K single-passage reader passes
-def test_pdist_gold_scores(benchmark, monkeypatch, provider, hidden_size, n_pairs):
-    if benchmark.disabled and n_pairs > 256:
+def _row_nll_provider(provider: str):
+    """(rows (N, H), weight (V, H), labels (N,)) → (N,) NLL through a peer, or a reason to skip it here."""
+    if provider == "torch_linear_ce":
+        if not hasattr(torch.nn, "LinearCrossEntropyOptions"):
+            return f"torch {torch.__version__} has no chunked F.linear_cross_entropy (2.13 added it)"
+        options = torch.nn.LinearCrossEntropyOptions()
+        return lambda rows, weight, labels: torch.nn.functional.linear_cross_entropy(
+            rows, weight, labels, reduction="none", options=options
+        )
+    if provider == "cut_cross_entropy":
+        try:
+            from cut_cross_entropy import linear_cross_entropy
+        except ImportError:
+            return "cut-cross-entropy is not installed (pip install atlas_fast[bench])"
+        impl = "cce" if DEVICE.type == "cuda" else "torch_compile"
+        return lambda rows, weight, labels: linear_cross_entropy(rows, weight, labels, reduction="none", impl=impl)
+    return lambda rows, weight, labels: -token_logprobs_ref(rows, weight, labels)  # chunked_reference
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+@pytest.mark.parametrize(("n_pairs", "vocab"), [(256, 32128), (2560, 32128), (256, 151936)])  # B·K passes
+def test_pdist_gold_scores(benchmark, monkeypatch, provider, n_pairs, vocab):
+    if benchmark.disabled and (n_pairs, vocab) != (256, 32128):
         pytest.skip("the smoke run keeps to the small shape")
     if provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("triton runs on CUDA only")
     B = n_pairs // K
-    hidden = torch.randn(B, K, TARGET_TOKENS, hidden_size, device=DEVICE) * 0.05
-    weight = torch.randn(VOCAB, hidden_size, device=DEVICE)
-    labels = torch.randint(0, VOCAB, (B, TARGET_TOKENS), device=DEVICE)
+    hidden = torch.randn(B, K, TARGET_TOKENS, HIDDEN, device=DEVICE) * 0.05
+    weight = torch.randn(vocab, HIDDEN, device=DEVICE)
+    labels = torch.randint(0, vocab, (B, TARGET_TOKENS), device=DEVICE)
     labels[:, -4:] = -100
 
     if provider == "atlas_naive":
 
         def fn():
             with torch.no_grad():
-                logits = hidden.view(B * K, TARGET_TOKENS, hidden_size) @ weight.T
+                logits = hidden.view(B * K, TARGET_TOKENS, HIDDEN) @ weight.T
                 return atlas_perplexity_score(logits, labels, K)
 
-    elif provider == "torch_linear_ce":
-        if not hasattr(torch.nn, "LinearCrossEntropyOptions"):
-            pytest.skip(f"torch {torch.__version__} has no chunked F.linear_cross_entropy (2.13 added it)")
-        options = torch.nn.LinearCrossEntropyOptions()
-        rows = hidden.view(-1, hidden_size)
-        row_labels = labels[:, None, :].expand(B, K, TARGET_TOKENS).reshape(-1)
-
-        def fn():
-            with torch.no_grad():
-                nll = torch.nn.functional.linear_cross_entropy(
-                    rows, weight, row_labels, reduction="none", ignore_index=-100, options=options
-                )
-                return masked_token_mean(-nll.view(B, K, TARGET_TOKENS), labels)
-
-    else:
+    elif provider in ("reference", "triton"):
         monkeypatch.setenv("ATLAS_FAST_BACKEND", provider)
+        if provider == "reference":
+            chunked = not uses_torch_linear_ce(n_pairs * TARGET_TOKENS)
+            benchmark.extra_info["cpu_path"] = "chunked_reference" if chunked else "torch_linear_ce"
 
         def fn():
             with torch.no_grad():
                 return pdist_gold_scores(hidden, weight, labels)
 
+    else:
+        row_nll = _row_nll_provider(provider)
+        if isinstance(row_nll, str):
+            pytest.skip(row_nll)
+        rows = hidden.view(-1, HIDDEN)
+        # -100 read as token 0, as Atlas does; the mean below drops those tokens anyway.
+        row_labels = labels[:, None, :].expand(B, K, TARGET_TOKENS).reshape(-1).clamp_min(0)
+
+        def fn():
+            with torch.no_grad():
+                return masked_token_mean(-row_nll(rows, weight, row_labels).view(B, K, TARGET_TOKENS), labels)
+
     run_provider(
         benchmark,
         fn,
         op="pdist_gold_scores",
-        shape=f"B·K={n_pairs} T={TARGET_TOKENS} H={hidden_size} V={VOCAB}",
+        shape=f"B·K={n_pairs} T={TARGET_TOKENS} H={HIDDEN} V={vocab}",
         mode="forward",
         provider=provider,
         baseline="atlas_naive",

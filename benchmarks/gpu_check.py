@@ -14,10 +14,10 @@ that what ran comes back even if a later step fails:
 3. the kernel tests on CUDA, `-m "gpu or interpret"` without TRITON_INTERPRET (tests.log);
 4. the headline benchmarks with pytest-benchmark, side by side in one session (benchmarks.log,
    results-gpu.json): kldivloss at B=64, K=40 (forward and forward+backward) against Atlas's eager expression
-   and torch.compile; pdist_gold_scores at B·K=2560, T=16, V=32128 (time and peak memory) against Atlas's
-   materialised logits; fid_cross_attention with mass at B=4, NH=32, T=32, K ∈ {40, 100}, L=256 against the
-   materialised path and SDPA; index_topk at 1M and 4M fp16 rows, 1/64/512 queries, against Atlas's
-   ``q.half() @ E`` then ``topk``;
+   and torch.compile; pdist_gold_scores at B·K=2560, T=16, H=768, V=32128 (time and peak memory) against
+   Atlas's materialised logits, torch's chunked F.linear_cross_entropy and cut-cross-entropy's CCE kernel;
+   fid_cross_attention with mass at B=4, NH=32, T=32, K ∈ {40, 100}, L=256 against the materialised path and
+   SDPA; index_topk at 1M and 4M fp16 rows, 1/64/512 queries, against Atlas's ``q.half() @ E`` then ``topk``;
 5. the report: the figures, the device's name and, for each Triton row, the fraction of its roofline bound it
    reached (bound / measured: 1.0 would be the peak), printed, written as DIR/gpu-check.md and into the
    "gpu-check" section of BENCHMARKS.md.
@@ -62,7 +62,8 @@ def _headline(test: str, parts: list[str]) -> bool:
         B, K, mode = parts[0], parts[1], parts[2]
         return (B, K) == ("64", "40") and mode != "backward" and provider in ("atlas_eager", "torch_compile", "triton")
     if test == "test_pdist_gold_scores":
-        return parts[0] == "2560" and provider in ("atlas_naive", "triton")
+        peers = ("atlas_naive", "triton", "torch_linear_ce", "cut_cross_entropy")
+        return parts[:2] == ["2560", "32128"] and provider in peers
     if test == "test_fid_cross_attention":
         B, NH, T, K, L = parts[:5]
         wanted = ("naive_materialised", "sdpa_no_mass", "triton_vnorm")
@@ -168,6 +169,7 @@ def render(results: dict) -> str:
 # Packages the check can run without, and what of it skips when one is missing.
 OPTIONAL = {
     "faiss": "the faiss_cpu provider of bench_index_topk (not a headline case) and the faiss interop tests",
+    "cut_cross_entropy": "the cut_cross_entropy provider of bench_gold_scores (a headline peer of the gold scores)",
 }
 # Caps on each step, together under the 10 minutes a lent GPU machine runs one command (the expected whole is
 # < 8 min on one H100): a step that runs over is stopped and reported, and the later ones still run.

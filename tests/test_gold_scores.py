@@ -9,6 +9,7 @@ from atlas_fast import losses
 from atlas_fast.fid_patch import patch_for_fid
 from atlas_fast.reference import token_logprobs_naive, token_logprobs_ref
 from atlas_fast.reference.atlas import atlas_gold_log_probs, atlas_loop_score, atlas_normssum, atlas_perplexity_score
+from atlas_fast.reference.gold_scores import TORCH_LINEAR_CE_MIN_ROWS, token_logprobs_cpu, uses_torch_linear_ce
 from atlas_fast.testing import assert_close, peak_memory_bytes
 
 
@@ -38,6 +39,22 @@ def test_chunk_budget_bounds_memory():
     )
     naive_logits_bytes = 2048 * 4000 * 4
     assert peak <= 3 * budget < naive_logits_bytes / 2
+
+
+@pytest.mark.skipif(not hasattr(torch.nn, "LinearCrossEntropyOptions"), reason="torch < 2.13: no chunked op")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("temperature", [1.0, 0.05])
+def test_cpu_path_hands_large_inputs_to_torch_and_keeps_the_values(dtype, temperature):
+    """From TORCH_LINEAR_CE_MIN_ROWS rows the CPU path is torch's chunked F.linear_cross_entropy: same values as
+    Atlas's expression, in float32, with -100 read as token 0 (torch would skip it)."""
+    n_rows = TORCH_LINEAR_CE_MIN_ROWS + 5
+    assert uses_torch_linear_ce(n_rows) and not uses_torch_linear_ce(n_rows - 6)
+    hidden, weight = torch.randn(n_rows, 24, dtype=dtype), (torch.randn(101, 24) * 0.2).to(dtype)
+    labels = torch.randint(0, 101, (n_rows,))
+    labels[::7] = -100
+    got = token_logprobs_cpu(hidden, weight, labels, temperature)
+    assert got.dtype == torch.float32
+    assert_close(got, token_logprobs_naive(hidden, weight, labels, temperature), rtol=1e-5, atol=1e-5)
 
 
 def _single_passage_pass(model, B, K, T):
