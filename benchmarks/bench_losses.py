@@ -1,4 +1,6 @@
-"""Retriever losses: Atlas's eager expression vs torch.compile of it, Liger, the reference and the Triton kernel.
+"""Retriever losses: Atlas's eager expression vs torch.compile of it, Liger, the reference, the Triton kernel and
+atlas_fast's public loss under torch.compile (atlas_fast_compiled: the reference traced and fused by Inductor on a
+CPU, the triton_op's kernels on CUDA).
 
 Modes: forward (with a graph, as in training: the Triton forward also computes the
 gradient), backward (the graph is built once; autograd.grad reruns it), and
@@ -12,7 +14,7 @@ import pytest
 import torch
 from harness import run_provider
 
-from atlas_fast import ops
+from atlas_fast import losses, ops
 from atlas_fast.reference import emdr_loss_ref, kldivloss_ref
 from atlas_fast.reference.atlas import atlas_kldivloss, atlas_logprob
 
@@ -57,6 +59,10 @@ def _loss_fn(op, provider, benchmark):
         return torch.compile(atlas, dynamic=False)
     if provider == "reference":
         return kldivloss_ref if op == "kldivloss" else emdr_loss_ref
+    if provider == "atlas_fast_compiled":
+        if benchmark.disabled:
+            pytest.skip("torch.compile is left out of the smoke run (compile time)")
+        return torch.compile(getattr(losses, op), fullgraph=True, dynamic=False)
     if DEVICE.type != "cuda":
         pytest.skip(f"{provider} runs on CUDA only")
     if provider == "liger":
@@ -92,7 +98,9 @@ def _benchmark_loss(benchmark, op, provider, mode, B, K, make_loss_inputs):
     )
 
 
-@pytest.mark.parametrize("provider", ["atlas_eager", "torch_compile", "liger", "reference", "triton"])
+@pytest.mark.parametrize(
+    "provider", ["atlas_eager", "torch_compile", "liger", "reference", "triton", "atlas_fast_compiled"]
+)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("K", PASSAGES)
 @pytest.mark.parametrize("B", BATCHES)
@@ -103,7 +111,7 @@ def test_kldivloss(benchmark, provider, mode, B, K):
     _benchmark_loss(benchmark, "kldivloss", provider, mode, B, K, gold)
 
 
-@pytest.mark.parametrize("provider", ["atlas_eager", "torch_compile", "reference", "triton"])
+@pytest.mark.parametrize("provider", ["atlas_eager", "torch_compile", "reference", "triton", "atlas_fast_compiled"])
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("K", PASSAGES)
 @pytest.mark.parametrize("B", BATCHES)

@@ -130,11 +130,10 @@ def _joint_losses_and_grads(model, batch, train_retriever: bool, compiled: bool)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("gold_score_mode", ["pdist", "emdr", "adist"])
+@pytest.mark.parametrize("gold_score_mode", ["pdist", "emdr", "adist", "loop"])
 def test_joint_step_compiles_whole_and_equals_eager(tmp_path, gold_score_mode):
     """JointModel's forward and backward (re-embedding, reader encoder, gold scores, retriever loss, FiD reader loss)
-    as one graph. LOOP is left out: it swaps the decoder's cross-attention projections in place per leave-one-out
-    pass, which torch.compile breaks the graph on (a mutated nn.Module)."""
+    as one graph, for every gold-score mode (LOOP's swapped cross-attention projections included)."""
     trainer = _deterministic_trainer(tmp_path, gold_score_mode=gold_score_mode)
     batch = trainer.retrieved_batch(trainer.micro_batch(0))
     eager_losses, eager_grads = _joint_losses_and_grads(trainer.model, batch, True, compiled=False)

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 
 from atlas_fast.data.formats import Passage
 from atlas_fast.models import FiDReader, Retriever
+from atlas_fast.models.modes import eval_mode
 from atlas_fast.train.tiny import write_tiny_bert, write_tiny_t5
 
 PASSAGES = [
@@ -151,3 +152,11 @@ def test_shared_embeddings_survive_a_state_dict_round_trip(bert_dir):
     shared = target.model.encoder.embeddings.word_embeddings.weight
     assert target.model.decoder.cls.predictions.decoder.weight is shared
     torch.testing.assert_close(shared, source.model.encoder.embeddings.word_embeddings.weight)
+
+
+def test_eval_mode_restores_each_submodules_own_mode():
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Dropout())
+    model[1].eval()  # a submodule kept in eval mode inside a training model (as a frozen encoder is)
+    with eval_mode(model):
+        assert not any(module.training for module in model.modules())
+    assert model.training and model[0].training and not model[1].training

@@ -20,10 +20,19 @@ def set_training(module: nn.Module, mode: bool) -> None:
 
 @contextlib.contextmanager
 def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
-    """``module`` in eval mode (no dropout) inside the block; its previous mode is restored after, also on error."""
-    was_training = module.training
-    set_training(module, False)
+    """``module`` in eval mode (no dropout) inside the block; every submodule's own previous mode is restored after,
+    also on error.
+
+    The submodules are listed on entry and restored from that list: a block that swaps a submodule (LOOP's cached
+    cross-attention projections) leaves a pending module mutation in a torch.compile trace, and Dynamo breaks the
+    graph rather than walk ``modules()`` over it.
+    """
+    modules = list(module.modules())
+    flags = [submodule.training for submodule in modules]
+    for submodule in modules:
+        submodule.training = False
     try:
         yield module
     finally:
-        set_training(module, was_training)
+        for submodule, flag in zip(modules, flags, strict=True):
+            submodule.training = flag
