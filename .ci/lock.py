@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # The build requirements too: the editable installs build atlas_fast._C without build isolation.
 BUILD = ["torch==2.13.0", "setuptools>=77", "wheel", "pybind11>=2.12", "pip"]
 LOCKS = {
-    "requirements-lock.txt": [*BUILD, "-e", f"{ROOT}[test,dev,bench]"],
+    "requirements-lock.txt": [*BUILD, "-e", f"{ROOT}[train,test,dev,bench]"],
     "requirements-oldest.txt": [*BUILD, "triton==3.6.0", "transformers==5.17.0", "numpy", "pytest", "pytest-benchmark"],
 }
 

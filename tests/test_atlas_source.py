@@ -1,0 +1,101 @@
+"""use_atlas_fast on Atlas's real code: facebookresearch/atlas's own `Atlas` methods against the same methods patched.
+
+Atlas is CC BY-NC 4.0: it is neither committed nor vendored here. These tests run only where ATLAS_SRC names a
+checkout of it (0ec8889 or newer), in an environment where Atlas imports (its transformers 4.18, or up to 4.54;
+atlas_fast itself installs there without the `train` extra); elsewhere they are skipped with that reason:
+
+    git clone https://github.com/facebookresearch/atlas /tmp/atlas
+    ATLAS_SRC=/tmp/atlas python -m pytest tests/test_atlas_source.py
+
+Atlas's reader is its own FiD (src/fid.py, a T5 of Atlas's src/modeling_t5.py), tiny and randomly initialised;
+its methods move tensors with `.cuda()`, which these CPU tests make a no-op.
+"""
+
+import copy
+import os
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from atlas_fast.integrations.atlas import use_atlas_fast
+from atlas_fast.testing import assert_close
+
+ATLAS_SRC = os.environ.get("ATLAS_SRC")
+pytestmark = pytest.mark.skipif(
+    not ATLAS_SRC or not Path(ATLAS_SRC, "src", "atlas.py").is_file(),
+    reason="set ATLAS_SRC to a checkout of facebookresearch/atlas to run Atlas's own code",
+)
+
+B, K, L, T, VOCAB = 2, 4, 8, 5, 97
+
+
+@pytest.fixture(scope="module")
+def atlas_modules():
+    sys.path.insert(0, ATLAS_SRC)
+    try:
+        from src import atlas, fid
+    finally:
+        sys.path.remove(ATLAS_SRC)
+    return atlas, fid
+
+
+@pytest.fixture(autouse=True)
+def cuda_is_a_no_op(monkeypatch):
+    monkeypatch.setattr(torch.Tensor, "cuda", lambda self, *args, **kwargs: self)
+
+
+def _atlas(atlas_modules, tied: bool, temperature: float, mode: str):
+    atlas, fid = atlas_modules
+    from transformers import T5Config
+
+    torch.manual_seed(0)
+    config = T5Config(
+        vocab_size=VOCAB, d_model=32, d_kv=8, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=4,
+        dropout_rate=0.0, decoder_start_token_id=0, pad_token_id=0, tie_word_embeddings=tied,
+    )  # fmt: skip
+    reader = fid.FiD(config)
+    opt = SimpleNamespace(
+        temperature_score=temperature, temperature_gold=temperature * 2, retriever_n_context=K, gold_score_mode=mode
+    )
+    return atlas.Atlas(opt, reader, None, SimpleNamespace(vocab={}), None)
+
+
+def _inputs():
+    torch.manual_seed(2)
+    reader_ids = torch.randint(1, VOCAB, (B, K, L))
+    reader_mask = torch.ones(B, K, L, dtype=torch.bool)
+    reader_mask[0, 1, 3:] = False
+    reader_mask[1, 2, 1:] = False
+    labels = torch.randint(1, VOCAB, (B, T))
+    labels[1, -2:] = -100
+    decoder_input_ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), labels[:, :-1].clamp_min(0)], dim=1)
+    return reader_ids, reader_mask, decoder_input_ids, labels
+
+
+def _retriever_loss(model, mode, score):
+    """What Atlas.forward does with its retriever score once the reader has run: gold scores, then the loss."""
+    reader_ids, reader_mask, decoder_input_ids, labels = _inputs()
+    cfg = model.reader.encoder.config
+    method = {"ppmean": model.perplexity_score, "emdr": model.emdr_score, "loop": model.loop_score}[mode]
+    gold = method(reader_ids, reader_mask, decoder_input_ids, labels, cfg, B).float()
+    score = score.detach().clone().requires_grad_()
+    loss = model.logprob(score, gold, labels) if mode == "emdr" else model.kldivloss(score, gold)
+    (grad,) = torch.autograd.grad(loss, score)
+    return gold, loss.detach(), grad
+
+
+@pytest.mark.parametrize("mode", ["ppmean", "emdr", "loop"])
+@pytest.mark.parametrize("tied", [True, False])
+@pytest.mark.parametrize("temperature", [0.01, 0.1])
+def test_atlas_methods_and_patched_methods_agree(atlas_modules, mode, tied, temperature):
+    model = _atlas(atlas_modules, tied, temperature, mode)
+    score = torch.randn(B, K)
+    expected = _retriever_loss(model, mode, score)
+    got = _retriever_loss(use_atlas_fast(copy.deepcopy(model)), mode, score)
+    if mode != "emdr":  # EMDR²'s gold side changes form: (B, K, T) log-probabilities instead of logits
+        assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
+    assert_close(got[1], expected[1], rtol=1e-5, atol=1e-6)
+    assert_close(got[2], expected[2], rtol=1e-4, atol=1e-7)
