@@ -7,8 +7,8 @@
 
 The first two take the reader's final decoder hidden states and its LM-head
 weight instead of logits: the Triton kernel (CUDA, or CPU under TRITON_INTERPRET=1)
-never holds more than a tile of logits; on CPU the chunked reference, or from 8,192
-rows torch's chunked F.linear_cross_entropy (faster there), a bounded chunk. T5
+never holds more than a tile of logits; on CPU the chunked reference, or torch's
+chunked F.linear_cross_entropy where that measured faster, a bounded chunk. T5
 with tied embeddings (the default) scales the decoder output by d_model^-0.5
 before its LM head; pass ``hidden * t5_lm_head_scale(model.config)``.
 

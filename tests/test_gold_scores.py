@@ -48,7 +48,8 @@ def test_cpu_path_hands_large_inputs_to_torch_and_keeps_the_values(dtype, temper
     """From TORCH_LINEAR_CE_MIN_ROWS rows the CPU path is torch's chunked F.linear_cross_entropy: same values as
     Atlas's expression, in float32, with -100 read as token 0 (torch would skip it)."""
     n_rows = TORCH_LINEAR_CE_MIN_ROWS + 5
-    assert uses_torch_linear_ce(n_rows) and not uses_torch_linear_ce(n_rows - 6)
+    assert uses_torch_linear_ce(n_rows, 101) and not uses_torch_linear_ce(n_rows - 6, 101)
+    assert not uses_torch_linear_ce(n_rows, 151936)  # a decoder-only vocabulary needs more rows per token
     hidden, weight = torch.randn(n_rows, 24, dtype=dtype), (torch.randn(101, 24) * 0.2).to(dtype)
     labels = torch.randint(0, 101, (n_rows,))
     labels[::7] = -100

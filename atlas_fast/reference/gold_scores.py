@@ -9,9 +9,9 @@ is sized from a byte budget), so its memory stays that budget whatever B·K is.
 `token_logprobs_naive` is Atlas's full-logits expression, kept as the test oracle
 and the benchmark baseline only.
 
-From TORCH_LINEAR_CE_MIN_ROWS rows on, `token_logprobs_cpu` calls torch's own chunked
-`F.linear_cross_entropy` instead of the hand-written loop: it computes the same values and
-ran faster there (BENCHMARKS.md, section gold-scores-peers).
+Where torch's own chunked `F.linear_cross_entropy` measured faster (`uses_torch_linear_ce`:
+enough rows for the vocabulary), `token_logprobs_cpu` calls it instead of the hand-written
+loop; it computes the same values (BENCHMARKS.md, section gold-scores-peers).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 
 __all__ = [
     "DEFAULT_CHUNK_BYTES",
+    "TORCH_LINEAR_CE_MAX_VOCAB_PER_ROW",
     "TORCH_LINEAR_CE_MIN_ROWS",
     "adist_gold_scores_ref",
     "masked_token_mean",
@@ -31,10 +32,12 @@ __all__ = [
 
 DEFAULT_CHUNK_BYTES = 64 * 2**20  # fp32 logits of one chunk; ~4 chunks of work fit in L3-sized streaming
 
-# The crossover measured on a 2-core Zen 4, fp32, H = 768, V = 32,128, the best of 2 runs: torch's chunked op took
-# x1.08 of token_logprobs_ref's time at 4,096 rows, x0.93 at 8,192, x0.81 at 24,576 and 40,960. Below
-# in_features-many rows torch's own docs say its chunking does not pay.
+# Crossovers measured on a 2-core Zen 4, fp32, H = 768 (docs/experiments/gold-scores-cpu.md): torch's chunked op
+# took, of token_logprobs_ref's time, x1.08 at 4,096 rows, x0.93 at 8,192 and x0.81 at 24,576 and 40,960 rows
+# over V = 32,128, but x1.6 at 8,192 rows and x1.02 at 16,384 over V = 151,936: it pays from 8,192 rows and
+# from one row per TORCH_LINEAR_CE_MAX_VOCAB_PER_ROW vocabulary entries.
 TORCH_LINEAR_CE_MIN_ROWS = 8192
+TORCH_LINEAR_CE_MAX_VOCAB_PER_ROW = 8
 
 
 def token_logprobs_naive(
@@ -90,9 +93,11 @@ def token_logprobs_ref(
     return out
 
 
-def uses_torch_linear_ce(n_rows: int) -> bool:
-    """Whether `token_logprobs_cpu` hands ``n_rows`` rows to torch's chunked F.linear_cross_entropy (torch >= 2.13)."""
-    return n_rows >= TORCH_LINEAR_CE_MIN_ROWS and hasattr(torch.nn, "LinearCrossEntropyOptions")
+def uses_torch_linear_ce(n_rows: int, vocab: int) -> bool:
+    """Whether `token_logprobs_cpu` hands ``n_rows`` rows over a ``vocab``-token head to torch's chunked
+    F.linear_cross_entropy (torch >= 2.13)."""
+    enough_rows = n_rows >= TORCH_LINEAR_CE_MIN_ROWS and n_rows * TORCH_LINEAR_CE_MAX_VOCAB_PER_ROW >= vocab
+    return enough_rows and hasattr(torch.nn, "LinearCrossEntropyOptions")
 
 
 def token_logprobs_cpu(
@@ -100,7 +105,7 @@ def token_logprobs_cpu(
 ) -> torch.Tensor:
     """`token_logprobs_ref`'s contract, through whichever of it and torch's chunked F.linear_cross_entropy is
     faster for this many rows (`uses_torch_linear_ce`). (N, H), (V, H), (N,) → (N,) float32."""
-    if not uses_torch_linear_ce(hidden.shape[0]):
+    if not uses_torch_linear_ce(hidden.shape[0], lm_head_weight.shape[0]):
         return token_logprobs_ref(hidden, lm_head_weight, labels, temperature)
     nll = torch.nn.functional.linear_cross_entropy(
         hidden.float() / temperature,  # (h/τ)·Wᵀ = logits/τ
