@@ -1,5 +1,5 @@
 """use_atlas_fast on a stand-in for Atlas's `src.atlas.Atlas`: the same retriever losses and gradients as Atlas's own
-methods, for PDist, EMDR² and LOOP, tied and untied T5, τ 0.01 and 0.1.
+methods, for PDist, EMDR², LOOP and ADist (normssum), tied and untied T5, τ 0.01 and 0.1.
 
 The stand-in mirrors the names, arguments and results of the Atlas methods use_atlas_fast replaces, computed Atlas's
 way (the full logits: atlas_fast.reference.atlas), over a plain Hugging Face T5 reader. tests/test_atlas_source.py
@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from adist_oracle import normssum_from_maps
 from tiny_t5 import VOCAB, tiny_t5
 
 from atlas_fast.integrations.atlas import use_atlas_fast
@@ -28,10 +29,13 @@ B, K, L, T = 2, 3, 6, 4
 class AtlasStandIn:
     """Atlas's retriever-target methods, Atlas's way, with its signatures (cfg is the encoder config it mutates)."""
 
-    def __init__(self, reader, temperature_score, temperature_gold):
+    def __init__(self, reader, temperature_score, temperature_gold, gold_score_mode="ppmean"):
         self.reader = reader
         self.opt = SimpleNamespace(
-            temperature_score=temperature_score, temperature_gold=temperature_gold, retriever_n_context=K
+            temperature_score=temperature_score,
+            temperature_gold=temperature_gold,
+            retriever_n_context=K,
+            gold_score_mode=gold_score_mode,
         )
 
     def kldivloss(self, score, gold_score):
@@ -59,13 +63,22 @@ class AtlasStandIn:
         gold = atlas_gold_log_probs(gold_score, labels, self.opt.retriever_n_context, self.opt.temperature_gold)
         return atlas_logprob(score, gold, labels, self.opt.temperature_score)
 
-    @torch.no_grad()
-    def loop_score(self, reader_ids, reader_mask, decoder_input_ids, labels, cfg, bsz):
+    def _fid_states(self, reader_ids, reader_mask, bsz):
         n = reader_ids.size(1)
         states = self.reader.encoder(
             input_ids=reader_ids.view(bsz * n, -1), attention_mask=reader_mask.view(bsz * n, -1)
         ).last_hidden_state
-        return atlas_loop_score(self.reader, states.reshape(bsz, -1, states.size(-1)), reader_mask, labels)
+        return states.reshape(bsz, -1, states.size(-1))
+
+    @torch.no_grad()
+    def loop_score(self, reader_ids, reader_mask, decoder_input_ids, labels, cfg, bsz):
+        return atlas_loop_score(self.reader, self._fid_states(reader_ids, reader_mask, bsz), reader_mask, labels)
+
+    @torch.no_grad()
+    def eval_score(self, reader_ids, reader_mask, decoder_input_ids, labels, cfg, bsz, mask_query):
+        """normssum from the materialised (B, NH, T, K·L) cross-attention maps, as Atlas means it."""
+        states, flat_mask = self._fid_states(reader_ids, reader_mask, bsz), reader_mask.view(bsz, -1)
+        return normssum_from_maps(self.reader, states, flat_mask, decoder_input_ids, labels, reader_ids.size(1))
 
 
 def _inputs():
@@ -83,22 +96,27 @@ def _inputs():
 def _retriever_loss(model, mode, score):
     reader_ids, reader_mask, decoder_input_ids, labels = _inputs()
     cfg = SimpleNamespace()
-    method = {"ppmean": model.perplexity_score, "emdr": model.emdr_score, "loop": model.loop_score}[mode]
-    gold = method(reader_ids, reader_mask, decoder_input_ids, labels, cfg, B).float()
+    arguments = (reader_ids, reader_mask, decoder_input_ids, labels, cfg, B)
+    if mode == "evalnormsum":
+        gold = model.eval_score(*arguments, None).float()
+    else:
+        method = {"ppmean": model.perplexity_score, "emdr": model.emdr_score, "loop": model.loop_score}[mode]
+        gold = method(*arguments).float()
     score = score.detach().clone().requires_grad_()
     loss = model.logprob(score, gold, labels) if mode == "emdr" else model.kldivloss(score, gold)
     (grad,) = torch.autograd.grad(loss, score)
     return gold, loss.detach(), grad
 
 
-@pytest.mark.parametrize("mode", ["ppmean", "emdr", "loop"])
+@pytest.mark.parametrize("mode", ["ppmean", "emdr", "loop", "evalnormsum"])
 @pytest.mark.parametrize("tied", [True, False])
 @pytest.mark.parametrize("temperature", [0.01, 0.1])
 def test_patched_methods_give_atlas_losses_and_gradients(mode, tied, temperature):
     reader = tiny_t5(tie_word_embeddings=tied).eval()
+    reader.set_attn_implementation("eager")  # the stand-in reads the materialised cross-attention maps
     score = torch.randn(B, K)
-    atlas = _retriever_loss(AtlasStandIn(reader, temperature, temperature * 2), mode, score)
-    patched = _retriever_loss(use_atlas_fast(AtlasStandIn(reader, temperature, temperature * 2)), mode, score)
+    atlas = _retriever_loss(AtlasStandIn(reader, temperature, temperature * 2, mode), mode, score)
+    patched = _retriever_loss(use_atlas_fast(AtlasStandIn(reader, temperature, temperature * 2, mode)), mode, score)
     if mode != "emdr":  # EMDR²'s gold side changes form: (B, K, T) log-probabilities instead of logits
         assert_close(patched[0], atlas[0], rtol=1e-5, atol=1e-6)
     assert_close(patched[1], atlas[1], rtol=1e-5, atol=1e-6)
@@ -133,3 +151,9 @@ def test_only_that_instance_changes_and_a_wrong_object_is_refused():
     assert untouched.kldivloss.__func__ is AtlasStandIn.kldivloss
     with pytest.raises(TypeError, match=r"expects an Atlas model .* has no kldivloss"):
         use_atlas_fast(SimpleNamespace(opt=None, reader=None))
+
+
+def test_atlas_eval_modes_other_than_normssum_are_refused_by_name():
+    model = use_atlas_fast(AtlasStandIn(tiny_t5().eval(), 0.1, 0.1, "evalsum"))
+    with pytest.raises(NotImplementedError, match="'evalsum' is not covered"):
+        model.eval_score(*_inputs()[:3], _inputs()[3], SimpleNamespace(), B, None)

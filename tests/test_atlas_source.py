@@ -19,6 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from adist_oracle import normssum_from_maps
 
 from atlas_fast.integrations.atlas import use_atlas_fast
 from atlas_fast.testing import assert_close
@@ -99,3 +100,20 @@ def test_atlas_methods_and_patched_methods_agree(atlas_modules, mode, tied, temp
         assert_close(got[0], expected[0], rtol=1e-5, atol=1e-6)
     assert_close(got[1], expected[1], rtol=1e-5, atol=1e-6)
     assert_close(got[2], expected[2], rtol=1e-4, atol=1e-7)
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_adist_is_normssum_of_atlas_own_cross_attention(atlas_modules, tied):
+    """Atlas's own "evalnormsum" cannot run (its lookup key is misspelt and, at 0ec8889, its T5 stores no scores):
+    the oracle is normssum from the cross-attention maps of Atlas's own FiD, through its output_attentions."""
+    model = _atlas(atlas_modules, tied, 0.1, "evalnormsum")
+    reader_ids, reader_mask, decoder_input_ids, labels = _inputs()
+    cfg = model.reader.encoder.config
+    cfg.bsz, cfg.n_context = B, K  # Atlas's FiD encoder reshapes by these
+    flat_ids, flat_mask = reader_ids.view(B, -1), reader_mask.view(B, -1)
+    with torch.no_grad():  # return_dict: Atlas's FiDStack mis-builds its tuple output
+        states = model.reader.encoder(input_ids=flat_ids, attention_mask=flat_mask, return_dict=True).last_hidden_state
+    expected = normssum_from_maps(model.reader.eval(), states, flat_mask, decoder_input_ids, labels, K)
+    patched = use_atlas_fast(copy.deepcopy(model))
+    got = patched.eval_score(reader_ids, reader_mask, decoder_input_ids, labels, cfg, B, None)
+    assert_close(got, expected, rtol=1e-5, atol=1e-7)

@@ -16,14 +16,18 @@ and losses (same names, arguments and results, so `Atlas.forward` calls them unc
   log-probabilities at `opt.temperature_gold` (`emdr_token_logprobs`, no logits either) instead of Atlas's
   (B·K, T, V) logits, and the second is `emdr_loss` on them;
 - `loop_score(...)` (LOOP): the passages are encoded once, then `loop_gold_scores` runs the K leave-one-out
-  decoder passes batched, each layer's cross-attention keys and values projected once per example.
+  decoder passes batched, each layer's cross-attention keys and values projected once per example;
+- `eval_score(...)` (ADist, Atlas's "evalnormsum"): one decoder pass in which each cross-attention layer's
+  inputs are handed to `fid_cross_attention` for the per-passage mass Σ α·‖v‖, never the (B, NH, T, K·L)
+  maps, then `adist_gold_scores`: Atlas's intended `normssum`. (Atlas's own path looks the scores up under
+  "normsum" while they are stored as "normssum", and at 0ec8889 its T5 stores none, so it cannot run.)
 
 Atlas's global FiD shape settings (`cfg.bsz`, `cfg.n_context` on the reader's encoder config) are set here as
 Atlas's own methods set them. Gold scores are computed in float32 from the reader's states (Atlas computes them
 in the reader's precision): under bf16 they differ from Atlas's by the rounding Atlas incurs.
 
-Not covered yet: ADist ("eval" modes, which read Atlas's own stored cross-attention scores) and the
-retriever's score (two statements of `Atlas.forward`).
+Not covered: Atlas's other "eval" modes (raw scores, probabilities, top-k), which raise NotImplementedError, and
+the retriever's score (two statements inside `Atlas.forward`, which this module does not edit).
 """
 
 from __future__ import annotations
@@ -33,19 +37,23 @@ import types
 import torch
 
 from atlas_fast import losses
+from atlas_fast.attention import fid_cross_attention
+from atlas_fast.fid_patch import cross_attention_modules
 
 __all__ = ["use_atlas_fast"]
 
 
-def _set_fid_shape(cfg, bsz: int, n_context: int) -> None:
-    """Atlas's FiD encoder reshapes its input by these two globals of the encoder config; a plain T5 ignores them."""
-    cfg.bsz, cfg.n_context = bsz, n_context
+def _set_fid_shape(model, cfg, bsz: int, n_context: int) -> None:
+    """Atlas's FiD encoder reshapes its input by these two globals of its own config, which Atlas passes around as
+    ``cfg``; both are set, in case a caller's ``cfg`` is another object. A plain T5 ignores them."""
+    for config in (cfg, model.reader.encoder.config):
+        config.bsz, config.n_context = bsz, n_context
 
 
 def _encode(model, reader_ids: torch.Tensor, reader_mask: torch.Tensor, cfg) -> torch.Tensor:
     """(B, K, L) passages, each encoded alone → (B, K·L, d), as Atlas's FiD concatenates them."""
     B, K, L = reader_ids.shape
-    _set_fid_shape(cfg, B * K, 1)
+    _set_fid_shape(model, cfg, B * K, 1)
     states = model.reader.encoder(
         input_ids=reader_ids.reshape(B * K, L), attention_mask=reader_mask.reshape(B * K, L), return_dict=True
     ).last_hidden_state
@@ -100,8 +108,59 @@ def _loop_score(self, reader_ids, reader_mask, decoder_input_ids, labels, cfg, b
     self.reader.eval()
     B, K, L = reader_ids.shape
     states = _encode(self, reader_ids, reader_mask, cfg)
-    _set_fid_shape(cfg, B, K)
+    _set_fid_shape(self, cfg, B, K)
     return losses.loop_gold_scores(self.reader, states, reader_mask.reshape(B, K * L), labels, K)
+
+
+# Atlas's gold_score_mode for ADist with the ‖v‖-weighted attention summed over target tokens ("normssum").
+ADIST_MODES = ("evalnormsum", "evalnormssum")
+
+
+def _heads(module, states: torch.Tensor) -> torch.Tensor:
+    """(B, S, NH·Dh) projections → (B, NH, S, Dh) for a T5 attention module (n_heads, key_value_proj_dim)."""
+    B, S, _ = states.shape
+    return states.view(B, S, module.n_heads, module.key_value_proj_dim).transpose(1, 2)
+
+
+@torch.no_grad()
+def _eval_score(self, reader_ids, reader_mask, decoder_input_ids, labels, cfg, bsz, mask_query=None):
+    mode = self.opt.gold_score_mode
+    if mode not in ADIST_MODES:
+        raise NotImplementedError(
+            f"use_atlas_fast computes ADist as {' or '.join(ADIST_MODES)} (Atlas's normssum); gold_score_mode "
+            f"{mode!r} is not covered: run it without use_atlas_fast"
+        )
+    self.reader.eval()
+    B, K, L = reader_ids.shape
+    states = _encode(self, reader_ids, reader_mask, cfg)
+    _set_fid_shape(self, cfg, B, K)
+    flat_mask = reader_mask.reshape(B, K * L)
+    masses = []
+
+    def passage_mass(module, args, kwargs, _output):
+        queries = args[0] if args else kwargs["hidden_states"]  # the normed decoder states the layer attends from
+        encoder_states = kwargs["key_value_states"]
+        q = _heads(module, module.q(queries))
+        k, v = _heads(module, module.k(encoder_states)), _heads(module, module.v(encoder_states))
+        _, mass = fid_cross_attention(q, k, v, flat_mask, K, 1.0, "vnorm")  # (B, NH, T, K)
+        masses.append(mass.mean(1))
+
+    hooks = [
+        module.register_forward_hook(passage_mass, with_kwargs=True)
+        for module, _, _ in cross_attention_modules(self.reader)
+    ]
+    try:
+        self.reader.decoder(
+            input_ids=decoder_input_ids,
+            encoder_hidden_states=states,
+            encoder_attention_mask=flat_mask,
+            use_cache=False,
+            return_dict=True,
+        )
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return losses.adist_gold_scores(torch.stack(masses).sum(0), labels, len(masses))
 
 
 _METHODS = {
@@ -110,6 +169,7 @@ _METHODS = {
     "emdr_score": _emdr_score,
     "logprob": _logprob,
     "loop_score": _loop_score,
+    "eval_score": _eval_score,
 }
 
 
