@@ -10,7 +10,7 @@ STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
 .PHONY: install run smoke test test-latest lock lint bench bench-index bench-index-refresh bench-smoke gpu-report \
-	gpu-check gpu-check-dry-run compile-gate-oldest clean
+	gpu-check gpu-check-dry-run compile-gate-oldest test-atlas-oldest clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(LOCK) $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -112,5 +112,17 @@ compile-gate-oldest: $(OLDEST)/.installed
 	env -u TRITON_INTERPRET PYTHONPATH=. $(OLDEST)/bin/python -m atlas_fast.compile_gate \
 		--json $(OLDEST)/compile_gate.json
 
+# The ops and the Atlas integration where Atlas runs: transformers 4.40.2 (requirements-atlas.txt, the oldest the
+# integration supports; Atlas's own pin, 4.18, has no Python 3.11 wheels), without the [train] extra.
+ATLAS_ENV := .venv-atlas
+$(ATLAS_ENV)/.installed: requirements-atlas.txt
+	test -x $(ATLAS_ENV)/bin/python || $(PYTHON) -m venv $(ATLAS_ENV)
+	$(ATLAS_ENV)/bin/python -m pip install --quiet --require-hashes -r requirements-atlas.txt
+	touch $@
+
+test-atlas-oldest: $(ATLAS_ENV)/.installed
+	env -u TRITON_INTERPRET PYTHONPATH=. $(ATLAS_ENV)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/test_atlas_integration.py tests/test_losses.py
+
 clean:
-	rm -rf $(VENV) .venv-latest $(OLDEST) build *.egg-info atlas_fast/_C*.so
+	rm -rf $(VENV) .venv-latest $(OLDEST) $(ATLAS_ENV) build *.egg-info atlas_fast/_C*.so

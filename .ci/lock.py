@@ -8,6 +8,8 @@ platform (CPython 3.11, manylinux x86_64, the CPU torch wheel).
 - requirements-oldest.txt: the oldest triton and transformers the project supports, those of the GPU machines' image
   (triton 3.6.0, transformers 5.17.0; their torch 2.11 has no CPU wheel on PyPI, so the CPU torch wheel stands in),
   for `make gpu-check-dry-run` and `make compile-gate-oldest`.
+- requirements-atlas.txt: an Atlas-side environment (transformers 4.40.2, no [train] extra), for
+  `make test-atlas-oldest`.
 """
 
 import json
@@ -22,6 +24,9 @@ BUILD = ["torch==2.13.0", "setuptools>=77", "wheel", "pybind11>=2.12", "pip"]
 LOCKS = {
     "requirements-lock.txt": [*BUILD, "-e", f"{ROOT}[train,test,dev,bench]"],
     "requirements-oldest.txt": [*BUILD, "triton==3.6.0", "transformers==5.17.0", "numpy", "pytest", "pytest-benchmark"],
+    # An Atlas-side environment: the oldest transformers atlas_fast's Atlas integration supports (Atlas pins 4.18,
+    # whose tokenizers has no wheel for Python 3.11; its code also imports under 4.40), the ops without [train].
+    "requirements-atlas.txt": ["torch==2.13.0", "pip", "transformers==4.40.2", "numpy", "pytest", "hypothesis"],
 }
 
 
