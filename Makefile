@@ -10,7 +10,7 @@ STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
 .PHONY: install run smoke test test-latest lock lint bench bench-index bench-index-refresh bench-smoke gpu-report \
-	gpu-check gpu-check-dry-run compile-gate-oldest test-atlas-oldest clean
+	gpu-check gpu-check-dry-run compile-gate-oldest test-train-oldest test-atlas-oldest clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(LOCK) $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -111,6 +111,12 @@ gpu-check-dry-run: $(OLDEST)/.installed
 compile-gate-oldest: $(OLDEST)/.installed
 	env -u TRITON_INTERPRET PYTHONPATH=. $(OLDEST)/bin/python -m atlas_fast.compile_gate \
 		--json $(OLDEST)/compile_gate.json
+
+# The FiD patch and the Atlas integration under the oldest transformers of the [train] extra (5.17.0, the GPU
+# machines' image, whose set_attn_implementation leaves T5's stacks on their own configs).
+test-train-oldest: $(OLDEST)/.installed
+	env -u TRITON_INTERPRET PYTHONPATH=. $(OLDEST)/bin/python -m pytest -q -p no:cacheprovider \
+		tests/test_fid_patch.py tests/test_atlas_integration.py
 
 # The ops and the Atlas integration where Atlas runs: transformers 4.40.2 (requirements-atlas.txt, the oldest the
 # integration supports; Atlas's own pin, 4.18, has no Python 3.11 wheels), without the [train] extra.

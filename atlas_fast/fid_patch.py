@@ -112,7 +112,17 @@ class FiDPatch:
         for module in self._modules:
             del module._atlas_fast_fid
         self._hook.remove()
-        self.model.set_attn_implementation(self._previous)
+        set_attention_implementation(self.model, self._previous)
+
+
+def set_attention_implementation(model, name: str) -> None:
+    """``model.set_attn_implementation(name)``, reaching every sub-config: transformers 5.17 sets only the top-level
+    config, while T5's encoder and decoder stacks (and their attention modules) attend by their own copies."""
+    model.set_attn_implementation(name)
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and getattr(config, "_attn_implementation", name) != name:
+            config._attn_implementation = name
 
 
 def cross_attention_modules(model) -> list[tuple[nn.Module, str, str]]:
@@ -154,5 +164,5 @@ def patch_for_fid(model, n_passages: int, collect_mass: bool = True) -> FiDPatch
     AttentionInterface.register(IMPLEMENTATION, _attention)
     AttentionMaskInterface.register(IMPLEMENTATION, eager_mask)  # additive masks, as eager attention takes
     previous = model.config._attn_implementation
-    model.set_attn_implementation(IMPLEMENTATION)
+    set_attention_implementation(model, IMPLEMENTATION)
     return FiDPatch(model, n_passages, collect_mass, previous)

@@ -13,6 +13,7 @@ import torch
 from adist_oracle import normssum_from_maps
 from tiny_t5 import VOCAB, tiny_t5
 
+from atlas_fast.fid_patch import set_attention_implementation
 from atlas_fast.integrations.atlas import use_atlas_fast
 from atlas_fast.reference.atlas import (
     atlas_gold_log_probs,
@@ -114,7 +115,7 @@ def _retriever_loss(model, mode, score):
 def test_patched_methods_give_atlas_losses_and_gradients(mode, tied, temperature):
     reader = tiny_t5(tie_word_embeddings=tied).eval()
     if hasattr(reader, "set_attn_implementation"):  # the stand-in reads the materialised cross-attention maps
-        reader.set_attn_implementation("eager")  # (older transformers' T5 has no other implementation)
+        set_attention_implementation(reader, "eager")  # (transformers 4.x's T5 has no other implementation)
     score = torch.randn(B, K)
     atlas = _retriever_loss(AtlasStandIn(reader, temperature, temperature * 2, mode), mode, score)
     patched = _retriever_loss(use_atlas_fast(AtlasStandIn(reader, temperature, temperature * 2, mode)), mode, score)

@@ -5,7 +5,7 @@ import torch
 from tiny_t5 import B, K, L, T, fid_inputs, tiny_t5
 
 from atlas_fast import losses
-from atlas_fast.fid_patch import patch_for_fid
+from atlas_fast.fid_patch import patch_for_fid, set_attention_implementation
 from atlas_fast.reference.atlas import atlas_normssum
 from atlas_fast.testing import assert_close
 
@@ -29,7 +29,7 @@ def test_patched_model_equals_unpatched_and_unpatch_restores():
 
 def test_mass_gives_atlas_adist_gold_scores():
     model = tiny_t5().eval()
-    model.set_attn_implementation("eager")  # the only implementation that returns attention maps
+    set_attention_implementation(model, "eager")  # the only implementation that returns attention maps
     encoder_outputs, mask, labels = fid_inputs(model)
     with torch.no_grad():
         reference = model(encoder_outputs=encoder_outputs, attention_mask=mask, labels=labels, output_attentions=True)
