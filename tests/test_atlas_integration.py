@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from adist_oracle import normssum_from_maps
+from atlas_helpers import fid_batch, normssum_from_maps, retriever_step
 from tiny_t5 import VOCAB, tiny_t5
 
 from atlas_fast.fid_patch import set_attention_implementation
@@ -83,30 +83,11 @@ class AtlasStandIn:
 
 
 def _inputs():
-    torch.manual_seed(2)
-    reader_ids = torch.randint(1, VOCAB, (B, K, L))
-    reader_mask = torch.ones(B, K, L, dtype=torch.bool)
-    reader_mask[0, 1, 3:] = False
-    reader_mask[1, 2, 1:] = False
-    labels = torch.randint(1, VOCAB, (B, T))
-    labels[1, -1] = -100
-    decoder_input_ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), labels[:, :-1].clamp_min(0)], dim=1)
-    return reader_ids, reader_mask, decoder_input_ids, labels
+    return fid_batch(B, K, L, T, VOCAB, padded_targets=1)
 
 
 def _retriever_loss(model, mode, score):
-    reader_ids, reader_mask, decoder_input_ids, labels = _inputs()
-    cfg = SimpleNamespace()
-    arguments = (reader_ids, reader_mask, decoder_input_ids, labels, cfg, B)
-    if mode == "evalnormsum":
-        gold = model.eval_score(*arguments, None).float()
-    else:
-        method = {"ppmean": model.perplexity_score, "emdr": model.emdr_score, "loop": model.loop_score}[mode]
-        gold = method(*arguments).float()
-    score = score.detach().clone().requires_grad_()
-    loss = model.logprob(score, gold, labels) if mode == "emdr" else model.kldivloss(score, gold)
-    (grad,) = torch.autograd.grad(loss, score)
-    return gold, loss.detach(), grad
+    return retriever_step(model, mode, score, _inputs(), SimpleNamespace())
 
 
 @pytest.mark.parametrize("mode", ["ppmean", "emdr", "loop", "evalnormsum"])

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-from adist_oracle import normssum_from_maps
+from atlas_helpers import fid_batch, normssum_from_maps, retriever_step
 
 from atlas_fast.integrations.atlas import use_atlas_fast
 from atlas_fast.testing import assert_close
@@ -65,27 +65,12 @@ def _atlas(atlas_modules, tied: bool, temperature: float, mode: str):
 
 
 def _inputs():
-    torch.manual_seed(2)
-    reader_ids = torch.randint(1, VOCAB, (B, K, L))
-    reader_mask = torch.ones(B, K, L, dtype=torch.bool)
-    reader_mask[0, 1, 3:] = False
-    reader_mask[1, 2, 1:] = False
-    labels = torch.randint(1, VOCAB, (B, T))
-    labels[1, -2:] = -100
-    decoder_input_ids = torch.cat([torch.zeros(B, 1, dtype=torch.long), labels[:, :-1].clamp_min(0)], dim=1)
-    return reader_ids, reader_mask, decoder_input_ids, labels
+    return fid_batch(B, K, L, T, VOCAB, padded_targets=2)
 
 
 def _retriever_loss(model, mode, score):
-    """What Atlas.forward does with its retriever score once the reader has run: gold scores, then the loss."""
-    reader_ids, reader_mask, decoder_input_ids, labels = _inputs()
-    cfg = model.reader.encoder.config
-    method = {"ppmean": model.perplexity_score, "emdr": model.emdr_score, "loop": model.loop_score}[mode]
-    gold = method(reader_ids, reader_mask, decoder_input_ids, labels, cfg, B).float()
-    score = score.detach().clone().requires_grad_()
-    loss = model.logprob(score, gold, labels) if mode == "emdr" else model.kldivloss(score, gold)
-    (grad,) = torch.autograd.grad(loss, score)
-    return gold, loss.detach(), grad
+    """Atlas passes its reader's own encoder config as cfg."""
+    return retriever_step(model, mode, score, _inputs(), model.reader.encoder.config)
 
 
 @pytest.mark.parametrize("mode", ["ppmean", "emdr", "loop"])
