@@ -70,18 +70,35 @@ void DocumentIndex::ensure_capacity(int64_t rows) {
 
 namespace {
 
-// NaN or ±inf anywhere in n floats (exponent bits all ones); a plain loop that vectorises.
-bool any_non_finite(const float* values, int64_t n, int threads) {
-  int bad = 0;
+// The largest magnitude of n floats, as bits (NaN above inf): compared with first_unstorable_bits, it says
+// whether the storage type can hold them all. Serial (one tile of a parallel loop).
+uint32_t max_magnitude_bits(const float* values, int64_t n) {
+  uint32_t largest = 0;
+#pragma omp simd reduction(max : largest)
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, values + i, sizeof bits);
+    largest = std::max(largest, bits & 0x7fffffffu);
+  }
+  return largest;
+}
+
+// Refuses (before anything changes) values the storage type would turn into inf or NaN.
+void check_storable(StorageType type, const char* what, const float* values, int64_t n, int threads) {
+  uint32_t largest = 0;
 #ifdef _OPENMP
-#pragma omp parallel for simd reduction(| : bad) num_threads(threads) schedule(static)
+#pragma omp parallel for simd reduction(max : largest) num_threads(threads) schedule(static)
 #endif
   for (int64_t i = 0; i < n; ++i) {
     uint32_t bits;
     std::memcpy(&bits, values + i, sizeof bits);
-    bad |= (bits & 0x7f800000u) == 0x7f800000u;
+    largest = std::max(largest, bits & 0x7fffffffu);
   }
-  return bad != 0;
+  if (largest >= 0x7f800000u) throw std::invalid_argument(std::string(what) + " contains NaN or infinite values");
+  if (largest >= first_unstorable_bits(type)) {
+    throw std::invalid_argument(std::string(what) + " holds values beyond " + storage_name(type) +
+                                "'s range (they would be stored as infinite): scale them down or store float32");
+  }
 }
 
 float cosine(const float* a, const float* b, int64_t n) {
@@ -100,7 +117,7 @@ float cosine(const float* a, const float* b, int64_t n) {
 void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, int32_t step, int n_threads) {
   const int threads = resolve_threads(n_threads);
   // Refused before anything changes.
-  if (any_non_finite(vectors, n * dim_, threads)) throw std::invalid_argument("vectors contains NaN or infinite values");
+  check_storable(type_, "vectors", vectors, n * dim_, threads);
   std::unique_lock lock(mutex_);
   check_room_for(ids, n);  // refused before anything changes
   const int64_t rows_before = static_cast<int64_t>(row_ids_.size());
@@ -311,11 +328,49 @@ int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, bool n
     if (steps_[row] < older_than) rows.push_back(row);
   }
   const int64_t n_rows = static_cast<int64_t>(rows.size());
+  // What the rows may hold after the map: unit rows when normalising (the fp32 product must stay finite),
+  // otherwise values the storage type holds.
+  const uint32_t limit = normalize ? 0x7f800000u : first_unstorable_bits(type_);
+  // |(v M)_j| <= max|v| * max_j sum_i |M_ij|: under the limit, no row can overflow and one writing pass does.
+  // Otherwise a first pass computes every row without writing, and a row that overflows refuses the whole
+  // call, leaving the index as it was: no path stores a non-finite row.
+  double column_sum_max = 0.0;
+  for (int64_t j = 0; j < dim_; ++j) {
+    double sum = 0.0;
+    for (int64_t i = 0; i < dim_; ++i) sum += std::fabs(static_cast<double>(matrix[i * dim_ + j]));
+    column_sum_max = std::max(column_sum_max, sum);
+  }
+  float row_max = 0.f;
+  {
+    std::vector<float> row(static_cast<size_t>(dim_));
+    for (int64_t r = 0; r < n_rows; ++r) {
+      convert_to_float(type_, row_ptr(rows[r]), row.data(), dim_);
+      for (int64_t j = 0; j < dim_; ++j) row_max = std::max(row_max, std::fabs(row[j]));
+    }
+  }
+  const uint32_t largest_storable = limit - 1;  // limit is inf's bits for fp32: the bound needs a finite value
+  float limit_value;
+  std::memcpy(&limit_value, &largest_storable, sizeof limit_value);
+  // The bound is exact arithmetic; fp32 accumulation rounds, hence the margin.
+  const bool may_overflow = static_cast<double>(row_max) * column_sum_max >= 0.99 * static_cast<double>(limit_value);
+  if (may_overflow && map_rows(rows, matrix, normalize, limit, false, n_threads)) {
+    throw std::invalid_argument(std::string("transform: the matrix maps some rows beyond ") +
+                                (normalize ? "float32" : storage_name(type_)) +
+                                "'s range (they would be stored as infinite or NaN); the index is unchanged");
+  }
+  map_rows(rows, matrix, normalize, limit, true, n_threads);
+  return n_rows;
+}
+
+bool DocumentIndex::map_rows(const std::vector<int64_t>& rows, const float* matrix, bool normalize, uint32_t limit,
+                             bool write, int n_threads) {
+  const int64_t n_rows = static_cast<int64_t>(rows.size());
+  int overflow = 0;
   // Tiles of rows x output columns: each slice M[i, j0:j0+256] is loaded once for 16 rows (not once per row),
   // and the 16 x 256 accumulators stay in L1. Per row the matrix would stream d² floats from L2/L3.
   constexpr int64_t kRowsPerTile = 16, kColumnsPerTile = 256;
 #ifdef _OPENMP
-#pragma omp parallel num_threads(resolve_threads(n_threads))
+#pragma omp parallel num_threads(resolve_threads(n_threads)) reduction(| : overflow)
 #endif
   {
     std::vector<float> old_rows(static_cast<size_t>(kRowsPerTile * dim_));
@@ -339,22 +394,25 @@ int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, bool n
           }
         }
       }
+      overflow |= max_magnitude_bits(new_rows.data(), count * dim_) >= limit;
+      if (!write) continue;
       for (int64_t r = 0; r < count; ++r) {
         float* vector = &new_rows[r * dim_];
         if (normalize) {  // back onto the unit sphere of a cosine index (a zero row stays zero)
+          // In double throughout: the squares of large rows overflow fp32, and the inverse norm of a row of
+          // subnormals does too.
           double squares = 0.0;
           for (int64_t j = 0; j < dim_; ++j) squares += static_cast<double>(vector[j]) * vector[j];
           if (squares > 0.0) {
-            const float inverse = static_cast<float>(1.0 / std::sqrt(squares));
-#pragma omp simd
-            for (int64_t j = 0; j < dim_; ++j) vector[j] *= inverse;
+            const double inverse = 1.0 / std::sqrt(squares);
+            for (int64_t j = 0; j < dim_; ++j) vector[j] = static_cast<float>(vector[j] * inverse);
           }
         }
         convert_from_float(type_, vector, row_ptr(rows[first + r]), dim_);
       }
     }
   }
-  return n_rows;
+  return overflow != 0;
 }
 
 void DocumentIndex::export_rows(int64_t start, int64_t count, int64_t* ids, int32_t* steps, uint32_t* retrieved,

@@ -63,7 +63,8 @@ class DocumentIndex {
   std::pair<double, int64_t> drift(bool reset);
   // v <- v M (matrix: dim x dim fp32, row-major) for every row embedded before step `older_than`, in place
   // (rounded back to the storage type), then, with `normalize`, rescaled to unit norm; steps and retrieval
-  // counts stay. Returns the rows transformed.
+  // counts stay. Returns the rows transformed. invalid_argument, the index unchanged, when a mapped row would not
+  // be finite in the storage type.
   int64_t transform(const float* matrix, int32_t older_than, bool normalize, int n_threads);
 
   // Bulk state access for persistence: rows [start, start + count).
@@ -85,6 +86,10 @@ class DocumentIndex {
   // length_error when appending the new ones among `ids` would pass kMaxRows rows.
   void check_room_for(const int64_t* ids, int64_t n) const;
   void ensure_capacity(int64_t rows);
+  // transform's work: rows <- rows M (then unit norm); writes them only with `write`. Returns whether a mapped
+  // row, before normalising, reaches `limit` (magnitude bits: inf, or beyond the storage type's range).
+  bool map_rows(const std::vector<int64_t>& rows, const float* matrix, bool normalize, uint32_t limit, bool write,
+                int n_threads);
   // Offers selectors[q] the rows [begin, end) scored against query first_query + q, q < n_queries.
   void search_range(const QueryPanel& panel, int64_t first_query, int64_t n_queries, int64_t begin, int64_t end,
                     TopK* selectors) const;

@@ -31,23 +31,13 @@ using StepArray = py::array_t<int32_t, py::array::c_style | py::array::forcecast
 using CountArray = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>;
 using atlas_fast::DocumentIndex;
 using atlas_fast::StorageType;
+using atlas_fast::storage_name;
 
 StorageType storage_type(const std::string& name) {
   if (name == "float32") return StorageType::kFloat32;
   if (name == "float16") return StorageType::kFloat16;
   if (name == "bfloat16") return StorageType::kBFloat16;
   throw std::invalid_argument("dtype must be float32, float16 or bfloat16");
-}
-
-std::string storage_name(StorageType type) {
-  switch (type) {
-    case StorageType::kFloat32:
-      return "float32";
-    case StorageType::kFloat16:
-      return "float16";
-    default:
-      return "bfloat16";
-  }
 }
 
 void require_rows(const py::array& array, int64_t n, int64_t dim, const char* what) {

@@ -77,6 +77,24 @@ inline uint16_t float_to_fp16(float value) {
   return sign | static_cast<uint16_t>(half);
 }
 
+// The smallest fp32 magnitude, as bits, that the storage type cannot hold: it (and anything above, NaN
+// included) converts to inf or NaN. Round to nearest even: fp16 from 65520, bf16 from 0x7f7f8000 (~3.3962e38).
+inline uint32_t first_unstorable_bits(StorageType type) {
+  switch (type) {
+    case StorageType::kFloat16: return 0x477ff000u;
+    case StorageType::kBFloat16: return 0x7f7f8000u;
+    default: return 0x7f800000u;
+  }
+}
+
+inline const char* storage_name(StorageType type) {
+  switch (type) {
+    case StorageType::kFloat16: return "float16";
+    case StorageType::kBFloat16: return "bfloat16";
+    default: return "float32";
+  }
+}
+
 // Converts n fp32 values to the storage type (round to nearest even for fp16/bf16).
 void convert_from_float(StorageType type, const float* in, void* out, int64_t n);
 // Converts n stored values back to fp32.

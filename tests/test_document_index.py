@@ -419,24 +419,26 @@ def test_bf16_search_is_within_rounding_of_fp16_and_finds_the_fp32_neighbours():
 
 
 def test_storage_rounding_matches_numpy_and_torch():
-    """fp16 storage rounds as numpy's float16, bf16 as torch's bfloat16 (round to nearest even)."""
+    """fp16 storage rounds as numpy's float16, bf16 as torch's bfloat16 (round to nearest even); values that
+    would round to inf (fp16: |v| ≥ 65520) are refused (tests/test_reliability_index.py)."""
     import torch
 
     rng = np.random.default_rng(6)
+    largest_to_65504 = np.nextafter(np.float32(65520), np.float32(0))
     values = np.concatenate(
         [
-            rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 5, 4000),  # normals, fp16 subnormals, overflow
-            [0.0, -0.0, 65504.0, 65520.0, 1e-8, 5.96e-8, 2.98e-8, 1 + 2**-11, 1 + 3 * 2**-11],
+            rng.standard_normal(4000) * 10.0 ** rng.integers(-9, 5, 4000),  # normals, fp16 subnormals, large
+            [0.0, -0.0, 65504.0, largest_to_65504, 1e-8, 5.96e-8, 2.98e-8, 1 + 2**-11, 1 + 3 * 2**-11],
         ]
     ).astype(np.float32)
-    vectors = values[: len(values) // 7 * 7].reshape(-1, 7)
-    ids = np.arange(vectors.shape[0])
-    with np.errstate(over="ignore"):  # values beyond 65504 become inf in both
-        as_float16 = vectors.astype(np.float16).astype(np.float32)
-    for dtype, expected in (
-        ("float16", as_float16),
-        ("bfloat16", torch.from_numpy(vectors).bfloat16().float().numpy()),
-    ):
+    for dtype in ("float16", "bfloat16"):
+        kept = values[np.abs(values) < 65520] if dtype == "float16" else values
+        vectors = kept[: len(kept) // 7 * 7].reshape(-1, 7)
+        ids = np.arange(vectors.shape[0])
+        if dtype == "float16":
+            expected = vectors.astype(np.float16).astype(np.float32)
+        else:
+            expected = torch.from_numpy(vectors).bfloat16().float().numpy()
         index = DocumentIndex(7, dtype)
         index.upsert(ids, vectors)
         np.testing.assert_array_equal(index.get(ids), expected)

@@ -65,8 +65,10 @@ def test_normalising_transform_leaves_a_zero_row_zero(kind):
 @pytest.mark.parametrize(
     ("matrix", "older_than", "message"),
     [
-        (np.eye(3), 1, r"matrix must have shape \(n, 4\)"),
+        (np.eye(3), 1, r"matrix must have shape \(4, 4\); got \(3, 3\)"),
         (np.eye(4)[:2], 1, r"matrix must have shape \(4, 4\)"),
+        (np.eye(4, 5), 1, r"matrix must have shape \(4, 4\); got \(4, 5\)"),
+        (np.eye(4) * 1e300, 1, "matrix holds values beyond float32's range"),
         (np.full((4, 4), np.nan), 1, "matrix contains NaN"),
         (np.eye(4), -1, "older_than must be an integer"),
         (np.eye(4), 1.5, "older_than must be an integer"),

@@ -29,7 +29,7 @@ __all__ = ["DocumentIndex", "IndexFileError"]
 
 DTYPES = ("float32", "float16", "bfloat16")
 STALE_ORDERS = ("oldest", "hot")  # the orders stale_ids can take
-_MAGIC = b"ATLASIDX"
+INDEX_MAGIC = b"ATLASIDX"  # an index file's first bytes
 _FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")  # magic, format version, header length
 _MAX_DIM = 1 << 20  # far beyond any embedding; a larger header value is a crafted or corrupted file
@@ -93,10 +93,32 @@ def _as_matrix(name: str, values, dim: int, check_finite: bool = True) -> np.nda
         raise ValueError(f"{name} must have shape (n, {dim}); got {array.shape}")
     if not np.issubdtype(array.dtype, np.floating):
         raise ValueError(f"{name} must hold floats; got dtype {array.dtype}")
-    array = np.ascontiguousarray(array, dtype=np.float32)
-    if check_finite and not np.isfinite(array).all():
-        raise ValueError(f"{name} contains NaN or infinite values")
-    return array
+    with np.errstate(over="ignore"):  # refused below, with a message
+        converted = np.ascontiguousarray(array, dtype=np.float32)
+    # A float64 1e300 is finite, but not as float32. Without check_finite, the caller (the C++ core) refuses
+    # the NaN or inf the input itself holds.
+    if (check_finite or converted is not array) and not np.isfinite(converted).all():
+        if np.isfinite(array).all():
+            raise ValueError(beyond_range(name, "float32"))
+        if check_finite:
+            raise ValueError(f"{name} contains NaN or infinite values")
+    return converted
+
+
+def beyond_range(name: str, dtype: str) -> str:
+    """The message refusing values that ``dtype`` would store as infinite (the C++ core's words too)."""
+    scale = "scale them down" + (" or store float32" if dtype != "float32" else "")
+    return f"{name} holds values beyond {dtype}'s range (they would be stored as infinite): {scale}"
+
+
+def transform_arguments(matrix, older_than, normalize, dim: int) -> tuple[np.ndarray, int, bool]:
+    """`Index.transform`'s arguments checked: a (dim, dim) finite float32 matrix, a step, a bool."""
+    shape = getattr(matrix, "shape", None) or np.shape(matrix)
+    if tuple(shape) != (dim, dim):
+        raise ValueError(f"matrix must have shape ({dim}, {dim}); got {tuple(shape)}")
+    if not isinstance(normalize, (bool, np.bool_)):
+        raise ValueError(f"normalize must be a bool; got {normalize!r}")
+    return _as_matrix("matrix", matrix, dim), _as_step(older_than, "older_than"), bool(normalize)
 
 
 def _check_rows(path: Path, ids: np.ndarray, steps: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
@@ -174,7 +196,7 @@ class DocumentIndex:
 
         Args:
             ids: (n,) int64 document ids (any int64 value; -1 is reserved as padding).
-            vectors: (n, d) embeddings.
+            vectors: (n, d) finite embeddings the storage dtype holds (float16: |v| < 65520).
             step: the training step they were embedded at (for staleness), 0 ≤ step < 2³¹.
         """
         ids = _as_ids("ids", ids)
@@ -270,13 +292,13 @@ class DocumentIndex:
 
         Returns:
             How many rows were transformed.
+
+        Raises:
+            ValueError: a mapped row would not be finite in the storage dtype (inf or NaN); nothing changed.
         """
-        matrix = _as_matrix("matrix", matrix, self.dim)
-        if matrix.shape[0] != self.dim:
-            raise ValueError(f"matrix must have shape ({self.dim}, {self.dim}); got {matrix.shape}")
-        older_than = _as_step(older_than, "older_than")
-        with self._writing:
-            return int(self._core.transform(matrix, older_than, bool(normalize), self._threads()))
+        matrix, older_than, normalize = transform_arguments(matrix, older_than, normalize, self.dim)
+        with self._writing:  # the core refuses, changing nothing, a map that makes a row non-finite
+            return int(self._core.transform(matrix, older_than, normalize, self._threads()))
 
     def memory_bytes(self) -> int:
         """Bytes held by the index (vector blocks, per-document metadata, id map)."""
@@ -304,7 +326,7 @@ class DocumentIndex:
         try:
             with open(temporary, "wb") as file, self._writing:  # no upsert or remove between header and rows
                 header = self._header()
-                for part in (_PREAMBLE.pack(_MAGIC, _FORMAT_VERSION, len(header)), header):
+                for part in (_PREAMBLE.pack(INDEX_MAGIC, _FORMAT_VERSION, len(header)), header):
                     file.write(part)
                     digest.update(part)
                 for start in range(0, len(self), _CHUNK_ROWS):
@@ -349,7 +371,7 @@ class DocumentIndex:
             if len(preamble) < _PREAMBLE.size:
                 raise IndexFileError(f"{path}: truncated (no header)")
             magic, version, header_length = _PREAMBLE.unpack(preamble)
-            if magic != _MAGIC:
+            if magic != INDEX_MAGIC:
                 raise IndexFileError(f"{path}: not an atlas_fast index file")
             if version != _FORMAT_VERSION:
                 raise IndexFileError(f"{path}: format version {version}; this atlas_fast reads {_FORMAT_VERSION}")

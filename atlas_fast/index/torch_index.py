@@ -36,6 +36,8 @@ from atlas_fast.index.document_index import (
     _as_k,
     _as_matrix,
     _as_step,
+    beyond_range,
+    transform_arguments,
 )
 from atlas_fast.reference.index_topk import MAX_ID, SEARCH_MAX_K, search_ref
 
@@ -79,6 +81,7 @@ class TorchDocumentIndex:
         self._retrieved = np.empty(0, dtype=np.uint32)
         self._drift_sum, self._drift_count = 0.0, 0
         self._lock = threading.RLock()  # re-entrant: public methods call one another
+        self.metadata: dict[str, str] = {}  # saved with the index (DocumentIndex.metadata)
 
     @property
     def dim(self) -> int:
@@ -159,6 +162,8 @@ class TorchDocumentIndex:
                 raise ValueError("vectors contains NaN or infinite values")
         else:
             values = torch.from_numpy(_as_matrix("vectors", vectors, self._dim)).to(self.device)
+        if not torch.isfinite(values.to(self._rows.dtype)).all():
+            raise ValueError(beyond_range("vectors", self._dtype))
         if values.shape[0] != ids.shape[0]:
             raise ValueError(f"vectors has {values.shape[0]} rows but ids has {ids.shape[0]}")
         if ids.size and (ids.min() < 0 or ids.max() >= MAX_ID):
@@ -286,17 +291,23 @@ class TorchDocumentIndex:
     @_serialised
     def transform(self, matrix, older_than: int, normalize: bool = False) -> int:
         """Map every row embedded before step ``older_than`` through ``matrix`` in place (see DocumentIndex)."""
-        matrix = _as_matrix("matrix", matrix, self._dim)
-        if matrix.shape[0] != self._dim:
-            raise ValueError(f"matrix must have shape ({self._dim}, {self._dim}); got {matrix.shape}")
-        older_than = _as_step(older_than, "older_than")
+        matrix, older_than, normalize = transform_arguments(matrix, older_than, normalize, self._dim)
         rows = np.flatnonzero(self._steps[: self._count] < older_than)
         if rows.size:
             index = torch.from_numpy(rows).to(self.device)
             mapped = self._rows[index].float() @ torch.from_numpy(matrix).to(self.device)
-            if normalize:  # zero rows stay zero
-                mapped = mapped / mapped.norm(dim=1, keepdim=True).clamp_min(torch.finfo(torch.float32).tiny)
-            self._rows[index] = mapped.to(self._rows.dtype)
+            if normalize:  # in float64: fp32 squares of large rows overflow, a norm of subnormals underflows
+                wide = mapped.double()
+                norms = wide.norm(dim=1, keepdim=True)
+                mapped = torch.where(norms > 0, wide / norms, wide) if torch.isfinite(wide).all() else mapped
+            stored = mapped.to(self._rows.dtype)
+            if not torch.isfinite(stored).all():  # refused before anything changes, as in the C++ core
+                beyond = "float32" if normalize else self._dtype
+                raise ValueError(
+                    f"transform: the matrix maps some rows beyond {beyond}'s range (they would be stored as infinite "
+                    "or NaN); the index is unchanged"
+                )
+            self._rows[index] = stored
         return int(rows.size)
 
     @_serialised
@@ -317,12 +328,14 @@ class TorchDocumentIndex:
             rows = self._rows[start:stop].cpu()
             raw = rows.numpy() if self._dtype == "float32" else rows.view(torch.int16).numpy().view(np.uint16)
             index._core.append_raw(self._ids[start:stop], self._steps[start:stop], self._retrieved[start:stop], raw)
+        index.metadata = dict(self.metadata)
         return index
 
     @classmethod
     def from_document_index(cls, index: DocumentIndex, device: str | torch.device = "cuda") -> TorchDocumentIndex:
         """Copy a CPU DocumentIndex (rows, steps, retrieval counts) to ``device``."""
         result = cls(index.dim, index.dtype, device)
+        result.metadata = dict(index.metadata)
         result._reserve(len(index))
         chunk = 65536
         for start in range(0, len(index), chunk):
