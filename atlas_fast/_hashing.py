@@ -1,4 +1,8 @@
-"""The sha256 of a file, read in blocks: what data wheels, checkpoints and passages files are checked by."""
+"""sha256 fingerprints: of a file (data wheels, checkpoints), of a list of passages, of a model's weights.
+
+An index records the fingerprints of the passages and the retriever it was built from, so that it is never
+searched over other passages (another file, reordered, truncated) or with another retriever without a word.
+"""
 
 from __future__ import annotations
 
@@ -12,4 +16,26 @@ def file_sha256(path: str | os.PathLike) -> str:
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(4 * 2**20), b""):
             digest.update(block)
+    return digest.hexdigest()
+
+
+def passages_sha256(passages) -> str:
+    """Hex sha256 of passages (objects with id, title and text) in their order: an index's row numbers."""
+    digest = hashlib.sha256()
+    for passage in passages:
+        for field in (passage.id, passage.title, passage.text):
+            encoded = field.encode("utf-8")
+            digest.update(len(encoded).to_bytes(8, "little") + encoded)  # length-prefixed: no field runs into another
+    return digest.hexdigest()
+
+
+def weights_sha256(module) -> str:
+    """Hex sha256 of a torch module's weights: every state-dict entry's name, dtype, shape and bytes, by name."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(data.view(dtype=torch.uint8).numpy().tobytes())
     return digest.hexdigest()

@@ -466,7 +466,7 @@ def test_index_search_refuses_another_passages_file(tmp_path, capsys):
     capsys.readouterr()
     command = ["index", "search", str(index_path), str(other), "Castle 3", "--retriever", config.retriever_path]
     assert cli.main(command) == 2
-    assert "other.jsonl is not the passages file" in capsys.readouterr().err
+    assert "other.jsonl does not hold the passages" in capsys.readouterr().err
 
 
 def test_index_build_checks_its_output_before_embedding(tmp_path, capsys):

@@ -46,6 +46,13 @@ def fit_map(old: np.ndarray, new: np.ndarray, kind: str, ridge: float = 1.0) -> 
     d = old.shape[1]
     if kind == "scale":
         return (np.sum(old * new) / max(np.sum(old * old), np.finfo(np.float64).tiny) * np.eye(d)).astype(np.float32)
+    if not (np.isfinite(ridge) and ridge >= 0):
+        raise ValueError(f"ridge must be a finite number ≥ 0; got {ridge!r}")
+    if ridge == 0 and np.linalg.matrix_rank(old) < d:  # rank < d: the map is arbitrary where the pairs say nothing
+        raise ValueError(
+            f"ridge 0 with {old.shape[0]} pairs of rank {np.linalg.matrix_rank(old)} < d = {d} leaves the {kind} fit "
+            "underdetermined; use a ridge > 0"
+        )
     gram = old.T @ old
     strength = ridge * max(float(np.trace(gram)) / d, np.finfo(np.float64).tiny)
     if kind == "procrustes":

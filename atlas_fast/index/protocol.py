@@ -24,6 +24,9 @@ class Index(Protocol):
     Shapes: n ids, q queries, d = ``dim``. Ids are int64 (-1 is reserved: it pads search results).
     """
 
+    metadata: dict[str, str]
+    """Saved and loaded with the index: where its rows came from (passages_fingerprint, retriever_fingerprint)."""
+
     @property
     def dim(self) -> int:
         """Embedding size d."""

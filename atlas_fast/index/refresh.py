@@ -135,14 +135,18 @@ class RefreshPolicy:
         return ids
 
     def _rerank(self, query_emb: torch.Tensor, candidate_ids: np.ndarray, k: int, step: int | None) -> np.ndarray:
+        """The top-k of (B, C) candidates by their fresh scores; the -1 padding of a corpus smaller than C is
+        neither embedded nor counted, and stays last (padding of the result when the corpus is smaller than k)."""
         flat = candidate_ids.reshape(-1)
-        fresh = self._embed(flat)
+        present = flat != -1
+        fresh_present = self._embed(flat[present])
         if self.write_back and step is not None:
-            present = flat != -1  # padding of a corpus smaller than the candidate count
             unique, first = np.unique(flat[present], return_index=True)
-            self.index.upsert(unique, fresh[present][first], step=step)  # collective for a ShardedIndex
-        fresh = torch.from_numpy(fresh).view(*candidate_ids.shape, -1)
-        scores = torch.einsum("bd,bkd->bk", query_emb.float().cpu(), fresh)
+            self.index.upsert(unique, fresh_present[first], step=step)  # collective for a ShardedIndex
+        fresh = torch.zeros(flat.size, self.index.dim)
+        fresh[torch.from_numpy(present)] = torch.from_numpy(fresh_present)
+        scores = torch.einsum("bd,bkd->bk", query_emb.float().cpu(), fresh.view(*candidate_ids.shape, -1))
+        scores[torch.from_numpy(candidate_ids == -1)] = float("-inf")
         order = scores.topk(k, dim=1).indices.numpy()
         return np.take_along_axis(candidate_ids, order, axis=1)
 

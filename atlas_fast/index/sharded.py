@@ -72,6 +72,7 @@ class ShardedIndex:
         self.world_size = dist.get_world_size(group)
         # The shard: host memory (C++ DocumentIndex), or a torch tensor on ``device`` (TorchDocumentIndex).
         self.local = DocumentIndex(dim, dtype) if device is None else TorchDocumentIndex(dim, dtype, device)
+        self.metadata: dict[str, str] = {}  # the whole index's, saved in its manifest (rank 0's)
         backend = dist.get_backend(group)
         self._device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
 
@@ -252,6 +253,7 @@ class ShardedIndex:
         dist.barrier(group=self.group)
         if self.rank == 0:
             manifest = {"world_size": self.world_size, "dim": self.dim, "dtype": self.local.dtype}
+            manifest["metadata"] = self.metadata
             temporary = directory / f".{_MANIFEST}.tmp"
             temporary.write_text(json.dumps(manifest))
             os.replace(temporary, directory / _MANIFEST)
@@ -271,6 +273,7 @@ class ShardedIndex:
         shard = read_shards(directory, lambda ids: np.mod(ids, world_size) == rank)
         index = cls(shard.dim, shard.dtype, group, None)
         index.local = shard if device is None else TorchDocumentIndex.from_document_index(shard, device)
+        index.metadata = dict(shard.metadata)
         dist.barrier(group=index.group)
         return index
 
@@ -286,9 +289,13 @@ def read_shards(directory: str | os.PathLike, keep=None) -> DocumentIndex:
     try:
         manifest = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
         dim, dtype, world_size = manifest["dim"], manifest["dtype"], manifest["world_size"]
+        metadata = manifest.get("metadata", {})
         if type(dim) is not int or type(world_size) is not int or world_size <= 0 or not isinstance(dtype, str):
             raise TypeError(f"invalid fields {manifest}")
+        if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in (*metadata, *metadata.values())):
+            raise TypeError("invalid metadata (expected a mapping of strings)")
         index = DocumentIndex(dim, dtype)
+        index.metadata = dict(metadata)
     except (OSError, ValueError, KeyError, TypeError, RecursionError) as error:
         raise IndexFileError(f"{directory}: no readable {_MANIFEST} ({type(error).__name__}: {error})") from error
     for shard in range(world_size):

@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
+from atlas_fast._hashing import passages_sha256, weights_sha256
 from atlas_fast.data.formats import Example, Passage
 from atlas_fast.index import load_index, open_index
 from atlas_fast.index.refresh import RefreshPolicy
@@ -63,6 +64,7 @@ class Trainer:
         torch.manual_seed(config.seed)
         np.random.seed(config.seed)
         self.passages, self.train_examples, self.eval_examples = data if data is not None else load_data(config)
+        self.passages_fingerprint = passages_sha256(self.passages)
         self.device = resolve_device(config.device)
         retriever, reader = models if models is not None else build_models(config)
         self.retriever, self.reader = retriever.to(self.device).train(), reader.to(self.device).train()
@@ -333,9 +335,26 @@ class Trainer:
             **self.refresh.state_dict(),
         }
 
+    def index_provenance(self) -> dict[str, str]:
+        """What the index's rows came from, recorded in its metadata: these passages, in this order, and this
+        retriever (its weights now; earlier rows came from its earlier versions)."""
+        retriever = weights_sha256(self.retriever)
+        return {"passages_fingerprint": self.passages_fingerprint, "retriever_fingerprint": retriever}
+
+    def _check_index_passages(self, path: Path) -> None:
+        """Refuse a checkpoint's index built over other passages: its row numbers would name the wrong ones."""
+        recorded = self.index.metadata.get("passages_fingerprint")
+        if recorded is not None and recorded != self.passages_fingerprint:
+            raise ConfigError(
+                f"{path / checkpoint.INDEX_FILE} was built over other passages than this run's {len(self.passages)} "
+                "(another file, or the same reordered or cut by max_passages): its rows would name the wrong "
+                "passages; use the passages and max_passages it was trained with"
+            )
+
     def save_checkpoint(self) -> Path | None:
         """Write a checkpoint of the current step (rank 0 writes model state; every rank its index shard)."""
         self.saved_step = self.step
+        self.index.metadata.update(self.index_provenance())
         if self.world_size > 1:
             directory = self.output_dir / f".index-{self.step}"
             self.index.save(directory)  # collective: every rank writes its shard
@@ -359,7 +378,7 @@ class Trainer:
             CheckpointError: the given checkpoint, or every checkpoint in output_dir, fails verification.
         """
         if path is None:
-            path, verified = checkpoint.latest_checkpoint(self.output_dir), True
+            path, verified = checkpoint.latest_checkpoint(self.output_dir, set_aside=self.rank == 0), True
             if path is None:
                 return False
         path = Path(path)
@@ -375,5 +394,6 @@ class Trainer:
         self.refresh.index = load_index(
             path / checkpoint.INDEX_FILE, device=self._index_device(), distributed=self.world_size > 1
         )
+        self._check_index_passages(path)
         self.refresh.load_state_dict(state)
         return True
