@@ -85,6 +85,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     refresh.add_argument("--seeds", default="0,1,2", help="comma-separated seeds, each a run per policy")
     refresh.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
+    refresh.add_argument(
+        "--other-task",
+        choices=["wiki-qa", "wiki-describe", "none"],
+        help="a second bundled task whose recall@5 is reported (default: wiki-qa on the bundled corpus, none on "
+        "passages of your own)",
+    )
     diagnosis = experiment.add_parser(
         "refresh-diagnosis", help="probe embedding norms, scores and top-k shares by encoder version under one policy"
     )
@@ -94,6 +100,15 @@ def _build_parser() -> argparse.ArgumentParser:
     diagnosis.add_argument("--probe-every", type=int, default=10, help="steps between probes")
     diagnosis.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
     return parser
+
+
+def _integers(option: str, text: str) -> tuple[int, ...]:
+    from atlas_fast.train.config import ConfigError
+
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise ConfigError(f"{option} must be comma-separated integers; got {text!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -132,20 +147,20 @@ def _run(args: argparse.Namespace) -> int:
         root = prepare(args.root, force=args.force)
         print(f"prepared: {root} ({(root / 'PREPARED').read_text().strip()})")
     elif args.command == "experiment" and args.experiment == "refresh-diagnosis":
-        from atlas_fast.train.experiment import policy_config, write_result
+        from atlas_fast.train.experiment import policy_config
         from atlas_fast.train.refresh_diagnosis import diagnose_refresh, format_diagnosis
 
         config = policy_config(TrainConfig.load(args.config, args.overrides), args.policy)
-        result = diagnose_refresh(config, args.joint_steps, args.probe_every, args.warm_checkpoint)
-        write_result(f"{config.output_dir}/refresh_diagnosis.json", result)
-        print(format_diagnosis(result))
+        print(format_diagnosis(diagnose_refresh(config, args.joint_steps, args.probe_every, args.warm_checkpoint)))
     elif args.command == "experiment":
         from atlas_fast.train.experiment import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
 
         config = TrainConfig.load(args.config, args.overrides)
         policies = tuple(args.policies.split(",")) if args.policies else EXPERIMENT_POLICIES
-        seeds = tuple(int(seed) for seed in args.seeds.split(","))
-        results = refresh_experiment(config, args.joint_steps, policies, seeds, warm_checkpoint=args.warm_checkpoint)
+        seeds = _integers("--seeds", args.seeds)
+        other_task = args.other_task or ("wiki-qa" if not config.passages else "none")
+        other_task = None if other_task == "none" else other_task
+        results = refresh_experiment(config, args.joint_steps, policies, seeds, other_task, args.warm_checkpoint)
         print(format_table(results))
         plot_results(results, f"{config.output_dir}/refresh_experiment.png")
     return 0
@@ -166,14 +181,18 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    from atlas_fast.data.formats import DataFormatError
     from atlas_fast.data.prepare import DataUnavailableError
+    from atlas_fast.index.document_index import IndexFileError
+    from atlas_fast.train.checkpoint import CheckpointError
+    from atlas_fast.train.config import ConfigError
 
+    # The user's input (configuration, arguments, data, index and checkpoint files) and the machine (disk full,
+    # permissions: saves leave the previous files intact). Any other error is a bug: its traceback is kept.
+    expected = (ConfigError, CheckpointError, IndexFileError, DataFormatError, DataUnavailableError, OSError)
     try:
         return _run(args)
-    except (ValueError, DataUnavailableError) as error:  # bad input: configuration, data files, index files, k
-        print(f"atlas-fast {args.command}: error: {error}", file=sys.stderr)
-        return 2
-    except OSError as error:  # the machine: disk full, permissions (saves leave the previous files intact)
+    except expected as error:
         print(f"atlas-fast {args.command}: error: {error}", file=sys.stderr)
         return 2
 

@@ -14,7 +14,9 @@ the newest, replaced atomically) and only then prunes the checkpoint it
 supersedes. A crash at any moment leaves ``latest`` naming a complete checkpoint;
 when ``latest`` is missing, unreadable, names something outside the output
 directory or a checkpoint that does not verify, the newest checkpoint that does
-verify is used instead.
+verify is used instead. A checkpoint skipped that way is named on stderr and, when it is
+newer than the one resumed from, moved aside (``checkpoint-6.corrupt``) so that no later save
+prunes it or takes its name: a damaged file is kept for the user to inspect, never deleted.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import os
 import random
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -165,9 +168,17 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict, save_
     pointer.write_text(final.name + "\n", encoding="utf-8")
     os.replace(pointer, output_dir / LATEST)
     for older in checkpoints(output_dir):  # what this save supersedes: earlier saves of the same step
-        if older != final and _NAME.fullmatch(older.name).group(1) == str(step):
-            shutil.rmtree(older)
+        if older != final and _NAME.fullmatch(older.name).group(1) == str(step) and _verifies(older):
+            shutil.rmtree(older)  # one that does not verify is kept: it is evidence, and this run did not write it
     return final
+
+
+def _verifies(path: Path) -> bool:
+    try:
+        verify_checkpoint(path)
+    except CheckpointError:
+        return False
+    return True
 
 
 def _named_by_latest(output_dir: Path) -> Path | None:
@@ -179,10 +190,15 @@ def _named_by_latest(output_dir: Path) -> Path | None:
     return output_dir / name if _NAME.fullmatch(name) else None  # no separators, no "..": stays inside
 
 
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+def latest_checkpoint(output_dir: str | os.PathLike, set_aside: bool = False) -> Path | None:
     """The newest checkpoint under ``output_dir`` that verifies; None when there is no checkpoint at all.
 
     ``latest`` is tried first, then every checkpoint from the newest down.
+
+    Args:
+        set_aside: say on stderr which checkpoints were skipped and why, and rename each one newer than the
+            checkpoint returned to ``NAME.corrupt`` (``NAME.corrupt.N`` when taken), out of reach of later
+            saves and their pruning. One process of a run does this (rank 0).
 
     Raises:
         CheckpointError: there are checkpoints, but none verifies (each one's reason is given).
@@ -192,15 +208,38 @@ def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     named = _named_by_latest(output_dir)
     if named is not None:
         candidates = [named] + [path for path in candidates if path != named]
-    reasons = []
+    skipped = []
     for path in candidates:
         try:
-            return verify_checkpoint(path)
+            found = verify_checkpoint(path)
         except CheckpointError as error:
-            reasons.append(str(error))
-    if reasons:
-        raise CheckpointError(f"{output_dir}: no checkpoint verifies: " + "; ".join(reasons))
+            skipped.append((path, str(error)))
+            continue
+        if set_aside:
+            for damaged, reason in skipped:
+                _set_aside(damaged, reason, newer=_order(damaged) > _order(found))
+        return found
+    if skipped:
+        raise CheckpointError(f"{output_dir}: no checkpoint verifies: " + "; ".join(reason for _, reason in skipped))
     return None
+
+
+def _order(path: Path) -> tuple[int, int]:
+    match = _NAME.fullmatch(path.name)
+    return int(match.group(1)), int(match.group(2) or 0)
+
+
+def _set_aside(path: Path, reason: str, newer: bool) -> None:
+    """Report a checkpoint a resume skipped; move it out of the run's way when it is ``newer`` than the resumed."""
+    if not newer or not path.is_dir():  # an older one is in nobody's way; a missing one has nothing to keep
+        print(f"skipped checkpoint {path.name}: {reason}", file=sys.stderr)
+        return
+    aside, again = path.with_name(f"{path.name}.corrupt"), 0
+    while aside.exists():
+        again += 1
+        aside = path.with_name(f"{path.name}.corrupt.{again}")
+    os.replace(path, aside)
+    print(f"skipped checkpoint {path.name}: {reason}; moved aside to {aside.name}", file=sys.stderr)
 
 
 def load_state(checkpoint: str | os.PathLike, verified: bool = False) -> dict:

@@ -50,7 +50,8 @@ NUMERIC_RANGES: dict[str, tuple[float, bool]] = {
 
 
 class ConfigError(ValueError):
-    """A configuration value is unknown, of the wrong type or out of range; the message names the key."""
+    """Bad input from the user: a configuration value unknown, of the wrong type or out of range, or a command's
+    argument or output folder that cannot be used; the message names the key, argument or path."""
 
 
 @dataclass
@@ -144,6 +145,8 @@ class TrainConfig:
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:
                 raise ConfigError(f"{key} must be one of {', '.join(allowed)}; got {getattr(self, key)!r}")
+        if not self.eval_k:
+            raise ConfigError("eval_k must be a non-empty list of positive integers; got []")
         for key, (low, open_low) in NUMERIC_RANGES.items():
             values = getattr(self, key)
             for value in values if isinstance(values, tuple) else (values,):
@@ -164,6 +167,17 @@ class TrainConfig:
             raise ConfigError(f"{setting} needs untied_retriever = true (separate passage encoder weights)")
         if self.rerank_write_back and self.refresh != "rerank":
             raise ConfigError(f'rerank_write_back needs refresh = "rerank"; got refresh = "{self.refresh}"')
+        if self.refresh_corrector != "none" and self.refresh != "incremental":
+            raise ConfigError(
+                f'refresh_corrector = "{self.refresh_corrector}" needs refresh = "incremental" (it maps the rows '
+                f'an incremental refresh left behind); got refresh = "{self.refresh}"'
+            )
+        if self.refresh_corrector in ("procrustes", "linear") and self.corrector_ridge == 0:
+            raise ConfigError(
+                f'corrector_ridge = 0 leaves the "{self.refresh_corrector}" fit underdetermined whenever a step '
+                "re-embeds fewer documents than the embedding has dimensions (the map is then arbitrary where the "
+                "pairs say nothing); use a ridge > 0 (default 1.0)"
+            )
         if self.refresh == "rerank" and self.rerank_candidates < self.n_context:
             raise ConfigError(f"rerank_candidates ({self.rerank_candidates}) must be ≥ n_context ({self.n_context})")
         if self.reader == "t5" and not self.reader_path:
@@ -246,8 +260,9 @@ def _parse_value(raw: str):
 def _convert(key: str, value, annotation: str):
     expected = {"int": int, "float": float, "bool": bool, "str": str}.get(annotation)
     if annotation.startswith("tuple"):
-        if not isinstance(value, (list, tuple)) or not all(isinstance(v, int) and v > 0 for v in value):
-            raise ConfigError(f"{key} must be a list of positive integers; got {value!r}")
+        valid = isinstance(value, (list, tuple)) and value
+        if not valid or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value):
+            raise ConfigError(f"{key} must be a non-empty list of positive integers; got {value!r}")
         return tuple(value)
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

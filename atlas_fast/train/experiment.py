@@ -24,12 +24,14 @@ import time
 import numpy as np
 
 from atlas_fast.index.corrector import CORRECTORS
-from atlas_fast.train.config import TrainConfig
+from atlas_fast.train import checkpoint
+from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.run import format_metrics
 from atlas_fast.train.trainer import Trainer
 
 __all__ = [
     "EXPERIMENT_POLICIES",
+    "check_output_dir",
     "format_table",
     "plot_results",
     "policy_config",
@@ -38,6 +40,7 @@ __all__ = [
     "write_result",
 ]
 
+RESULT_FILE = "refresh_experiment.json"
 EXPERIMENT_POLICIES = ("none", "full", "incremental", "rerank", "incremental+procrustes", "rerank+write-back")
 # What each +OPTION of a policy name sets.
 OPTIONS = {
@@ -69,8 +72,32 @@ def policy_config(config: TrainConfig, name: str) -> TrainConfig:
             settings[NUMERIC_OPTIONS[key]] = int(value)
         else:
             known = [*OPTIONS, *(f"{key}=N" for key in NUMERIC_OPTIONS)]
-            raise ValueError(f"policy {name!r}: unknown option {option!r} (known: {', '.join(known)})")
-    return TrainConfig.from_mapping({**config.to_dict(), **settings})
+            raise ConfigError(f"policy {name!r}: unknown option {option!r} (known: {', '.join(known)})")
+    try:
+        return TrainConfig.from_mapping({**config.to_dict(), **settings})
+    except ConfigError as error:
+        raise ConfigError(f"policy {name!r}: {error}") from None
+
+
+def check_output_dir(config: TrainConfig, result_file: str, warm_checkpoint: str | None) -> None:
+    """Refuse, before any work, an output_dir where an experiment would lose what is there.
+
+    Without ``warm_checkpoint`` the warm-up is saved into ``config.output_dir``: a folder holding checkpoints
+    (a training run, an earlier experiment's warm-up) is refused, as `atlas-fast train` refuses it. A result
+    file of an earlier experiment there is refused unless the caller merges into it (see `refresh_experiment`).
+    """
+    existing = checkpoint.checkpoints(config.output_dir)
+    if existing and warm_checkpoint is None:
+        raise ConfigError(
+            f"output_dir {config.output_dir} already holds checkpoints (newest {existing[-1].name}); the experiment's "
+            "warm-up would be saved among them: choose another output_dir, or pass --warm-checkpoint to start from "
+            "an earlier warm-up"
+        )
+    if result_file and os.path.exists(os.path.join(config.output_dir, result_file)):
+        raise ConfigError(
+            f"output_dir {config.output_dir} already holds {result_file} of an earlier experiment: choose another "
+            "output_dir (or move the file away)"
+        )
 
 
 KINDS = {"none": "none", "full": "full", "incremental": "incremental", "rerank": "rerank", "query-side": "query-side"}
@@ -94,30 +121,46 @@ def refresh_experiment(
     policies of an earlier result in ``config.output_dir`` from that warm-up, with the same joint steps and
     seeds, are kept beside the new ones (a policy run again is replaced).
     """
-    warm, before, checkpoint = warm_start(config, joint_steps, warm_checkpoint)
-    warm_config = warm.config
+    if not policies or len(set(policies)) != len(policies):
+        raise ConfigError(f"policies must be distinct names, at least one; got {list(policies)}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct integers, at least one; got {list(seeds)}")
+    if other_task and config.passages:
+        raise ConfigError(
+            f"other_task {other_task!r} asks about the bundled corpus, not passages = {config.passages}: "
+            "pass other_task None (--other-task none)"
+        )
+    joint_config = dataclasses.replace(config, steps=_warm_config(config, joint_steps).steps)
+    for policy in policies:  # every name and its settings, before an hour of warm-up and earlier policies
+        policy_config(joint_config, policy)
+    result_path = os.path.join(config.output_dir, RESULT_FILE)
+    earlier = None
+    if warm_checkpoint is not None and os.path.exists(result_path):
+        earlier = _mergeable_result(result_path, joint_config, joint_steps, seeds, other_task)
+    check_output_dir(config, "" if earlier else RESULT_FILE, warm_checkpoint)
+    warm, before, checkpoint_path = warm_start(config, joint_steps, warm_checkpoint)
     start = warm.evaluator(generate=False)
     results = {"before": before, "after_warmup": start, "joint_steps": joint_steps, "seeds": list(seeds)}
     if other_task:
         results["other_task"] = other_task
         results["after_warmup"][f"{other_task} recall@5"] = _other_task_recall(warm, other_task)
     results["policies"] = {}
-    earlier = _earlier_result(f"{config.output_dir}/refresh_experiment.json") if warm_checkpoint else None
-    if earlier and (earlier["after_warmup"], earlier["joint_steps"], earlier["seeds"]) == (
-        start,
-        joint_steps,
-        list(seeds),
-    ):
+    if earlier:
+        if earlier["after_warmup"] != start:
+            raise ConfigError(
+                f"{result_path} was measured from another warm-up (its recall after the warm-up differs from "
+                f"{warm_checkpoint}'s): choose another output_dir"
+            )
         results["before"], results["policies"] = earlier["before"], earlier["policies"]
     for policy in policies:
         runs = []
         for seed in seeds:
             settings = dict(seed=config.seed + seed, output_dir=f"{config.output_dir}/{policy}/seed-{seed}")
-            run = Trainer(dataclasses.replace(policy_config(warm_config, policy), **settings))
-            run.resume(checkpoint)
+            run = Trainer(dataclasses.replace(policy_config(joint_config, policy), **settings))
+            run.resume(checkpoint_path)
             embedded_before = run.refresh.documents_embedded  # the warm-up's count, restored with the checkpoint
             clock = time.perf_counter()
-            while run.step < warm_config.steps:
+            while run.step < joint_config.steps:
                 run.train_step()
             seconds = time.perf_counter() - clock
             # The cost of training only: a rerank policy's evaluation re-embeds candidates too.
@@ -134,7 +177,7 @@ def refresh_experiment(
             print(f"{policy} seed {seed}: {format_metrics(row)}")
         results["policies"][policy] = _summary(policy, runs)
         # Written after every policy: an interrupted experiment keeps the policies it finished.
-        write_result(f"{config.output_dir}/refresh_experiment.json", {"config": warm_config.to_dict(), **results})
+        write_result(result_path, {"config": joint_config.to_dict(), **results})
     return results
 
 
@@ -146,15 +189,31 @@ def write_result(path: str, result: dict) -> None:
     os.replace(temporary, path)
 
 
-def _earlier_result(path: str) -> dict | None:
-    """The result an earlier experiment wrote at ``path``, or None when there is none (or it is unreadable)."""
+def _mergeable_result(
+    path: str, config: TrainConfig, joint_steps: int, seeds: tuple[int, ...], other_task: str | None
+) -> dict:
+    """The result an earlier experiment wrote at ``path``, when this experiment's rows may join it: the same
+    configuration, joint steps, seeds and other task. Anything else is refused (ConfigError): its rows would
+    be reported under a configuration they were not run with, or replaced."""
     try:
         with open(path, encoding="utf-8") as handle:
             earlier = json.load(handle)
-    except (OSError, ValueError):
-        return None
-    required = ("after_warmup", "joint_steps", "seeds", "before", "policies")
-    return earlier if isinstance(earlier, dict) and all(key in earlier for key in required) else None
+    except (OSError, ValueError) as error:
+        raise ConfigError(f"{path}: unreadable ({error}); move it away or choose another output_dir") from None
+    required = ("config", "after_warmup", "joint_steps", "seeds", "before", "policies")
+    if not isinstance(earlier, dict) or not all(key in earlier for key in required):
+        raise ConfigError(f"{path}: not a refresh experiment's result; move it away or choose another output_dir")
+    ours = config.to_dict()
+    stored = earlier["config"] if isinstance(earlier["config"], dict) else {}
+    differing = sorted(key for key in {*ours, *stored} if ours.get(key) != stored.get(key))
+    ours_run = {"joint_steps": joint_steps, "seeds": list(seeds), "other_task": other_task}
+    differing += [key for key, value in ours_run.items() if earlier.get(key) != value]
+    if differing:
+        raise ConfigError(
+            f"{path} holds policies run under another configuration (differing: {', '.join(differing)}); "
+            "its rows cannot share a table with these: choose another output_dir"
+        )
+    return earlier
 
 
 def _is_fresh(run: Trainer) -> bool:
@@ -164,6 +223,16 @@ def _is_fresh(run: Trainer) -> bool:
     return bool((run.index.step_of(run.index.ids()) == run.step).all())
 
 
+def _warm_config(config: TrainConfig, joint_steps: int) -> TrainConfig:
+    """The shared warm-up's configuration: ``config`` for the warm-up and ``joint_steps`` more, refresh "none"."""
+    if isinstance(joint_steps, bool) or not isinstance(joint_steps, int) or joint_steps < 1:
+        raise ConfigError(f"joint_steps must be an integer ≥ 1; got {joint_steps!r}")
+    steps = config.freeze_retriever_steps + joint_steps
+    # The refresh settings are each policy's (`policy_config`); the warm-up itself never refreshes.
+    refresh = dict(refresh="none", index_normalize=False, refresh_corrector="none", rerank_write_back=False)
+    return dataclasses.replace(config, steps=steps, **refresh)
+
+
 def warm_start(config: TrainConfig, joint_steps: int, warm_checkpoint: str | None = None):
     """(trainer, recall before the warm-up or None, checkpoint path) of the shared warm-up.
 
@@ -171,9 +240,7 @@ def warm_start(config: TrainConfig, joint_steps: int, warm_checkpoint: str | Non
     once) and checkpoints; with ``warm_checkpoint``, that checkpoint of an earlier run is restored instead.
     The trainer's config runs ``joint_steps`` more steps, with refresh "none".
     """
-    steps = config.freeze_retriever_steps + joint_steps
-    warm_config = dataclasses.replace(config, refresh="none", index_normalize=False, steps=steps)
-    warm = Trainer(warm_config)
+    warm = Trainer(_warm_config(config, joint_steps))
     if warm_checkpoint is None:
         warm.build_index()
         before = warm.evaluator(generate=False)
@@ -184,7 +251,7 @@ def warm_start(config: TrainConfig, joint_steps: int, warm_checkpoint: str | Non
     warm.resume(warm_checkpoint)
     if warm.step != config.freeze_retriever_steps:
         wanted = config.freeze_retriever_steps
-        raise ValueError(f"{warm_checkpoint} is at step {warm.step}, not freeze_retriever_steps = {wanted}")
+        raise ConfigError(f"{warm_checkpoint} is at step {warm.step}, not freeze_retriever_steps = {wanted}")
     return warm, None, warm_checkpoint
 
 

@@ -19,13 +19,14 @@ and over the whole index:
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from atlas_fast.models.modes import eval_mode
-from atlas_fast.train.config import TrainConfig
-from atlas_fast.train.experiment import warm_start
+from atlas_fast.train.config import ConfigError, TrainConfig
+from atlas_fast.train.experiment import check_output_dir, warm_start, write_result
 from atlas_fast.train.trainer import Trainer
 
 __all__ = ["AGE_GROUPS", "diagnose_refresh", "format_diagnosis"]
@@ -33,13 +34,23 @@ __all__ = ["AGE_GROUPS", "diagnose_refresh", "format_diagnosis"]
 # Upper bounds (exclusive) of the age groups, in steps; rows of the initial build are "warm-up".
 AGE_GROUPS = (5, 10, 25, 50, 100)
 SAMPLE_DOCUMENTS = 512
+RESULT_FILE = "refresh_diagnosis.json"
 
 
 def diagnose_refresh(
     config: TrainConfig, joint_steps: int, probe_every: int = 10, warm_checkpoint: str | None = None
 ) -> dict:
     """Probe records of ``joint_steps`` joint steps under ``config``'s refresh policy, after the experiment's
-    warm-up (`experiment.warm_start`: run now, or restored from ``warm_checkpoint``)."""
+    warm-up (`experiment.warm_start`: run now, or restored from ``warm_checkpoint``), probed every
+    ``probe_every`` steps and after the last; also written to ``config.output_dir``/refresh_diagnosis.json.
+
+    Raises:
+        ConfigError: a bad count, or an output_dir that holds checkpoints (without ``warm_checkpoint``) or an
+            earlier diagnosis (`experiment.check_output_dir`), before any work.
+    """
+    if isinstance(probe_every, bool) or not isinstance(probe_every, int) or probe_every < 1:
+        raise ConfigError(f"probe_every must be an integer ≥ 1; got {probe_every!r}")
+    check_output_dir(config, RESULT_FILE, warm_checkpoint)
     warm, _, checkpoint = warm_start(config, joint_steps, warm_checkpoint)
     run = Trainer(dataclasses.replace(config, steps=warm.config.steps))
     run.resume(checkpoint)
@@ -53,7 +64,9 @@ def diagnose_refresh(
         run.train_step()
         if (run.step - start) % probe_every == 0 or run.step == warm.config.steps:
             probes.append(_probe(run, start, chosen))
-    return {"policy": config.refresh, "joint_steps": joint_steps, "probes": probes}
+    result = {"policy": config.refresh, "joint_steps": joint_steps, "probes": probes}
+    write_result(str(Path(config.output_dir) / RESULT_FILE), result)
+    return result
 
 
 def _age_group(age: np.ndarray, initial: np.ndarray) -> np.ndarray:
@@ -78,7 +91,7 @@ def _probe(run: Trainer, start: int, sample: np.ndarray) -> dict:
     steps = index.step_of(ids)
     groups = _age_group(run.step - steps, steps <= start)
     scores = queries @ rows.T  # (Q, N)
-    top10 = scores.topk(10, dim=1).indices.numpy()
+    top10 = scores.topk(min(10, scores.shape[1]), dim=1).indices.numpy()  # a corpus may hold fewer
     top10_groups = groups[top10.reshape(-1)]
     mean_query = queries.mean(0)
     norms = rows.norm(dim=1).numpy()

@@ -10,7 +10,7 @@ import time
 from tqdm.auto import tqdm
 
 from atlas_fast.train import checkpoint
-from atlas_fast.train.config import TrainConfig
+from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.plot import plot_metrics
 from atlas_fast.train.setup import collective_device
 from atlas_fast.train.trainer import Trainer
@@ -55,7 +55,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
     say = print if trainer.rank == 0 else (lambda *_: None)
     existing = checkpoint.checkpoints(trainer.output_dir)
     if existing and not resume:
-        raise ValueError(
+        raise ConfigError(
             f"output_dir {trainer.output_dir} already holds checkpoints (newest {existing[-1].name}); "
             "pass --resume to continue from them, or choose another output_dir"
         )
