@@ -10,7 +10,7 @@ STAMP := $(VENV)/.atlas_fast-installed
 BENCH_JSON ?= benchmarks/results.json
 
 .PHONY: install run smoke test test-latest lock lint bench bench-index bench-index-refresh bench-smoke gpu-report \
-	gpu-check gpu-check-dry-run compile-gate-oldest test-train-oldest test-atlas-oldest clean
+	gpu-check gpu-check-dry-run compile-gate-oldest test-train-oldest test-atlas-oldest cross-build-aarch64 clean
 
 $(STAMP): pyproject.toml setup.py models.txt $(LOCK) $(wildcard csrc/*.cpp csrc/*.h)
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -129,6 +129,19 @@ $(ATLAS_ENV)/.installed: requirements-atlas.txt
 test-atlas-oldest: $(ATLAS_ENV)/.installed
 	env -u TRITON_INTERPRET PYTHONPATH=. $(ATLAS_ENV)/bin/python -m pytest -q -p no:cacheprovider \
 		tests/test_atlas_integration.py tests/test_losses.py
+
+# csrc builds off x86 with the portable path alone: every file compiled (objects only, -Werror) by Debian's aarch64
+# cross g++, installed from the Debian registry when missing.
+cross-build-aarch64: install
+	command -v aarch64-linux-gnu-g++ >/dev/null || (apt-get update -q && apt-get install -y -q g++-aarch64-linux-gnu)
+	mkdir -p build/aarch64
+	for source in csrc/*.cpp; do \
+		aarch64-linux-gnu-g++ -std=c++17 -O2 -fopenmp -fPIC -Wall -Werror -Icsrc \
+			-I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
+			-I"$$($(PY) -c 'import pybind11; print(pybind11.get_include())')" \
+			-c $$source -o build/aarch64/$$(basename $$source .cpp).o || exit 1; \
+	done
+	file build/aarch64/*.o | grep -c "ARM aarch64"
 
 clean:
 	rm -rf $(VENV) .venv-latest $(OLDEST) $(ATLAS_ENV) build *.egg-info atlas_fast/_C*.so

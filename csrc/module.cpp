@@ -229,7 +229,7 @@ py::dict build_info() {
   info["simd"] = atlas_fast::simd_level();
   py::dict paths;  // the path that scores each storage type
   for (StorageType type : {StorageType::kFloat32, StorageType::kFloat16, StorageType::kBFloat16})
-    paths[py::str(storage_name(type))] = atlas_fast::path_name(atlas_fast::path_for(type));
+    paths[py::str(storage_name(type))] = atlas_fast::level_name(atlas_fast::path_for(type));
   info["simd_paths"] = paths;
 #ifdef _OPENMP
   info["openmp"] = true;

@@ -1,7 +1,11 @@
 #include "score_tiles.h"
 
+// The SIMD paths are x86's; elsewhere (aarch64) only the portable path is built.
+#if defined(__x86_64__) || defined(__i386__)
+#define ATLAS_FAST_X86 1
 #include <cpuid.h>
 #include <immintrin.h>
+#endif
 
 #include <cstdlib>
 #include <cstring>
@@ -9,8 +13,6 @@
 namespace atlas_fast {
 
 namespace {
-
-enum class SimdLevel { kPortable, kAvx2, kAvx512, kAvx512Bf16 };
 
 template <StorageType T>
 inline float load_scalar(const void* rows, int64_t index) {
@@ -31,6 +33,7 @@ void score_tile_portable(const float* queries, int64_t n_queries, const void* ro
   }
 }
 
+#ifdef ATLAS_FAST_X86
 // ---- AVX-512 ----
 
 // The 16 lane sums of a 4 x 4 block of accumulators, acc[q][r] -> out[q * out_stride + r], in 45 shuffles and
@@ -337,31 +340,28 @@ bool cpu_has_amx_bf16() {
   return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((edx >> 22) & 1u) && ((edx >> 24) & 1u);
 }
 
-struct Selection {
-  SimdLevel level;
-  std::string error;  // non-empty: ATLAS_FAST_SIMD asked for what cannot run (level is then the widest one)
-};
-
-const char* level_name(SimdLevel level) {
-  switch (level) {
-    case SimdLevel::kAvx512Bf16:
-      return "avx512bf16";
-    case SimdLevel::kAvx512:
-      return "avx512";
-    case SimdLevel::kAvx2:
-      return "avx2";
-    default:
-      return "portable";
-  }
-}
-
-// The widest level cpuid reports, or the one ATLAS_FAST_SIMD forces (how the tests run every path on one CPU).
-Selection select_level() {
+// The widest level cpuid reports.
+SimdLevel widest_level() {
   __builtin_cpu_init();
   SimdLevel widest = SimdLevel::kPortable;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     widest = SimdLevel::kAvx2;
   if (cpu_has_avx512()) widest = cpu_has_avx512bf16() ? SimdLevel::kAvx512Bf16 : SimdLevel::kAvx512;
+  return widest;
+}
+#else
+SimdLevel widest_level() { return SimdLevel::kPortable; }
+bool cpu_has_amx_bf16() { return false; }
+#endif  // ATLAS_FAST_X86
+
+struct Selection {
+  SimdLevel level;
+  std::string error;  // non-empty: ATLAS_FAST_SIMD asked for what cannot run (level is then the widest one)
+};
+
+// The widest level cpuid reports, or the one ATLAS_FAST_SIMD forces (how the tests run every path on one CPU).
+Selection select_level() {
+  const SimdLevel widest = widest_level();
   const char* forced = std::getenv("ATLAS_FAST_SIMD");
   if (forced == nullptr || *forced == '\0') return {widest, ""};
   const std::string name(forced);
@@ -385,6 +385,7 @@ const SimdLevel kSimd = kSelection.level;
 template <StorageType T>
 void score_tile_typed(const float* queries, int64_t n_queries, const void* rows, int64_t n_rows, int64_t dim,
                       float* out, int64_t out_stride) {
+#ifdef ATLAS_FAST_X86
   switch (kSimd) {
     case SimdLevel::kAvx512Bf16:
     case SimdLevel::kAvx512:
@@ -392,34 +393,35 @@ void score_tile_typed(const float* queries, int64_t n_queries, const void* rows,
     case SimdLevel::kAvx2:
       return score_tile_avx2<T>(queries, n_queries, rows, n_rows, dim, out, out_stride);
     default:
-      return score_tile_portable<T>(queries, n_queries, rows, n_rows, dim, out, out_stride);
+      break;
   }
+#endif
+  return score_tile_portable<T>(queries, n_queries, rows, n_rows, dim, out, out_stride);
 }
 
 }  // namespace
 
-SimdPath path_for(StorageType type) {
-  if (type == StorageType::kBFloat16 && kSimd == SimdLevel::kAvx512Bf16) return SimdPath::kAvx512Bf16;
-  if (kSimd >= SimdLevel::kAvx512) return SimdPath::kAvx512;
-  return kSimd == SimdLevel::kAvx2 ? SimdPath::kAvx2 : SimdPath::kPortable;
-}
-
-std::string path_name(SimdPath path) {
-  switch (path) {
-    case SimdPath::kAvx512Bf16:
+const char* level_name(SimdLevel level) {
+  switch (level) {
+    case SimdLevel::kAvx512Bf16:
       return "avx512bf16";
-    case SimdPath::kAvx512:
+    case SimdLevel::kAvx512:
       return "avx512";
-    case SimdPath::kAvx2:
+    case SimdLevel::kAvx2:
       return "avx2";
     default:
       return "portable";
   }
 }
 
+SimdLevel path_for(StorageType type) {
+  if (kSimd == SimdLevel::kAvx512Bf16 && type != StorageType::kBFloat16) return SimdLevel::kAvx512;
+  return kSimd;
+}
+
 QueryPanel::QueryPanel(StorageType type, const float* queries, int64_t n_queries, int64_t dim)
     : type_(type), path_(path_for(type)), queries_(queries), dim_(dim) {
-  if (path_ == SimdPath::kAvx512Bf16) {  // converted once per search, not once per tile
+  if (path_ == SimdLevel::kAvx512Bf16) {  // converted once per search, not once per tile
     bf16_.resize(static_cast<size_t>(n_queries * dim));
     convert_from_float(StorageType::kBFloat16, queries, bf16_.data(), n_queries * dim);
   }
@@ -428,9 +430,11 @@ QueryPanel::QueryPanel(StorageType type, const float* queries, int64_t n_queries
 void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const void* rows, int64_t n_rows,
                 float* out, int64_t out_stride) {
   const int64_t dim = panel.dim();
-  if (panel.path() == SimdPath::kAvx512Bf16)
+#ifdef ATLAS_FAST_X86
+  if (panel.path() == SimdLevel::kAvx512Bf16)
     return score_tile_avx512bf16(panel.bf16() + first_query * dim, n_queries, static_cast<const uint16_t*>(rows),
                                  n_rows, dim, out, out_stride);
+#endif
   const float* queries = panel.fp32() + first_query * dim;
   switch (panel.type()) {
     case StorageType::kFloat32:
@@ -443,7 +447,9 @@ void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries,
 }
 
 void push_candidates(const float* scores, const int64_t* ids, int64_t n, TopK& selector) {
+#ifdef ATLAS_FAST_X86
   if (kSimd >= SimdLevel::kAvx512) return push_candidates_avx512(scores, ids, n, selector);
+#endif
   for (int64_t r = 0; r < n; ++r)
     if (selector.may_enter(scores[r])) selector.push(scores[r], ids[r]);
 }

@@ -10,7 +10,7 @@
 // - avx512bf16: bf16 rows against queries rounded to bf16 once per search (vdpbf16ps, fp32
 //   accumulation; AMD Zen 4, Intel Cooper Lake and later); fp32/fp16 rows take the avx512 path;
 // - avx512 (F, BW, VL with F16C): rows widened to fp32 in registers, fp32 queries, FMA;
-// - avx2 (with FMA and F16C), or portable C++.
+// - avx2 (with FMA and F16C), or portable C++: the only path off x86 (aarch64 builds it alone).
 #pragma once
 
 #include <cstdint>
@@ -22,11 +22,13 @@
 
 namespace atlas_fast {
 
-enum class SimdPath : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
+// The SIMD levels, narrowest first: the CPU's (the widest it runs) and the path each storage type takes.
+enum class SimdLevel : int { kPortable = 0, kAvx2 = 1, kAvx512 = 2, kAvx512Bf16 = 3 };
 
-// The path that scores rows of `type` on this CPU (under ATLAS_FAST_SIMD).
-SimdPath path_for(StorageType type);
-std::string path_name(SimdPath path);
+// "portable", "avx2", "avx512" or "avx512bf16": the names ATLAS_FAST_SIMD takes and info reports.
+const char* level_name(SimdLevel level);
+// The path that scores rows of `type` on this CPU (under ATLAS_FAST_SIMD): avx512bf16 serves bf16 rows only.
+SimdLevel path_for(StorageType type);
 
 // A search's queries in the form its path reads: fp32 as given, or rounded to bf16 (kept here).
 class QueryPanel {
@@ -34,14 +36,14 @@ class QueryPanel {
   // queries: n_queries x dim fp32, borrowed for the panel's lifetime.
   QueryPanel(StorageType type, const float* queries, int64_t n_queries, int64_t dim);
   StorageType type() const { return type_; }
-  SimdPath path() const { return path_; }
+  SimdLevel path() const { return path_; }
   int64_t dim() const { return dim_; }
   const float* fp32() const { return queries_; }
   const uint16_t* bf16() const { return bf16_.data(); }
 
  private:
   StorageType type_;
-  SimdPath path_;
+  SimdLevel path_;
   const float* queries_;
   int64_t dim_;
   std::vector<uint16_t> bf16_;
