@@ -17,7 +17,7 @@ count; a row whose mask excludes every passage contributes 0 and is excluded
 from the means; a loss with nothing to average is 0, never NaN.
 
 The gold scores that feed these losses (`pdist_gold_scores`, `emdr_token_logprobs`,
-`adist_gold_scores`, `loop_gold_scores`, from atlas_fast.gold_scores) are re-exported here.
+`adist_gold_scores`, `loop_gold_scores`) live here, their one public home (atlas_fast._gold_scores).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from atlas_fast import _dispatch, _validation, ops
-from atlas_fast.gold_scores import (
+from atlas_fast._gold_scores import (
     adist_gold_scores,
     emdr_token_logprobs,
     loop_gold_scores,

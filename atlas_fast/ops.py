@@ -24,7 +24,7 @@ fake implementations serve both (they replace the triton_op's own, which would r
 tensors to learn the same shapes).
 
 The references (atlas_fast/reference/) are plain PyTorch, which torch.compile traces and fuses as it is: they
-are not wrapped. atlas_fast.losses, atlas_fast.gold_scores and atlas_fast.attention validate the arguments,
+are not wrapped. atlas_fast.losses and atlas_fast.attention validate the arguments,
 choose the backend and call these functions on the Triton path; the ops themselves check nothing.
 """
 

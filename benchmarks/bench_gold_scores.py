@@ -15,7 +15,7 @@ import pytest
 import torch
 from harness import run_provider
 
-from atlas_fast.gold_scores import pdist_gold_scores
+from atlas_fast.losses import pdist_gold_scores
 from atlas_fast.reference.atlas import atlas_perplexity_score
 from atlas_fast.reference.gold_scores import masked_token_mean, token_logprobs_ref, uses_torch_linear_ce
 
@@ -102,7 +102,7 @@ def test_loop_gold_scores(benchmark, provider):
     """LOOP on a T5-small-sized random reader (6+6 layers, d_model 512): B=2, K=20 passages of L=128, T=16."""
     from transformers import T5Config, T5ForConditionalGeneration
 
-    from atlas_fast.gold_scores import loop_gold_scores
+    from atlas_fast.losses import loop_gold_scores
     from atlas_fast.reference.atlas import atlas_loop_score
 
     B, K, L, T = 2, 20, 128, 16

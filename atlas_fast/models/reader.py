@@ -28,7 +28,7 @@ from torch import nn
 from atlas_fast.data.formats import Example, Passage
 from atlas_fast.data.formatting import TextFormat
 from atlas_fast.fid_patch import patch_for_fid
-from atlas_fast.gold_scores import (
+from atlas_fast.losses import (
     adist_gold_scores,
     emdr_token_logprobs,
     loop_gold_scores,

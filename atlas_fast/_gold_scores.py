@@ -13,19 +13,17 @@ with tied embeddings (the default) scales the decoder output by d_model^-0.5
 before its LM head; pass ``hidden * t5_lm_head_scale(model.config)``.
 
 These are targets, computed under no_grad in Atlas: calling them where autograd
-would record (grad mode on and an input requiring grad) raises. All are exposed
-through atlas_fast.losses.
+would record (grad mode on and an input requiring grad) raises. Their public home
+is atlas_fast.losses (this module is private); LOOP's model surgery, the cached
+cross-attention projections, is atlas_fast.models.loop.
 """
 
 from __future__ import annotations
-
-import contextlib
 
 import torch
 from torch import nn
 
 from atlas_fast import _dispatch, _validation, ops
-from atlas_fast.fid_patch import cross_attention_modules
 from atlas_fast.reference.gold_scores import adist_gold_scores_ref, masked_token_mean, token_logprobs_cpu
 
 __all__ = ["adist_gold_scores", "emdr_token_logprobs", "loop_gold_scores", "pdist_gold_scores", "t5_lm_head_scale"]
@@ -154,42 +152,6 @@ def adist_gold_scores(passage_vnorm_mass: torch.Tensor, labels: torch.Tensor, n_
     return adist_gold_scores_ref(passage_vnorm_mass.detach(), labels, n_layers)
 
 
-# Atlas (`loop_score`) encodes once, then runs the decoder K times, each time with
-# one passage masked out, recomputing every layer's cross-attention key and value
-# projections of all K·L encoder states on every pass. Here the decoder runs over
-# a batch of k' leave-one-out copies of one example at once (k' = `passes_per_batch`,
-# K by default) and each layer's cross-attention keys and values are projected once
-# per example and broadcast to every copy without copying: the K-fold projection
-# work, usually the bulk of the decoder's cost when K·L >> T, is done once.
-class _Projected(nn.Module):
-    """Stands in for a cross-attention k or v projection: returns precomputed, batch-expanded states."""
-
-    def __init__(self, states: torch.Tensor):
-        super().__init__()
-        self.states = states
-
-    def forward(self, _encoder_states: torch.Tensor) -> torch.Tensor:
-        return self.states
-
-
-@contextlib.contextmanager
-def _cached_cross_projections(model, example_states: torch.Tensor, copies: int):
-    """Inside the block, each decoder layer's cross-attention k/v return their projection of one
-    example's ``example_states`` (1, K·L, H), computed once and broadcast (a view, no copy) to
-    ``copies`` leave-one-out copies."""
-    layers = cross_attention_modules(model)
-    originals = [(getattr(module, k_name), getattr(module, v_name)) for module, k_name, v_name in layers]
-    try:
-        for (module, k_name, v_name), (key, value) in zip(layers, originals, strict=True):
-            setattr(module, k_name, _Projected(key(example_states).expand(copies, -1, -1)))
-            setattr(module, v_name, _Projected(value(example_states).expand(copies, -1, -1)))
-        yield
-    finally:
-        for (module, k_name, v_name), (key, value) in zip(layers, originals, strict=True):
-            setattr(module, k_name, key)
-            setattr(module, v_name, value)
-
-
 def loop_gold_scores(
     model,
     encoder_states: torch.Tensor,
@@ -228,6 +190,8 @@ def loop_gold_scores(
         raise ValueError(f"passes_per_batch must be a positive integer; got {passes_per_batch!r}")
     from transformers.modeling_outputs import BaseModelOutput
 
+    from atlas_fast.models.loop import cached_cross_projections  # here: atlas_fast.models imports losses
+
     L = KL // n_passages
     passage_of_key = torch.arange(KL, device=attention_mask.device) // L
     valid_tokens = (labels != -100).sum(-1)
@@ -242,7 +206,7 @@ def loop_gold_scores(
                 # (copies, K·L): copy c masks the keys of passage left_out[c].
                 masks = attention_mask[b].bool()[None, :] & (passage_of_key[None, :] != left_out[:, None])
                 copy_labels = labels[b : b + 1].expand(copies, -1).contiguous()
-                with _cached_cross_projections(model, example_states, copies):
+                with cached_cross_projections(model, example_states, copies):
                     logits = model(
                         encoder_outputs=BaseModelOutput(last_hidden_state=example_states.expand(copies, -1, -1)),
                         attention_mask=masks,
