@@ -1,6 +1,7 @@
 """TrainConfig: defaults, TOML files, --set overrides, and errors that name the key."""
 
 import pytest
+import torch
 
 from atlas_fast.train.config import ConfigError, TrainConfig
 
@@ -46,3 +47,14 @@ def test_missing_and_broken_files(tmp_path):
     (tmp_path / "bad.toml").write_text("steps = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         TrainConfig.load(tmp_path / "bad.toml")
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_has_bf16_arithmetic(monkeypatch):
+    from atlas_fast.train import setup
+
+    cpu = torch.device("cpu")
+    for has_bf16, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(setup, "cpu_has_bf16", lambda has_bf16=has_bf16: has_bf16)
+        assert setup.resolve_precision("auto", cpu) == expected
+    assert setup.resolve_precision("bf16", cpu) == "bf16" and setup.resolve_precision("fp32", cpu) == "fp32"
+    assert TrainConfig().precision == "auto" and TrainConfig().time_budget_s == 0.0  # no wall-clock cut by default

@@ -2,7 +2,7 @@
 
 Field names and defaults follow Atlas's options where Atlas has one (n_context = K,
 temperature_score/gold = 0.01, freeze_retriever_steps, refresh_index every N steps,
-gold_score_mode). The defaults are the README's offline run; `tiny()` is what the
+gold_score_mode). The defaults are the README's `make run`; `tiny()` is what the
 tests use.
 """
 
@@ -27,7 +27,7 @@ else:  # pragma: no cover
 __all__ = ["GOLD_SCORE_MODES", "ConfigError", "TrainConfig"]
 
 GOLD_SCORE_MODES = ("pdist", "adist", "loop", "emdr")
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("auto", "fp32", "bf16")
 SCHEDULES = ("linear", "cosine", "constant")
 
 
@@ -83,7 +83,7 @@ class TrainConfig:
     gold_score_mode: str = "pdist"
     temperature_score: float = 0.01
     temperature_gold: float = 0.01
-    refresh: str = "full"  # with index_normalize, what measured best in `atlas-fast experiment refresh` (README)
+    refresh: str = "full"  # with index_normalize, the best served recall (docs/experiments/refresh.md)
     refresh_every: int = 25  # "full": re-embed everything every N steps (Atlas's refresh_index)
     refresh_budget: int = 64  # "incremental": documents re-embedded per step
     refresh_order: str = "oldest"  # "oldest" | "hot"
@@ -91,8 +91,8 @@ class TrainConfig:
     rerank_write_back: bool = False  # "rerank": upsert the re-scored candidates' fresh embeddings while training
     refresh_corrector: str = "none"  # "none" | "scale" | "procrustes" | "linear": map older rows after a refresh
     corrector_ridge: float = 1.0  # the corrector's pull towards the identity, relative to the pairs' mean square
-    # Unit-norm document rows: retrieval by cosine (training scores stay dot products). With "full" every 25, what
-    # measured best in `atlas-fast experiment refresh` (README): the retriever's norms shrink as it trains.
+    # Unit-norm document rows: retrieval by cosine (training scores stay dot products). The retriever's norms shrink
+    # as it trains, which a dot-product index turns against its newest rows (docs/experiments/refresh.md).
     index_normalize: bool = True
     index_dtype: str = "float32"
     index_device: str = "host"  # "host": the C++ DocumentIndex; a torch device ("cuda", "auto"): TorchDocumentIndex
@@ -109,13 +109,14 @@ class TrainConfig:
     clip_norm: float = 1.0
     freeze_retriever_steps: int = 600  # the reader warm-up: it must be a useful teacher first
     warmup_cache_examples: int = 4000  # > 0: the warm-up trains the reader over cached encoder states of so many
-    # The cached warm-up's first steps: write a single passage's title from that passage (learns to copy; README).
+    # The cached warm-up's first steps: write a single passage's title from that passage (learns to copy;
+    # docs/experiments/reader-recipe.md).
     reader_copy_steps: int = 200
     reader_copy_batch_size: int = 64  # passages per title-copy step (one passage each: cheaper than a question)
     warmup_answerable_only: bool = True  # the cached warm-up's question steps: only questions whose K passages hit
-    precision: str = "bf16"
+    precision: str = "auto"  # bf16 autocast where the device has bf16 arithmetic (setup.resolve_precision), else fp32
     gradient_checkpointing: bool = False
-    compile: bool = False  # torch.compile the joint model (one graph for forward and backward; README)
+    compile: bool = False  # torch.compile the joint model: one graph each way (docs/experiments/compile.md)
     seed: int = 0
     # evaluation and output
     eval_every: int = 0  # 0 = only before and after training
@@ -125,7 +126,9 @@ class TrainConfig:
     dev_loss_examples: int = 128  # the first so many eval examples, over their top-K passages
     output_dir: str = "runs/default"
     checkpoint_every: int = 250
-    time_budget_s: float = 480.0  # > 0: stop training (then evaluate and save) after this many seconds
+    # > 0: stop training (then evaluate and save) after this many seconds. Off by default: a run that stops where
+    # the clock runs out gives results that depend on the machine (the default run fits 10 minutes without it).
+    time_budget_s: float = 0.0
     progress: bool = True
 
     def __post_init__(self) -> None:

@@ -68,7 +68,8 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
             say(f"no checkpoint in {trainer.output_dir}: starting at step 0")
         clock = time.perf_counter()
         trainer.build_index()
-        say(f"index: {len(trainer.passages)} passages embedded in {time.perf_counter() - clock:.1f} s")
+        seconds = time.perf_counter() - clock
+        say(f"index: {len(trainer.passages)} passages embedded in {seconds:.1f} s (precision {trainer.precision})")
         before = trainer.evaluator(generate=False)
         trainer.log({"step": 0, "split": "eval", **before})
         say("before training: " + format_metrics(before))
@@ -98,6 +99,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         trainer.save_checkpoint()
     summary = {
         "steps": trainer.step,
+        "precision": trainer.precision,
         "before": before,
         "after": after,
         "documents_reembedded": _sum_over_ranks(trainer.refresh.documents_embedded, trainer.world_size),

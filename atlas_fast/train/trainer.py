@@ -34,7 +34,14 @@ from atlas_fast.train.evaluate import Evaluator
 from atlas_fast.train.joint import CachedBatch, JointModel, RetrievedBatch
 from atlas_fast.train.phases import PhaseTimer
 from atlas_fast.train.reader_cache import EncodedExamples
-from atlas_fast.train.setup import build_models, build_optimizer, init_distributed, load_data, resolve_device
+from atlas_fast.train.setup import (
+    build_models,
+    build_optimizer,
+    init_distributed,
+    load_data,
+    resolve_device,
+    resolve_precision,
+)
 
 __all__ = ["Trainer"]
 
@@ -66,6 +73,7 @@ class Trainer:
         self.passages, self.train_examples, self.eval_examples = data if data is not None else load_data(config)
         self.passages_fingerprint = passages_sha256(self.passages)
         self.device = resolve_device(config.device)
+        self.precision = resolve_precision(config.precision, self.device)  # "auto" chosen for this machine
         retriever, reader = models if models is not None else build_models(config)
         self.retriever, self.reader = retriever.to(self.device).train(), reader.to(self.device).train()
         self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)
@@ -124,7 +132,7 @@ class Trainer:
         return self.refresh.index
 
     def autocast(self):
-        enabled = self.config.precision == "bf16"
+        enabled = self.precision == "bf16"
         return torch.autocast(self.retriever.device.type, dtype=torch.bfloat16, enabled=enabled)
 
     def owned_ids(self) -> np.ndarray:
