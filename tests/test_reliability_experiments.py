@@ -147,7 +147,7 @@ def test_the_diagnosis_runs_on_a_corpus_of_fewer_than_ten_passages(tmp_path):
 
 
 def test_the_command_line_reports_input_errors_and_keeps_a_bugs_traceback(monkeypatch, capsys, tmp_path):
-    from atlas_fast.index import commands
+    from atlas_fast.cli import index as commands
 
     def bug(_):
         raise ValueError("a library bug")

@@ -8,15 +8,14 @@ one (N, d) x (d, d) product instead of N encoder passes (the idea of correcting 
 rather than recomputing them: ANCE's asynchronous refresh, "corrector networks", ICML 2024).
 
 - "scale": one factor s = ⟨X, Y⟩ / ⟨X, X⟩ for every row (M = s·I), the least-squares fit of a uniform
-  rescaling. Measured (`atlas-fast experiment refresh-diagnosis`): the joint PDist steps shrink every
-  embedding (fresh norms fall from 3.0 to 1.4 in 50 steps, cosine to the stored row still 0.93), so
-  re-embedded rows score below every stale one and drop out of the top-k; one factor, fitted on any
-  number of pairs, puts the versions back on one scale;
+  rescaling. The joint PDist steps shrink every embedding while turning it little, so re-embedded rows
+  score below every stale one and drop out of the top-k (docs/experiments/refresh.md, the diagnosis); one
+  factor, fitted on any number of pairs, puts the versions back on one scale;
 - "procrustes": the orthogonal M maximising tr(Mᵀ(XᵀY + λI)) (M = U Vᵀ from its SVD): the rotation
   that best carries X to Y, pulled towards the identity by λ = ``ridge`` · mean(diag XᵀX). It rotates,
   never rescales. The identity term matters: with fewer pairs than dimensions XᵀY has no rank in
-  the directions the pairs do not span, and plain Procrustes rotates those arbitrarily (measured:
-  served recall@1 fell from 0.29 to 0.05 with 100 pairs in d = 384);
+  the directions the pairs do not span, and plain Procrustes rotates those arbitrarily, which wrecks
+  retrieval (docs/experiments/refresh.md);
 - "linear": least squares towards the identity, M = I + (XᵀX + λI)⁻¹ Xᵀ(Y − X), ridge λ = ``ridge`` ·
   mean(diag XᵀX); with fewer pairs than dimensions it stays near I where the pairs say nothing.
 """

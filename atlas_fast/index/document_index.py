@@ -24,16 +24,24 @@ from pathlib import Path
 import numpy as np
 
 from atlas_fast import _ext
+from atlas_fast.index.arguments import (
+    CHUNK_ROWS,
+    DTYPES,
+    as_ids,
+    as_integer_array,
+    as_k,
+    as_matrix,
+    as_step,
+    stale_arguments,
+    transform_arguments,
+)
 
 __all__ = ["DocumentIndex", "IndexFileError"]
 
-DTYPES = ("float32", "float16", "bfloat16")
-STALE_ORDERS = ("oldest", "hot")  # the orders stale_ids can take
 INDEX_MAGIC = b"ATLASIDX"  # an index file's first bytes
 _FORMAT_VERSION = 1
 _PREAMBLE = struct.Struct("<8sII")  # magic, format version, header length
 _MAX_DIM = 1 << 20  # far beyond any embedding; a larger header value is a crafted or corrupted file
-_CHUNK_ROWS = 65536  # rows per read/write chunk: bounded extra memory while saving and loading
 
 
 class IndexFileError(ValueError):
@@ -52,73 +60,6 @@ def _remove_stale_temporaries(path: Path) -> None:
             temporary.unlink(missing_ok=True)
         except PermissionError:
             pass  # alive, another user's
-
-
-def _as_integer_array(name: str, ids) -> np.ndarray:
-    """Any-shape integer ids as int64; floats, and values that do not fit an int64, are refused (no wrap-around)."""
-    array = np.asarray(ids.detach().cpu() if hasattr(ids, "detach") else ids)
-    if not (np.issubdtype(array.dtype, np.integer) or array.size == 0):
-        raise ValueError(f"{name} must hold integers; got dtype {array.dtype}")
-    if array.dtype == np.uint64 and array.size and array.max() > np.iinfo(np.int64).max:
-        raise ValueError(f"{name} must fit in int64; got {int(array.max())}")
-    return np.ascontiguousarray(array, dtype=np.int64)
-
-
-def _as_ids(name: str, ids) -> np.ndarray:
-    array = _as_integer_array(name, ids)
-    if array.ndim != 1:
-        raise ValueError(f"{name} must be a 1-D integer array; got shape {array.shape}")
-    return array
-
-
-def _as_k(k) -> int:
-    """Results per query: a positive integer."""
-    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k <= 0:
-        raise ValueError(f"k must be a positive integer; got {k!r}")
-    return int(k)
-
-
-def _as_step(step, name: str = "step") -> int:
-    """A training step: an integer in [0, 2³¹) (1.7 is refused, not stored as 1)."""
-    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or not 0 <= step < 2**31:
-        raise ValueError(f"{name} must be an integer in [0, 2**31); got {step!r}")
-    return int(step)
-
-
-def _as_matrix(name: str, values, dim: int, check_finite: bool = True) -> np.ndarray:
-    if hasattr(values, "detach") and not values.is_floating_point():  # as numpy: integer vectors are refused
-        raise ValueError(f"{name} must hold floats; got dtype {values.dtype}")
-    array = np.asarray(values.detach().cpu().float() if hasattr(values, "detach") else values)
-    if array.ndim != 2 or array.shape[1] != dim:
-        raise ValueError(f"{name} must have shape (n, {dim}); got {array.shape}")
-    if not np.issubdtype(array.dtype, np.floating):
-        raise ValueError(f"{name} must hold floats; got dtype {array.dtype}")
-    with np.errstate(over="ignore"):  # refused below, with a message
-        converted = np.ascontiguousarray(array, dtype=np.float32)
-    # A float64 1e300 is finite, but not as float32. Without check_finite, the caller (the C++ core) refuses
-    # the NaN or inf the input itself holds.
-    if (check_finite or converted is not array) and not np.isfinite(converted).all():
-        if np.isfinite(array).all():
-            raise ValueError(beyond_range(name, "float32"))
-        if check_finite:
-            raise ValueError(f"{name} contains NaN or infinite values")
-    return converted
-
-
-def beyond_range(name: str, dtype: str) -> str:
-    """The message refusing values that ``dtype`` would store as infinite (the C++ core's words too)."""
-    scale = "scale them down" + (" or store float32" if dtype != "float32" else "")
-    return f"{name} holds values beyond {dtype}'s range (they would be stored as infinite): {scale}"
-
-
-def transform_arguments(matrix, older_than, normalize, dim: int) -> tuple[np.ndarray, int, bool]:
-    """`Index.transform`'s arguments checked: a (dim, dim) finite float32 matrix, a step, a bool."""
-    shape = getattr(matrix, "shape", None) or np.shape(matrix)
-    if tuple(shape) != (dim, dim):
-        raise ValueError(f"matrix must have shape ({dim}, {dim}); got {tuple(shape)}")
-    if not isinstance(normalize, (bool, np.bool_)):
-        raise ValueError(f"normalize must be a bool; got {normalize!r}")
-    return _as_matrix("matrix", matrix, dim), _as_step(older_than, "older_than"), bool(normalize)
 
 
 def _check_rows(path: Path, ids: np.ndarray, steps: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
@@ -184,7 +125,7 @@ class DocumentIndex:
 
     def contains(self, ids) -> np.ndarray:
         """(n,) bool: whether each id is in the index."""
-        return self._core.rows_of(_as_ids("ids", ids)) >= 0
+        return self._core.rows_of(as_ids("ids", ids)) >= 0
 
     def _require_present(self, ids: np.ndarray) -> None:
         missing = ids[~self.contains(ids)]
@@ -199,20 +140,20 @@ class DocumentIndex:
             vectors: (n, d) finite embeddings the storage dtype holds (float16: |v| < 65520).
             step: the training step they were embedded at (for staleness), 0 ≤ step < 2³¹.
         """
-        ids = _as_ids("ids", ids)
+        ids = as_ids("ids", ids)
         # Finiteness is checked by the C++ core, in parallel, before it changes anything.
-        vectors = _as_matrix("vectors", vectors, self.dim, check_finite=False)
+        vectors = as_matrix("vectors", vectors, self.dim, check_finite=False)
         if vectors.shape[0] != ids.shape[0]:
             raise ValueError(f"vectors has {vectors.shape[0]} rows but ids has {ids.shape[0]}")
         if (ids == -1).any():
             raise ValueError("ids must not contain -1, which marks padding in search results")
-        step = _as_step(step)
+        step = as_step(step)
         with self._writing:
             self._core.upsert(ids, vectors, step, self._threads())  # C++ invalid_argument -> ValueError
 
     def remove(self, ids) -> None:
         """Remove documents (O(1) each); every id must be present (KeyError otherwise, nothing removed)."""
-        ids = _as_ids("ids", ids)
+        ids = as_ids("ids", ids)
         if np.unique(ids).size != ids.size:
             raise ValueError("ids to remove must be distinct")
         with self._writing:
@@ -221,7 +162,7 @@ class DocumentIndex:
 
     def get(self, ids) -> np.ndarray:
         """(n, d) float32 stored vectors of present ids (KeyError for absent ones)."""
-        ids = _as_ids("ids", ids)
+        ids = as_ids("ids", ids)
         self._require_present(ids)
         return self._core.get(ids)
 
@@ -243,18 +184,18 @@ class DocumentIndex:
             scores float32 (q, k) and ids int64 (q, k), sorted by score (ties: smaller id
             first); id -1 and score -inf pad rows when the index holds fewer than k documents.
         """
-        queries = _as_matrix("queries", queries, self.dim)
-        return self._core.search(queries, _as_k(k), self._threads())
+        queries = as_matrix("queries", queries, self.dim)
+        return self._core.search(queries, as_k(k), self._threads())
 
     def step_of(self, ids) -> np.ndarray:
         """(n,) int32 training step each present document was embedded at."""
-        ids = _as_ids("ids", ids)
+        ids = as_ids("ids", ids)
         self._require_present(ids)
         return self._core.steps_of(ids)
 
     def record_retrieved(self, ids) -> None:
         """Count a retrieval of each id (any shape; -1 and unknown ids are ignored)."""
-        array = _as_integer_array("ids", ids).reshape(-1)
+        array = as_integer_array("ids", ids).reshape(-1)
         with self._writing:
             self._core.record_retrieved(array)
 
@@ -266,11 +207,8 @@ class DocumentIndex:
             policy: "oldest" (smallest embedding step first: round-robin by age) or
                 "hot" (most retrieved since their last upsert first, then oldest).
         """
-        if policy not in STALE_ORDERS:
-            raise ValueError(f"policy must be one of {', '.join(STALE_ORDERS)}; got {policy!r}")
-        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
-            raise ValueError(f"budget must be an integer ≥ 0; got {budget!r}")
-        return self._core.stale_ids(int(budget), policy)
+        budget, policy = stale_arguments(budget, policy)
+        return self._core.stale_ids(budget, policy)
 
     def drift(self, reset: bool = True) -> tuple[float, int]:
         """Mean cosine between old and new vectors of documents overwritten since the last reset, and their count.
@@ -308,7 +246,7 @@ class DocumentIndex:
 
     def _header(self) -> bytes:
         # Rows are written in chunks of chunk_rows: ids, steps, retrieval counts, then vectors.
-        header = {"dim": self.dim, "dtype": self.dtype, "count": len(self), "chunk_rows": _CHUNK_ROWS}
+        header = {"dim": self.dim, "dtype": self.dtype, "count": len(self), "chunk_rows": CHUNK_ROWS}
         return json.dumps({**header, "metadata": self.metadata}).encode()
 
     def save(self, path: str | os.PathLike) -> None:
@@ -329,8 +267,8 @@ class DocumentIndex:
                 for part in (_PREAMBLE.pack(INDEX_MAGIC, _FORMAT_VERSION, len(header)), header):
                     file.write(part)
                     digest.update(part)
-                for start in range(0, len(self), _CHUNK_ROWS):
-                    chunk = self._core.export_rows(start, min(_CHUNK_ROWS, len(self) - start))
+                for start in range(0, len(self), CHUNK_ROWS):
+                    chunk = self._core.export_rows(start, min(CHUNK_ROWS, len(self) - start))
                     for array in chunk:
                         data = memoryview(np.ascontiguousarray(array)).cast("B")
                         file.write(data)
@@ -422,8 +360,8 @@ def append_rows_where(target: DocumentIndex, source: DocumentIndex, keep) -> Non
     steps and retrieval counts (resharding a saved index). The kept ids must be new to ``target``."""
     if (target.dim, target.dtype) != (source.dim, source.dtype):
         raise ValueError(f"cannot append {source!r} rows to {target!r}: dim and dtype must match")
-    for start in range(0, len(source), _CHUNK_ROWS):
-        n = min(_CHUNK_ROWS, len(source) - start)
+    for start in range(0, len(source), CHUNK_ROWS):
+        n = min(CHUNK_ROWS, len(source) - start)
         ids, steps, retrieved, raw = source._core.export_rows(start, n)
         kept = np.asarray(keep(ids), dtype=bool)
         if kept.any():

@@ -7,11 +7,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from atlas_fast.index.arguments import CHUNK_ROWS
 from atlas_fast.index.document_index import DocumentIndex
 
 __all__ = ["from_faiss", "to_faiss"]
-
-_EXPORT_CHUNK = 65536
 
 
 def to_faiss(index: DocumentIndex, faiss_index=None):
@@ -37,8 +36,8 @@ def to_faiss(index: DocumentIndex, faiss_index=None):
     if not isinstance(faiss_index, (faiss.IndexIDMap, faiss.IndexIDMap2)):
         faiss_index = faiss.IndexIDMap2(faiss_index)
     ids = index.ids()
-    for start in range(0, ids.size, _EXPORT_CHUNK):
-        chunk = ids[start : start + _EXPORT_CHUNK]
+    for start in range(0, ids.size, CHUNK_ROWS):
+        chunk = ids[start : start + CHUNK_ROWS]
         faiss_index.add_with_ids(index.get(chunk), chunk)
     return faiss_index
 
@@ -58,7 +57,7 @@ def from_faiss(faiss_index, dtype: str = "float32", step: int = 0) -> DocumentIn
     ids = faiss.vector_to_array(faiss_index.id_map).astype(np.int64)
     index = DocumentIndex(faiss_index.d, dtype)
     inner = faiss.downcast_index(faiss_index.index)
-    for start in range(0, ids.size, _EXPORT_CHUNK):
-        count = min(_EXPORT_CHUNK, ids.size - start)
+    for start in range(0, ids.size, CHUNK_ROWS):
+        count = min(CHUNK_ROWS, ids.size - start)
         index.upsert(ids[start : start + count], inner.reconstruct_n(start, count), step)
     return index

@@ -4,7 +4,9 @@ Code that trains against an index (the trainer, the refresh policy, evaluation) 
 this Protocol only, and gets its index from `open_index` / `load_index`
 (atlas_fast.index.factory). For a ShardedIndex every method is collective (all ranks call it,
 each with its own arguments) except `stale_ids` and `transform`, which answer for this
-rank's shard: each rank re-embeds (and corrects) the documents it owns.
+rank's shard: each rank re-embeds (and corrects) the documents it owns. The properties
+(`dim`, `dtype`, `metadata`) are local reads; `metadata` is saved by rank 0, so every rank sets
+the same values. Arguments are checked by atlas_fast.index.arguments, the same way everywhere.
 """
 
 from __future__ import annotations

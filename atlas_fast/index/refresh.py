@@ -13,9 +13,9 @@ whole corpus every N steps ("full"); the alternatives here trade freshness for c
 
 Three options make a refresh do more with the embeddings it pays for:
 - ``normalize``: every embedding written to the index is rescaled to unit norm, so retrieval ranks by
-  cosine. Measured (`atlas-fast experiment refresh-diagnosis`): joint training shrinks the retriever's
-  embeddings (norm 3.0 -> 1.4 in 50 steps), so in a dot-product index the rows of newer encoder versions
-  score below every older row and drop out of the top-k; unit rows compete on direction alone;
+  cosine. Joint training shrinks the retriever's embeddings, so in a dot-product index the rows of newer
+  encoder versions score below every older row and drop out of the top-k; unit rows compete on direction
+  alone (docs/experiments/refresh.md, the diagnosis);
 - ``corrector`` ("procrustes" | "linear", atlas_fast.index.corrector): after each refresh, a
   map fitted from the re-embedded documents' old to new vectors is applied in place to every
   row of an older encoder version (then rescaled to unit norm under ``normalize``);

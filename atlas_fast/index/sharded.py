@@ -29,16 +29,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from atlas_fast.index.document_index import (
-    DocumentIndex,
-    IndexFileError,
-    _as_ids,
-    _as_integer_array,
-    _as_k,
-    _as_matrix,
-    _as_step,
-    append_rows_where,
-)
+from atlas_fast.index.arguments import as_ids, as_integer_array, as_k, as_matrix, as_step
+from atlas_fast.index.document_index import DocumentIndex, IndexFileError, append_rows_where
 from atlas_fast.index.merge_topk import merge_topk
 from atlas_fast.index.torch_index import TorchDocumentIndex
 
@@ -134,7 +126,7 @@ class ShardedIndex:
 
     def _present_values(self, ids, values_of, width: int, dtype) -> np.ndarray:
         """`_from_owners` where every id must be present: KeyError on every rank when one is absent anywhere."""
-        ids = self._agreed(lambda: _as_ids("ids", ids))
+        ids = self._agreed(lambda: as_ids("ids", ids))
         present, values = self._from_owners(ids, values_of, width, dtype)
         if self._any_rank(not present.all()):
             raise KeyError(f"ids not in the index (on this rank: {ids[~present][:10].tolist()})")
@@ -142,7 +134,7 @@ class ShardedIndex:
 
     def contains(self, ids) -> np.ndarray:
         """(n,) bool for this rank's ids: whether any shard holds each."""
-        ids = self._agreed(lambda: _as_ids("ids", ids))
+        ids = self._agreed(lambda: as_ids("ids", ids))
         return self._from_owners(ids, lambda held: np.zeros((held.size, 1)), 1, np.float32)[0]
 
     def get(self, ids) -> np.ndarray:
@@ -159,7 +151,7 @@ class ShardedIndex:
 
     def record_retrieved(self, ids) -> None:
         """Count a retrieval of each of this rank's ids (any shape) on the shard that owns it."""
-        ids = self._agreed(lambda: _as_integer_array("ids", ids).reshape(-1))
+        ids = self._agreed(lambda: as_integer_array("ids", ids).reshape(-1))
         retrieved = np.concatenate(self._all_gather(ids[ids != -1]))
         self.local.record_retrieved(retrieved[self.owner(retrieved) == self.rank])
 
@@ -197,13 +189,13 @@ class ShardedIndex:
 
     def _checked_batch(self, ids, vectors, step) -> tuple[np.ndarray, np.ndarray, int]:
         """The checks of DocumentIndex.upsert, made before anything is gathered."""
-        ids = _as_ids("ids", ids)
-        vectors = _as_matrix("vectors", vectors, self.dim)
+        ids = as_ids("ids", ids)
+        vectors = as_matrix("vectors", vectors, self.dim)
         if vectors.shape[0] != ids.shape[0]:
             raise ValueError(f"vectors has {vectors.shape[0]} rows but ids has {ids.shape[0]}")
         if (ids == -1).any():
             raise ValueError("ids must not contain -1, which marks padding in search results")
-        return ids, vectors, _as_step(step)
+        return ids, vectors, as_step(step)
 
     def upsert(self, ids, vectors, step: int = 0) -> None:
         """Collective upsert; each rank passes its own batch. Across ranks, later ranks win on duplicate ids."""
@@ -215,7 +207,7 @@ class ShardedIndex:
 
     def remove(self, ids) -> None:
         """Collective remove; an id absent everywhere raises KeyError on every rank and nothing is removed."""
-        ids = self._agreed(lambda: _as_ids("ids", ids))
+        ids = self._agreed(lambda: as_ids("ids", ids))
         all_ids = np.unique(np.concatenate(self._all_gather(ids)))
         mine = all_ids[self.owner(all_ids) == self.rank]
         present = self.local.contains(mine)
@@ -233,7 +225,7 @@ class ShardedIndex:
         Returns:
             scores float32 (q, k), ids int64 (q, k), as DocumentIndex.search.
         """
-        queries, k = self._agreed(lambda: (_as_matrix("queries", queries, self.dim), _as_k(k)))
+        queries, k = self._agreed(lambda: (as_matrix("queries", queries, self.dim), as_k(k)))
         per_rank = self._all_gather(queries)
         counts = [part.shape[0] for part in per_rank]
         scores, ids = self.local.search(np.concatenate(per_rank), k)

@@ -27,18 +27,19 @@ import numpy as np
 import torch
 
 from atlas_fast import _dispatch, ops
-from atlas_fast.index.document_index import (
+from atlas_fast.index.arguments import (
+    CHUNK_ROWS,
     DTYPES,
-    STALE_ORDERS,
-    DocumentIndex,
-    _as_ids,
-    _as_integer_array,
-    _as_k,
-    _as_matrix,
-    _as_step,
+    as_ids,
+    as_integer_array,
+    as_k,
+    as_matrix,
+    as_step,
     beyond_range,
+    stale_arguments,
     transform_arguments,
 )
+from atlas_fast.index.document_index import DocumentIndex
 from atlas_fast.reference.index_topk import MAX_ID, SEARCH_MAX_K, search_ref
 
 __all__ = ["TorchDocumentIndex"]
@@ -107,7 +108,7 @@ class TorchDocumentIndex:
     @_serialised
     def contains(self, ids) -> np.ndarray:
         """(n,) bool: whether each id is in the index."""
-        return self._rows_of(_as_ids("ids", ids)) >= 0
+        return self._rows_of(as_ids("ids", ids)) >= 0
 
     @_serialised
     def __contains__(self, doc_id: int) -> bool:
@@ -151,7 +152,7 @@ class TorchDocumentIndex:
             vectors: (n, d) embeddings (numpy, or a torch tensor on any device).
             step: the training step they were embedded at, 0 ≤ step < 2³¹.
         """
-        ids = _as_ids("ids", ids)
+        ids = as_ids("ids", ids)
         if isinstance(vectors, torch.Tensor):
             if vectors.dim() != 2 or vectors.shape[1] != self._dim:
                 raise ValueError(f"vectors must have shape (n, {self._dim}); got {tuple(vectors.shape)}")
@@ -161,14 +162,14 @@ class TorchDocumentIndex:
             if not torch.isfinite(values).all():
                 raise ValueError("vectors contains NaN or infinite values")
         else:
-            values = torch.from_numpy(_as_matrix("vectors", vectors, self._dim)).to(self.device)
+            values = torch.from_numpy(as_matrix("vectors", vectors, self._dim)).to(self.device)
         if not torch.isfinite(values.to(self._rows.dtype)).all():
             raise ValueError(beyond_range("vectors", self._dtype))
         if values.shape[0] != ids.shape[0]:
             raise ValueError(f"vectors has {values.shape[0]} rows but ids has {ids.shape[0]}")
         if ids.size and (ids.min() < 0 or ids.max() >= MAX_ID):
             raise ValueError(f"ids must lie in [0, 2**32 - 1) for a TorchDocumentIndex; got {ids.min()}..{ids.max()}")
-        step = _as_step(step)
+        step = as_step(step)
         # The last occurrence of a repeated id wins, as in the CPU index.
         last = ids.size - 1 - np.unique(ids[::-1], return_index=True)[1]
         ids, values = ids[last], values[torch.from_numpy(last).to(self.device)]
@@ -197,7 +198,7 @@ class TorchDocumentIndex:
     @_serialised
     def remove(self, ids) -> None:
         """Remove documents: the last rows move into the holes. Every id must be present (KeyError otherwise)."""
-        ids = _as_ids("ids", ids)
+        ids = as_ids("ids", ids)
         if np.unique(ids).size != ids.size:
             raise ValueError("ids to remove must be distinct")
         rows = self._require_present(ids)
@@ -222,14 +223,14 @@ class TorchDocumentIndex:
     @_serialised
     def get(self, ids) -> np.ndarray:
         """(n, d) float32 stored vectors of present ids (KeyError for absent ones)."""
-        rows = self._require_present(_as_ids("ids", ids))
+        rows = self._require_present(as_ids("ids", ids))
         return self._rows[torch.from_numpy(rows).to(self.device)].float().cpu().numpy()
 
     # ---- search ------------------------------------------------------------------------
     @_serialised
     def search_tensors(self, queries: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k on the index's device: scores (q, k) float32 and ids (q, k) int64 tensors, ties by smaller id."""
-        k = _as_k(k)
+        k = as_k(k)
         if queries.dim() != 2 or queries.shape[1] != self._dim:
             raise ValueError(f"queries must have shape (n, {self._dim}); got {tuple(queries.shape)}")
         queries = queries.to(self.device, torch.float32)
@@ -248,7 +249,7 @@ class TorchDocumentIndex:
     def search(self, queries, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Exact top-k, as DocumentIndex.search: numpy scores float32 (q, k) and ids int64 (q, k)."""
         if not isinstance(queries, torch.Tensor):
-            queries = torch.from_numpy(_as_matrix("queries", queries, self._dim))
+            queries = torch.from_numpy(as_matrix("queries", queries, self._dim))
         elif not torch.isfinite(queries).all():
             raise ValueError("queries contains NaN or infinite values")
         scores, ids = self.search_tensors(queries, k)
@@ -258,22 +259,19 @@ class TorchDocumentIndex:
     @_serialised
     def step_of(self, ids) -> np.ndarray:
         """(n,) int32 step each present id was last embedded at."""
-        return self._steps[self._require_present(_as_ids("ids", ids))].copy()
+        return self._steps[self._require_present(as_ids("ids", ids))].copy()
 
     @_serialised
     def record_retrieved(self, ids) -> None:
         """Count a retrieval of each id (any shape; -1 and unknown ids are ignored)."""
-        rows = self._rows_of(_as_integer_array("ids", ids).reshape(-1))
+        rows = self._rows_of(as_integer_array("ids", ids).reshape(-1))
         rows = rows[rows >= 0]
         np.add.at(self._retrieved, rows, 1)
 
     @_serialised
     def stale_ids(self, budget: int, policy: str = "oldest") -> np.ndarray:
         """The next ≤ budget documents to re-embed ("oldest": smallest step first; "hot": most retrieved first)."""
-        if policy not in STALE_ORDERS:
-            raise ValueError(f"policy must be one of {', '.join(STALE_ORDERS)}; got {policy!r}")
-        if isinstance(budget, bool) or not isinstance(budget, (int, np.integer)) or budget < 0:
-            raise ValueError(f"budget must be an integer ≥ 0; got {budget!r}")
+        budget, policy = stale_arguments(budget, policy)
         n = self._count
         keys = (self._ids[:n], self._steps[:n])
         if policy == "hot":
@@ -322,7 +320,7 @@ class TorchDocumentIndex:
     def to_document_index(self) -> DocumentIndex:
         """A CPU DocumentIndex with the same rows, steps and retrieval counts."""
         index = DocumentIndex(self._dim, self._dtype)
-        chunk = 65536
+        chunk = CHUNK_ROWS
         for start in range(0, self._count, chunk):
             stop = min(start + chunk, self._count)
             rows = self._rows[start:stop].cpu()
@@ -337,7 +335,7 @@ class TorchDocumentIndex:
         result = cls(index.dim, index.dtype, device)
         result.metadata = dict(index.metadata)
         result._reserve(len(index))
-        chunk = 65536
+        chunk = CHUNK_ROWS
         for start in range(0, len(index), chunk):
             n = min(chunk, len(index) - start)
             ids, steps, retrieved, raw = index._core.export_rows(start, n)

@@ -1,5 +1,8 @@
 """`atlas-fast index build|search|info`: a DocumentIndex over an Atlas passages file from the command line.
 
+The CLI layer: it joins the index to the models (the retriever embeds) and the data (the passages file),
+which atlas_fast.index itself does not depend on.
+
 Document ids are the passages' row numbers in the jsonl file (0-based), so the
 same passages file maps search results back to text.
 """
