@@ -110,7 +110,7 @@ class TrainConfig:
     schedule: str = "linear"
     clip_norm: float = 1.0
     freeze_retriever_steps: int = 600  # the reader warm-up: it must be a useful teacher first
-    warmup_cache_examples: int = 4000  # > 0: the warm-up trains the reader over cached encoder states of so many
+    warmup_cache_examples: int = 3000  # > 0: the warm-up trains the reader over cached encoder states of so many
     # The cached warm-up's first steps: write a single passage's title from that passage (learns to copy;
     # docs/experiments/reader-recipe.md).
     reader_copy_steps: int = 200
