@@ -134,14 +134,14 @@ test-atlas-oldest: $(ATLAS_ENV)/.installed
 # cross g++, installed from the Debian registry when missing.
 cross-build-aarch64: install
 	command -v aarch64-linux-gnu-g++ >/dev/null || (apt-get update -q && apt-get install -y -q g++-aarch64-linux-gnu)
-	mkdir -p build/aarch64
+	mkdir -p $(VENV)/cross-aarch64
 	for source in csrc/*.cpp; do \
 		aarch64-linux-gnu-g++ -std=c++17 -O2 -fopenmp -fPIC -Wall -Werror -Icsrc \
 			-I"$$($(PY) -c 'import sysconfig; print(sysconfig.get_paths()["include"])')" \
 			-I"$$($(PY) -c 'import pybind11; print(pybind11.get_include())')" \
-			-c $$source -o build/aarch64/$$(basename $$source .cpp).o || exit 1; \
+			-c $$source -o $(VENV)/cross-aarch64/$$(basename $$source .cpp).o || exit 1; \
 	done
-	file build/aarch64/*.o | grep -c "ARM aarch64"
+	file $(VENV)/cross-aarch64/*.o | grep -c "ARM aarch64"
 
 clean:
 	rm -rf $(VENV) .venv-latest $(OLDEST) $(ATLAS_ENV) build *.egg-info atlas_fast/_C*.so
