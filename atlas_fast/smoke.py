@@ -90,8 +90,8 @@ def _check_attention() -> str:
 
 
 def _check_trainer() -> str:
+    from atlas_fast.testing.tiny import tiny_config
     from atlas_fast.train import Trainer
-    from atlas_fast.train.tiny import tiny_config
 
     with tempfile.TemporaryDirectory() as directory:
         trainer = Trainer(tiny_config(Path(directory), steps=3))

@@ -15,8 +15,8 @@ import torch
 from harness import run_provider
 
 from atlas_fast.models import packaged_minilm_path
+from atlas_fast.testing.tiny import tiny_config
 from atlas_fast.train import TrainConfig, Trainer
-from atlas_fast.train.tiny import tiny_config
 
 PHASES = ("retrieve", "reembed", "gold", "reader", "backward", "refresh")
 

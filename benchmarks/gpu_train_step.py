@@ -4,7 +4,7 @@
     python benchmarks/gpu_train_step.py --out DIR --device cpu --backend aot_eager --steps 1   # the CPU test
 
 One step = JointModel's forward and backward (re-embedding, reader encoder, gold scores, retriever loss, FiD
-reader loss) and the optimizer's step, on the tiny setup (atlas_fast.train.tiny), for each gold-score mode that
+reader loss) and the optimizer's step, on the tiny setup (atlas_fast.testing.tiny), for each gold-score mode that
 compiles whole (pdist, emdr, adist). Per mode:
 1. the step under `torch.cuda.set_sync_debug_mode("error")` after one eager warm-up step: a host
    synchronisation anywhere in it raises, and its message and the frame it came from are recorded;
@@ -35,8 +35,8 @@ MODES = ("pdist", "emdr", "adist")
 
 def _trainer(folder: Path, device: str, gold_score_mode: str):
     """The tiny setup's trainer on ``device`` with a dropout-free retriever, its index built."""
+    from atlas_fast.testing.tiny import tiny_config, write_tiny_bert
     from atlas_fast.train import Trainer
-    from atlas_fast.train.tiny import tiny_config, write_tiny_bert
 
     model = folder / "bert-no-dropout"
     if not model.is_dir():

@@ -22,8 +22,11 @@ RUNS = {
 
 
 def _fingerprint(root: Path, name: str, overrides: dict) -> str:
+    try:
+        from atlas_fast.testing.tiny import tiny_config
+    except ImportError:  # a commit from before the tiny fixtures moved to atlas_fast.testing
+        from atlas_fast.train.tiny import tiny_config
     from atlas_fast.train import train
-    from atlas_fast.train.tiny import tiny_config
 
     base = dict(steps=4, freeze_retriever_steps=1, checkpoint_every=0, refresh_every=2, refresh_budget=8)
     config = tiny_config(root, output_dir=str(root / name), **{**base, **overrides})

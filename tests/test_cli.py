@@ -7,7 +7,7 @@ import pytest
 
 from atlas_fast import cli
 from atlas_fast.data import prepare as prepare_module
-from atlas_fast.train.tiny import tiny_config
+from atlas_fast.testing.tiny import tiny_config
 
 
 @pytest.mark.parametrize(

@@ -108,8 +108,8 @@ def test_value_checks_run_in_eager_cpu_mode_and_in_debug_mode_only(monkeypatch):
 def _deterministic_trainer(tmp_path, **overrides):
     """A Trainer over the tiny setup with a dropout-free retriever (eager and compiled runs draw no randomness),
     its index built."""
+    from atlas_fast.testing.tiny import tiny_config, write_tiny_bert
     from atlas_fast.train import Trainer
-    from atlas_fast.train.tiny import tiny_config, write_tiny_bert
 
     model = tmp_path / "bert-no-dropout"
     if not model.is_dir():

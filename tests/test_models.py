@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from atlas_fast.data.formats import Passage
 from atlas_fast.models import FiDReader, Retriever
 from atlas_fast.models.modes import eval_mode
-from atlas_fast.train.tiny import write_tiny_bert, write_tiny_t5
+from atlas_fast.testing.tiny import write_tiny_bert, write_tiny_t5
 
 PASSAGES = [
     [

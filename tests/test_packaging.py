@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from atlas_fast import cli, info
-from atlas_fast.train.tiny import set_arguments, tiny_config
+from atlas_fast.testing.tiny import set_arguments, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import torch
 from atlas_fast.index import DocumentIndex, TorchDocumentIndex
 from atlas_fast.index.corrector import fit_map
 from atlas_fast.index.refresh import RefreshPolicy
-from atlas_fast.train.config import ConfigError, TrainConfig
+from atlas_fast.testing.tiny import tiny_train_config
+from atlas_fast.train.config import ConfigError
 
 N, DIM = 40, 4
 
@@ -238,16 +239,16 @@ def test_policy_options_are_checked():
     with pytest.raises(ValueError, match="corrector must be one of"):
         RefreshPolicy("incremental", index, lambda ids: ids, lambda: np.arange(0), corrector="magic")
     with pytest.raises(ConfigError, match="rerank_write_back needs refresh"):
-        TrainConfig.tiny(refresh="incremental", rerank_write_back=True)
+        tiny_train_config(refresh="incremental", rerank_write_back=True)
     with pytest.raises(ConfigError, match="refresh_corrector"):
-        TrainConfig.tiny(refresh_corrector="magic")
+        tiny_train_config(refresh_corrector="magic")
 
 
 def test_the_experiment_runs_every_policy_and_seed_from_one_warm_up(tmp_path):
     import json
 
-    from atlas_fast.train.experiment import format_table, plot_results, refresh_experiment
-    from atlas_fast.train.tiny import tiny_config
+    from atlas_fast.experiments.refresh import format_table, plot_results, refresh_experiment
+    from atlas_fast.testing.tiny import tiny_config
 
     config = tiny_config(tmp_path, freeze_retriever_steps=1, rerank_candidates=6)
     policies = ("none", "incremental+procrustes", "rerank+write-back")
@@ -274,9 +275,9 @@ def test_the_experiment_runs_every_policy_and_seed_from_one_warm_up(tmp_path):
 
 
 def test_the_diagnosis_probes_every_age_group_of_a_mixed_index(tmp_path):
-    from atlas_fast.train.experiment import policy_config
-    from atlas_fast.train.refresh_diagnosis import diagnose_refresh, format_diagnosis
-    from atlas_fast.train.tiny import tiny_config
+    from atlas_fast.experiments.refresh import policy_config
+    from atlas_fast.experiments.refresh_diagnosis import diagnose_refresh, format_diagnosis
+    from atlas_fast.testing.tiny import tiny_config
 
     config = policy_config(tiny_config(tmp_path, freeze_retriever_steps=1), "incremental+budget=3")
     result = diagnose_refresh(config, joint_steps=4, probe_every=2)

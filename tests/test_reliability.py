@@ -17,9 +17,9 @@ import pytest
 import torch
 
 from atlas_fast.index import DocumentIndex
+from atlas_fast.testing.tiny import tiny_config, tiny_train_config
 from atlas_fast.train import checkpoint, train
 from atlas_fast.train.checkpoint import CheckpointError
-from atlas_fast.train.tiny import tiny_config
 
 STATE = {key: torch.zeros(1) for key in checkpoint.STATE_KEYS}
 
@@ -316,7 +316,7 @@ def test_every_numeric_config_key_has_a_range_that_refuses_values_outside():
     for key, (low, open_low) in NUMERIC_RANGES.items():
         bad = low if open_low else low - 1
         with pytest.raises(ConfigError, match=key):
-            TrainConfig.tiny(**{key: (1, bad) if key == "eval_k" else bad})
+            tiny_train_config(**{key: (1, bad) if key == "eval_k" else bad})
 
 
 @pytest.mark.parametrize("item", ["retriever_lr=-1", "max_passages=-100", "time_budget_s=nan"])

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from atlas_fast import cli
+from atlas_fast.experiments.refresh import refresh_experiment
+from atlas_fast.testing.tiny import set_arguments, tiny_config, tiny_train_config, write_corpus
 from atlas_fast.train import ConfigError, TrainConfig, checkpoint, train
-from atlas_fast.train.experiment import refresh_experiment
-from atlas_fast.train.tiny import set_arguments, tiny_config, write_corpus
 
 pytestmark = pytest.mark.slow
 
@@ -115,9 +115,9 @@ def test_checks_that_used_to_come_late(tmp_path, capsys):
     with pytest.raises(ConfigError, match="other_task 'wiki-qa' asks about the bundled corpus"):
         refresh_experiment(config, 1, ("none",), (0,), other_task="wiki-qa")
     with pytest.raises(ConfigError, match='refresh_corrector = "scale" needs refresh = "incremental"'):
-        TrainConfig.tiny(refresh="full", refresh_corrector="scale")
+        tiny_train_config(refresh="full", refresh_corrector="scale")
     with pytest.raises(ConfigError, match="eval_k must be a non-empty list"):
-        TrainConfig.tiny(eval_k=())
+        tiny_train_config(eval_k=())
     arguments = ["experiment", "refresh-diagnosis", *set_arguments(config), "--probe-every", "0"]
     assert cli.main(arguments) == 2
     assert "probe_every must be an integer ≥ 1; got 0" in capsys.readouterr().err
@@ -125,7 +125,7 @@ def test_checks_that_used_to_come_late(tmp_path, capsys):
 
 
 def test_the_diagnosis_runs_on_a_corpus_of_fewer_than_ten_passages(tmp_path):
-    from atlas_fast.train.refresh_diagnosis import diagnose_refresh
+    from atlas_fast.experiments.refresh_diagnosis import diagnose_refresh
 
     (tmp_path / "small").mkdir()
     paths = write_corpus(tmp_path / "small", n_passages=8, n_train=4, n_eval=4)

@@ -14,8 +14,8 @@ from atlas_fast import cli
 from atlas_fast.index import DocumentIndex, TorchDocumentIndex
 from atlas_fast.index.corrector import fit_map
 from atlas_fast.index.refresh import RefreshPolicy
-from atlas_fast.train import ConfigError, TrainConfig, train
-from atlas_fast.train.tiny import tiny_config, write_tiny_bert
+from atlas_fast.testing.tiny import tiny_config, tiny_train_config, write_tiny_bert
+from atlas_fast.train import ConfigError, train
 
 DIM = 8
 DTYPES = ("float32", "float16", "bfloat16")
@@ -122,7 +122,7 @@ def test_the_trainer_reranks_more_candidates_than_the_corpus_holds(tmp_path):
 
 def test_a_ridge_that_leaves_the_fit_underdetermined_is_refused():
     with pytest.raises(ConfigError, match='corrector_ridge = 0 leaves the "procrustes" fit underdetermined'):
-        TrainConfig.tiny(refresh="incremental", refresh_corrector="procrustes", corrector_ridge=0.0)
+        tiny_train_config(refresh="incremental", refresh_corrector="procrustes", corrector_ridge=0.0)
     rng = np.random.default_rng(1)
     old = rng.standard_normal((4, DIM))
     with pytest.raises(ValueError, match=r"ridge 0 with 4 pairs of rank 4 < d = 8 leaves the linear fit"):

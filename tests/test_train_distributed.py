@@ -13,9 +13,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from atlas_fast.index import ShardedIndex
+from atlas_fast.testing.tiny import tiny_config, write_tiny_bert
 from atlas_fast.train import Trainer
 from atlas_fast.train.run import evaluate_checkpoint
-from atlas_fast.train.tiny import tiny_config, write_tiny_bert
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from atlas_fast.index import TorchDocumentIndex
+from atlas_fast.testing.tiny import tiny_config, write_tiny_bert, write_tiny_t5
 from atlas_fast.train import ConfigError, Trainer, train
 from atlas_fast.train.metrics import passage_hits
 from atlas_fast.train.reader_cache import EncodedExamples
-from atlas_fast.train.tiny import tiny_config, write_tiny_bert, write_tiny_t5
 
 pytestmark = pytest.mark.slow
 

@@ -147,13 +147,13 @@ def _run(args: argparse.Namespace) -> int:
         root = prepare(args.root, force=args.force)
         print(f"prepared: {root} ({(root / 'PREPARED').read_text().strip()})")
     elif args.command == "experiment" and args.experiment == "refresh-diagnosis":
-        from atlas_fast.train.experiment import policy_config
-        from atlas_fast.train.refresh_diagnosis import diagnose_refresh, format_diagnosis
+        from atlas_fast.experiments.refresh import policy_config
+        from atlas_fast.experiments.refresh_diagnosis import diagnose_refresh, format_diagnosis
 
         config = policy_config(TrainConfig.load(args.config, args.overrides), args.policy)
         print(format_diagnosis(diagnose_refresh(config, args.joint_steps, args.probe_every, args.warm_checkpoint)))
     elif args.command == "experiment":
-        from atlas_fast.train.experiment import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
+        from atlas_fast.experiments.refresh import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
 
         config = TrainConfig.load(args.config, args.overrides)
         policies = tuple(args.policies.split(",")) if args.policies else EXPERIMENT_POLICIES

@@ -76,6 +76,7 @@ class RefreshPolicy:
         index: Index,
         embed: Embed,
         owned_ids: Callable[[], np.ndarray],
+        *,
         every: int = 50,
         budget: int = 64,
         order: str = "oldest",

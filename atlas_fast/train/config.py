@@ -2,8 +2,8 @@
 
 Field names and defaults follow Atlas's options where Atlas has one (n_context = K,
 temperature_score/gold = 0.01, freeze_retriever_steps, refresh_index every N steps,
-gold_score_mode). The defaults are the README's `make run`; `tiny()` is what the
-tests use.
+gold_score_mode). The defaults are the README's `make run`; the tests' configuration is
+atlas_fast.testing.tiny.tiny_train_config.
 """
 
 from __future__ import annotations
@@ -227,31 +227,6 @@ class TrainConfig:
         values = dataclasses.asdict(self)
         values["eval_k"] = list(self.eval_k)
         return values
-
-    @classmethod
-    def tiny(cls, **overrides) -> TrainConfig:
-        """A few steps of tiny models over a small corpus: the tests' configuration."""
-        values = dict(
-            steps=6,
-            batch_size=4,
-            n_context=3,
-            refresh_budget=16,
-            eval_generate_examples=8,
-            max_eval_examples=16,
-            warmup_steps=1,
-            checkpoint_every=3,
-            progress=False,
-            reader_lr=1e-3,
-            retriever_lr=1e-4,
-            eval_k=(1, 3),
-            freeze_retriever_steps=0,
-            warmup_cache_examples=0,
-            reader_copy_steps=0,
-            precision="fp32",
-            time_budget_s=0.0,
-        )
-        values.update(overrides)
-        return cls.from_mapping(values)
 
 
 def _parse_value(raw: str):

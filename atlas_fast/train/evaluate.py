@@ -47,6 +47,7 @@ class Evaluator:
         reader: FiDReader,
         retrieve: Callable[[list[Example], int], list[list[Passage]]],
         examples: list[Example],
+        *,
         eval_k: tuple[int, ...],
         n_context: int,
         generate_examples: int,

@@ -61,7 +61,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         )
     if resume and trainer.resume():  # a CheckpointError (none verifies) stops here: nothing is overwritten
         say(f"resumed from step {trainer.step} ({trainer.resumed_from})")
-        logged = [r for r in trainer.logged() if r.get("step") == 0 and r.get("split") == "eval"]
+        logged = [r for r in trainer.metrics_log.records() if r.get("step") == 0 and r.get("split") == "eval"]
         before = {key: value for key, value in logged[0].items() if key not in ("step", "split")} if logged else None
     else:
         if resume:
@@ -71,7 +71,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         seconds = time.perf_counter() - clock
         say(f"index: {len(trainer.passages)} passages embedded in {seconds:.1f} s (precision {trainer.precision})")
         before = trainer.evaluator(generate=False)
-        trainer.log({"step": 0, "split": "eval", **before})
+        trainer.metrics_log.append({"step": 0, "split": "eval", **before})
         say("before training: " + format_metrics(before))
     training_started = time.perf_counter()
     progress = tqdm(
@@ -79,13 +79,13 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
     )
     while trainer.step < config.steps:
         record = trainer.train_step()
-        trainer.log({"split": "train", **record})
+        trainer.metrics_log.append({"split": "train", **record})
         progress.update(1)
         progress.set_postfix(reader=f"{record['reader_loss']:.3f}", retriever=_maybe(record["retriever_loss"]))
         if config.dev_loss_every and trainer.step % config.dev_loss_every == 0:
-            trainer.log({"step": trainer.step, "split": "dev", "reader_loss": trainer.dev_reader_loss()})
+            trainer.metrics_log.append({"step": trainer.step, "split": "dev", "reader_loss": trainer.dev_reader_loss()})
         if config.eval_every and trainer.step % config.eval_every == 0 and trainer.step < config.steps:
-            trainer.log({"step": trainer.step, "split": "eval", **trainer.evaluator(generate=False)})
+            trainer.metrics_log.append({"step": trainer.step, "split": "eval", **trainer.evaluator(generate=False)})
         if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:
             trainer.save_checkpoint()
         if config.time_budget_s and time.perf_counter() - training_started > config.time_budget_s:
@@ -94,7 +94,7 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
     progress.close()
     training_seconds = time.perf_counter() - training_started
     after = trainer.evaluator(generate=True)
-    trainer.log({"step": trainer.step, "split": "eval", **after})
+    trainer.metrics_log.append({"step": trainer.step, "split": "eval", **after})
     if trainer.saved_step != trainer.step:  # a periodic save of this step holds the exact state to continue from
         trainer.save_checkpoint()
     summary = {

@@ -14,7 +14,6 @@ module DDP wraps. Each phase is timed; `train_step` returns the times with the l
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from atlas_fast.train import checkpoint
 from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.evaluate import Evaluator
 from atlas_fast.train.joint import CachedBatch, JointModel, RetrievedBatch
+from atlas_fast.train.metrics_log import MetricsLog
 from atlas_fast.train.phases import PhaseTimer
 from atlas_fast.train.reader_cache import EncodedExamples
 from atlas_fast.train.setup import (
@@ -94,31 +94,32 @@ class Trainer:
             open_index(self.retriever.dim, config.index_dtype, self._index_device(), distributed=self.world_size > 1),
             self.embed_documents,
             self.owned_ids,
-            config.refresh_every,
-            config.refresh_budget,
-            config.refresh_order,
-            config.rerank_candidates,
-            config.refresh_corrector,
-            config.rerank_write_back,
-            config.index_normalize,
-            config.corrector_ridge,
+            every=config.refresh_every,
+            budget=config.refresh_budget,
+            order=config.refresh_order,
+            candidates=config.rerank_candidates,
+            corrector=config.refresh_corrector,
+            write_back=config.rerank_write_back,
+            normalize=config.index_normalize,
+            ridge=config.corrector_ridge,
         )
         self.evaluator = Evaluator(
             self.reader,
             self.retrieve,
             self.eval_examples,
-            config.eval_k,
-            config.n_context,
-            config.eval_generate_examples,
-            self.autocast,
-            self.rank,
-            self.world_size,
-            config.progress,
+            eval_k=config.eval_k,
+            n_context=config.n_context,
+            generate_examples=config.eval_generate_examples,
+            autocast=self.autocast,
+            rank=self.rank,
+            world_size=self.world_size,
+            progress=config.progress,
         )
         self.step = 0
         self.resumed_from: Path | None = None  # the checkpoint `resume` restored
         self.saved_step: int | None = None  # the step of the newest checkpoint written or restored
         self.output_dir = Path(config.output_dir)
+        self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", writer=self.rank == 0)
         self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
         self._warmup_examples: list[int] = []  # the cache's positions the question steps train on
         self._dev_cache: EncodedExamples | None = None  # see dev_reader_loss
@@ -147,32 +148,6 @@ class Trainer:
 
     def retriever_text(self, passage: Passage) -> str:
         return self.reader.text_format.format_retriever_passage(passage)
-
-    def log(self, record: dict) -> None:
-        if self.rank == 0:
-            with (self.output_dir / "metrics.jsonl").open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps(record) + "\n")
-
-    def logged(self) -> list[dict]:
-        """The records of metrics.jsonl so far (a line a crash cut short is left out)."""
-        path = self.output_dir / "metrics.jsonl"
-        if not path.is_file():
-            return []
-        records = []
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                continue
-        return records
-
-    def _forget_logged_after(self, step: int) -> None:
-        """Drop the records of steps after ``step``: a resume replays them, and must not log them twice."""
-        if self.rank == 0 and (self.output_dir / "metrics.jsonl").is_file():
-            kept = [record for record in self.logged() if record.get("step", 0) <= step]
-            temporary = self.output_dir / ".metrics.jsonl.tmp"
-            temporary.write_text("".join(json.dumps(record) + "\n" for record in kept), encoding="utf-8")
-            os.replace(temporary, self.output_dir / "metrics.jsonl")
 
     # ---- index -----------------------------------------------------------------------
     def _index_device(self) -> torch.device | None:
@@ -398,7 +373,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])
-        self._forget_logged_after(self.step)
+        self.metrics_log.keep_until(self.step)
         self.refresh.index = load_index(
             path / checkpoint.INDEX_FILE, device=self._index_device(), distributed=self.world_size > 1
         )

@@ -265,7 +265,15 @@ def _other_task_recall(trainer: Trainer, task: str) -> float:
     examples = read_examples(ensure_prepared(config.data_root or None) / task / "dev.jsonl")
     if config.max_eval_examples:
         examples = examples[: config.max_eval_examples]
-    evaluator = Evaluator(trainer.reader, trainer.retrieve, examples, (5,), config.n_context, 0, trainer.autocast)
+    evaluator = Evaluator(
+        trainer.reader,
+        trainer.retrieve,
+        examples,
+        eval_k=(5,),
+        n_context=config.n_context,
+        generate_examples=0,
+        autocast=trainer.autocast,
+    )
     return evaluator(generate=False)["recall@5"]
 
 

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from atlas_fast.experiments.refresh import check_output_dir, warm_start, write_result
 from atlas_fast.models.modes import eval_mode
 from atlas_fast.train.config import ConfigError, TrainConfig
-from atlas_fast.train.experiment import check_output_dir, warm_start, write_result
 from atlas_fast.train.trainer import Trainer
 
 __all__ = ["AGE_GROUPS", "diagnose_refresh", "format_diagnosis"]

@@ -101,6 +101,31 @@ def write_tiny_t5(directory: Path) -> Path:
     return directory
 
 
+def tiny_train_config(**overrides) -> TrainConfig:
+    """A few steps of tiny models over a small corpus: the tests' configuration (paths from ``overrides``)."""
+    values = dict(
+        steps=6,
+        batch_size=4,
+        n_context=3,
+        refresh_budget=16,
+        eval_generate_examples=8,
+        max_eval_examples=16,
+        warmup_steps=1,
+        checkpoint_every=3,
+        progress=False,
+        reader_lr=1e-3,
+        retriever_lr=1e-4,
+        eval_k=(1, 3),
+        freeze_retriever_steps=0,
+        warmup_cache_examples=0,
+        reader_copy_steps=0,
+        precision="fp32",
+        time_budget_s=0.0,
+    )
+    values.update(overrides)
+    return TrainConfig.from_mapping(values)
+
+
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     """The tiny configuration over the synthetic corpus and the tiny BERT (written once under tmp_path)."""
     model = tmp_path / "tiny-bert"
@@ -119,7 +144,7 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
         output_dir=str(tmp_path / "run"),
     )
     values.update(overrides)
-    return TrainConfig.tiny(**values)
+    return tiny_train_config(**values)
 
 
 def set_arguments(config: TrainConfig) -> list[str]:
