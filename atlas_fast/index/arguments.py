@@ -38,6 +38,7 @@ def as_integer_array(name: str, ids) -> np.ndarray:
 
 
 def as_ids(name: str, ids) -> np.ndarray:
+    """(n,) int64 ids, from numpy, a list or a torch tensor; other shapes are refused."""
     array = as_integer_array(name, ids)
     if array.ndim != 1:
         raise ValueError(f"{name} must be a 1-D integer array; got shape {array.shape}")
@@ -59,6 +60,8 @@ def as_step(step, name: str = "step") -> int:
 
 
 def as_matrix(name: str, values, dim: int, check_finite: bool = True) -> np.ndarray:
+    """(n, dim) contiguous float32 from any float array or CPU tensor; NaN and inf refused when ``check_finite``,
+    and finite values that float32 cannot hold (a float64 1e300) always."""
     if hasattr(values, "detach") and not values.is_floating_point():  # as numpy: integer vectors are refused
         raise ValueError(f"{name} must hold floats; got dtype {values.dtype}")
     array = np.asarray(values.detach().cpu().float() if hasattr(values, "detach") else values)
