@@ -18,6 +18,13 @@ RUNS = {
     **{f"gold={mode}": {"gold_score_mode": mode} for mode in ("pdist", "adist", "loop", "emdr")},
     **{f"refresh={policy}": {"refresh": policy} for policy in ("none", "full", "incremental", "rerank")},
     "refresh=query-side": {"refresh": "query-side", "untied_retriever": True},
+    # The reader warm-up over cached encoder states: a title-copy step, question steps, the dev loss at each step.
+    "warmup=cached": {
+        "freeze_retriever_steps": 3,
+        "warmup_cache_examples": 8,
+        "reader_copy_steps": 1,
+        "dev_loss_every": 1,
+    },
 }
 
 

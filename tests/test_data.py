@@ -8,6 +8,7 @@ import pytest
 from atlas_fast.data import prepare as prepare_module
 from atlas_fast.data.formats import DataFormatError, Passage, read_examples, read_passages, write_jsonl
 from atlas_fast.data.formatting import TextFormat
+from atlas_fast.models.retriever import Retriever
 
 
 def _write(path, lines):
@@ -69,7 +70,7 @@ def test_atlas_templates():
     assert (
         atlas.format_reader_input(query, passage) == f"{query} title: Vienna context: Vienna is the capital of Austria."
     )
-    assert atlas.format_retriever_passage(passage) == "Vienna Vienna is the capital of Austria."
+    assert Retriever.passage_text(passage) == "Vienna Vienna is the capital of Austria."
     assert TextFormat.plain().format_reader_input("q", passage).startswith("title: Vienna question: q")
 
 

@@ -7,10 +7,11 @@ import pytest
 import torch
 
 from atlas_fast.index import TorchDocumentIndex
+from atlas_fast.models import Retriever
 from atlas_fast.testing.tiny import tiny_config, write_tiny_bert, write_tiny_t5
 from atlas_fast.train import ConfigError, Trainer, train
 from atlas_fast.train.metrics import passage_hits
-from atlas_fast.train.reader_cache import EncodedExamples
+from atlas_fast.train.warmup import EncodedExamples
 
 pytestmark = pytest.mark.slow
 
@@ -108,7 +109,7 @@ def test_incremental_refresh_rewrites_stored_embeddings(tmp_path, normalize):
     assert len(changed) == 16
     np.testing.assert_array_equal(trainer.index.step_of(changed), 1)
     # The rewritten rows are what the current passage encoder makes of those documents.
-    fresh = _as_stored(trainer.embed_documents(changed), normalize)
+    fresh = _as_stored(trainer.corpus.embed(changed), normalize)
     np.testing.assert_allclose(after[changed], fresh, rtol=1e-4, atol=1e-5)
 
 
@@ -128,12 +129,12 @@ def test_rerank_retrieves_by_fresh_scores(tmp_path, normalize):
     trainer = Trainer(config)
     trainer.build_index()
     examples = trainer.eval_examples[:2]
-    passages = trainer.retrieve(examples, 3)
+    passages = trainer.retrieval.retrieve(examples, 3)
     assert [len(row) for row in passages] == [3, 3]
     assert trainer.refresh.documents_embedded == 20
     with torch.no_grad():
-        queries = trainer.retriever.embed_queries(trainer.reader.queries(examples))
-        fresh = trainer.retriever.embed_passages([trainer.retriever_text(p) for p in passages[0]])
+        queries = trainer.retriever.embed_queries(trainer.reader.text_format.format_queries(examples))
+        fresh = trainer.retriever.embed_passages([Retriever.passage_text(p) for p in passages[0]])
     scores = (queries[0] @ torch.from_numpy(_as_stored(fresh.numpy(), normalize)).T).tolist()
     assert scores == sorted(scores, reverse=True)
 
@@ -148,7 +149,9 @@ def test_evaluation_counts_gold_passages(tmp_path):
     rows = [int(e.passage_id[1:]) for e in trainer.eval_examples]
     gold = {
         q: torch.from_numpy(v)
-        for q, v in zip(trainer.reader.queries(trainer.eval_examples), trainer.index.get(rows), strict=True)
+        for q, v in zip(
+            trainer.reader.text_format.format_queries(trainer.eval_examples), trainer.index.get(rows), strict=True
+        )
     }
     trainer.retriever.embed_queries = lambda texts: torch.stack([gold[t] for t in texts])
     metrics = trainer.evaluator(generate=True)
@@ -175,13 +178,13 @@ def test_warmup_cache_holds_the_examples_encoder_states(tmp_path):
     trainer = Trainer(tiny_config(tmp_path))
     trainer.build_index()
     examples = trainer.train_examples[:4]
-    states, mask, labels = EncodedExamples(trainer.reader, trainer.retrieve, examples, 3, trainer.autocast).batch(
-        [0, 1, 2, 3]
-    )
+    cache = EncodedExamples(trainer.reader, trainer.retrieval.retrieve, examples, 3, trainer.autocast)
+    states, mask, labels = cache.batch([0, 1, 2, 3])
     reader = trainer.reader.eval()
-    queries = trainer.reader.queries(examples)
+    queries = trainer.reader.text_format.format_queries(examples)
     with torch.no_grad():
-        direct_states, direct_mask = reader.encode(*reader.tokenize_passages(queries, trainer.retrieve(examples, 3)))
+        passages = trainer.retrieval.retrieve(examples, 3)
+        direct_states, direct_mask = reader.encode(*reader.tokenize_passages(queries, passages))
         direct_labels = reader.tokenize_targets([e.answers[0] for e in examples])
         cached_loss = reader.loss(states, mask, labels, 3)
         direct_loss = reader.loss(direct_states, direct_mask, direct_labels, 3)
@@ -192,13 +195,13 @@ def test_the_title_copy_task_is_each_cached_passage_alone_with_its_own_title(tmp
     trainer = Trainer(tiny_config(tmp_path))
     trainer.build_index()
     examples = trainer.train_examples[:4]
-    cache = EncodedExamples(trainer.reader, trainer.retrieve, examples, 3, trainer.autocast)
-    retrieved = trainer.retrieve(examples, 3)
+    cache = EncodedExamples(trainer.reader, trainer.retrieval.retrieve, examples, 3, trainer.autocast)
+    retrieved = trainer.retrieval.retrieve(examples, 3)
     pairs = [(0, 0), (1, 2), (3, 1)]
     states, mask, labels = cache.passage_batch(pairs)
     reader = trainer.reader.eval()
     passages = [[retrieved[i][k]] for i, k in pairs]
-    queries = [reader.queries(examples)[i] for i, _ in pairs]
+    queries = [reader.text_format.format_queries(examples)[i] for i, _ in pairs]
     with torch.no_grad():
         direct_states, direct_mask = reader.encode(*reader.tokenize_passages(queries, passages))
         direct_labels = reader.tokenize_targets([row[0].title for row in passages])
@@ -221,14 +224,14 @@ def test_the_cached_warm_up_copies_titles_first_then_trains_on_answerable_questi
     )
     trainer = Trainer(config)
     trainer.build_index()
-    copy = trainer._cached_batch(0)
+    copy = trainer.warmup.batch(0, 0)
     assert copy.n_passages == 1 and copy.states.shape[0] == 5 and copy.labels.shape[0] == 5
-    cache = trainer._warmup_cache
+    cache = trainer.warmup.cache
     expected = [i for i in range(len(cache)) if cache.answerable[i]] if answerable_only else list(range(len(cache)))
-    assert trainer._warmup_examples == (expected or list(range(len(cache))))
+    assert trainer.warmup.question_examples == (expected or list(range(len(cache))))
     records = [trainer.train_step() for _ in range(5)]
     assert all(r["retriever_loss"] is None and np.isfinite(r["reader_loss"]) for r in records)
-    question = trainer._cached_batch(2)  # step 5 is past the copy steps
+    question = trainer.warmup.batch(trainer.step, 2)  # step 5 is past the copy steps
     assert question.n_passages == 3 and question.states.shape[1] % 3 == 0
 
 
@@ -238,22 +241,23 @@ def test_the_dev_reader_loss_is_the_token_mean_over_held_out_questions(tmp_path)
     examples = trainer.eval_examples[:5]
     reader = trainer.reader
     with torch.no_grad(), trainer.autocast():
-        states, mask = reader.eval().encode(
-            *reader.tokenize_passages(reader.queries(examples), trainer.retrieve(examples, 3))
-        )
+        queries = reader.text_format.format_queries(examples)
+        states, mask = reader.eval().encode(*reader.tokenize_passages(queries, trainer.retrieval.retrieve(examples, 3)))
         labels = reader.labels(examples)
         # Per example, weighted by its target tokens: the mean over every target token of the 5.
         per_example = [reader.loss(states[i : i + 1], mask[i : i + 1], labels[i : i + 1], 3).item() for i in range(5)]
     tokens = (labels != -100).sum(1).numpy()
     expected = float(np.dot(per_example, tokens) / tokens.sum())
-    assert trainer.dev_reader_loss(batch_size=2) == pytest.approx(expected, rel=2e-2)  # cached states are bf16
-    cache = trainer._dev_cache
+    # The cached states are bf16.
+    assert trainer.warmup.dev_reader_loss(trainer.step, batch_size=2) == pytest.approx(expected, rel=2e-2)
+    cache = trainer.warmup.dev_cache
     trainer.train_step()  # still frozen: the same passages and states, encoded once
-    trainer.dev_reader_loss()
-    assert trainer._dev_cache is cache
+    trainer.warmup.dev_reader_loss(trainer.step)
+    assert trainer.warmup.dev_cache is cache
     trainer.train_step()
-    trainer.dev_reader_loss()  # the retriever trains from here on: passages may change, so they are re-encoded
-    assert trainer._dev_cache is not cache
+    # The retriever trains from here on: passages may change, so they are re-encoded.
+    trainer.warmup.dev_reader_loss(trainer.step)
+    assert trainer.warmup.dev_cache is not cache
 
 
 def test_gradient_checkpointing_and_accumulation_keep_the_losses(tmp_path):

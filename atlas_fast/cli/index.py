@@ -16,7 +16,6 @@ import numpy as np
 
 from atlas_fast._hashing import file_sha256, passages_sha256, weights_sha256
 from atlas_fast.data.formats import read_passages
-from atlas_fast.data.formatting import TextFormat
 from atlas_fast.index.document_index import INDEX_MAGIC, DocumentIndex
 from atlas_fast.models.retriever import Retriever, packaged_minilm_path
 from atlas_fast.train.config import ConfigError
@@ -57,7 +56,7 @@ def build_index(
     _check_writable(Path(output), Path(passages))
     rows = read_passages(passages)
     encoder = _retriever(retriever)
-    texts = [TextFormat().format_retriever_passage(p) for p in rows]
+    texts = [Retriever.passage_text(p) for p in rows]
     vectors = encoder.embed_passages_for_index(texts, batch_size=batch_size, progress=True)
     index = DocumentIndex(encoder.dim, dtype)
     index.upsert(np.arange(len(rows)), vectors)

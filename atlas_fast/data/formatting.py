@@ -2,8 +2,8 @@
 
 Atlas (src/tasks/qa.py, src/atlas.py) writes the query ``question: {q} answer: <extra_id_0>``,
 the target ``<extra_id_0> {answer}``, the reader input per passage
-``{query} title: {title} context: {text}`` and the retriever's passage text
-``{title} {text}``; the retriever encodes the formatted query. `TextFormat.atlas_t5()`
+``{query} title: {title} context: {text}``; the retriever encodes the formatted query (and the
+passage as ``{title} {text}``, `Retriever.passage_text`). `TextFormat.atlas_t5()`
 is exactly that. `TextFormat.plain()` drops T5's sentinel tokens for readers whose
 vocabulary has none (the MiniLM encoder-decoder) and puts the title first so that it
 survives truncation to a short reader input.
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from atlas_fast.data.formats import Passage
+from atlas_fast.data.formats import Example, Passage
 
 __all__ = ["TextFormat"]
 
@@ -23,7 +23,6 @@ class TextFormat:
     query: str = "question: {question} answer: <extra_id_0>"
     target: str = "<extra_id_0> {answer}"
     reader_passage: str = "{query} title: {title} context: {text}"
-    retriever_passage: str = "{title} {text}"
 
     @classmethod
     def atlas_t5(cls) -> TextFormat:
@@ -40,11 +39,12 @@ class TextFormat:
     def format_query(self, question: str) -> str:
         return self.query.format(question=question)
 
+    def format_queries(self, examples: list[Example]) -> list[str]:
+        """The query of each example: what the reader reads before each passage, and what the retriever embeds."""
+        return [self.format_query(example.question) for example in examples]
+
     def format_target(self, answer: str) -> str:
         return self.target.format(answer=answer)
 
     def format_reader_input(self, query: str, passage: Passage) -> str:
         return self.reader_passage.format(query=query, title=passage.title, text=passage.text)
-
-    def format_retriever_passage(self, passage: Passage) -> str:
-        return self.retriever_passage.format(title=passage.title, text=passage.text).strip()

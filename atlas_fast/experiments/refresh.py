@@ -267,7 +267,7 @@ def _other_task_recall(trainer: Trainer, task: str) -> float:
         examples = examples[: config.max_eval_examples]
     evaluator = Evaluator(
         trainer.reader,
-        trainer.retrieve,
+        trainer.retrieval.retrieve,
         examples,
         eval_k=(5,),
         n_context=config.n_context,

@@ -81,11 +81,9 @@ def _age_group(age: np.ndarray, initial: np.ndarray) -> np.ndarray:
 @torch.no_grad()
 def _probe(run: Trainer, start: int, sample: np.ndarray) -> dict:
     index = run.index
-    examples = run.eval_examples
+    texts = run.reader.text_format.format_queries(run.eval_examples)
     with eval_mode(run.retriever), run.autocast():
-        queries = torch.cat(
-            [run.retriever.embed_queries(run.reader.queries(examples[i : i + 64])) for i in range(0, len(examples), 64)]
-        ).float()
+        queries = torch.cat([run.retriever.embed_queries(texts[i : i + 64]) for i in range(0, len(texts), 64)]).float()
     ids = index.ids()
     rows = torch.from_numpy(index.get(ids))
     steps = index.step_of(ids)
@@ -105,12 +103,12 @@ def _probe(run: Trainer, start: int, sample: np.ndarray) -> dict:
             "score": float((rows[torch.from_numpy(member)] @ mean_query).mean()),
             "top10_share": float((top10_groups == label).mean()),
         }
-    fresh = torch.from_numpy(run.embed_documents(sample))
+    fresh = torch.from_numpy(run.corpus.embed(sample))
     stored = torch.from_numpy(index.get(sample))
     drift, overwritten = index.drift(reset=True)
     position = {doc: row for row, doc in enumerate(ids)}
     id_of = {passage.id: number for number, passage in enumerate(run.passages)}
-    gold_rows = [(q, position[id_of[e.passage_id]]) for q, e in enumerate(examples) if e.passage_id in id_of]
+    gold_rows = [(q, position[id_of[e.passage_id]]) for q, e in enumerate(run.eval_examples) if e.passage_id in id_of]
     ranks = [int((scores[q] > scores[q, row]).sum()) for q, row in gold_rows]
     return {
         "step": run.step - start,

@@ -23,7 +23,8 @@ Three options make a refresh do more with the embeddings it pays for:
   upserted into the index, so the per-query cost doubles as refresh.
 
 The policy owns everything refresh touches: it is given the index and an ``embed(ids)``
-callable, and the trainer calls it at two points of a step, `retrieve` and `after_step`.
+callable (the trainer's corpus), and is called at two points of a step: `retrieve` (every
+retrieval goes through it) and `after_step`.
 `documents_embedded` counts every document embedding made after the initial build: the
 cost side of the comparison.
 """

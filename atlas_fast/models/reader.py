@@ -30,7 +30,9 @@ from atlas_fast.data.formatting import TextFormat
 from atlas_fast.fid_patch import patch_for_fid
 from atlas_fast.losses import (
     adist_gold_scores,
+    emdr_loss,
     emdr_token_logprobs,
+    kldivloss,
     loop_gold_scores,
     pdist_gold_scores,
     t5_lm_head_scale,
@@ -146,10 +148,6 @@ class FiDReader(nn.Module):
         )
         shape = (len(queries), K, -1)
         return batch["input_ids"].view(shape).to(self.device), batch["attention_mask"].view(shape).to(self.device)
-
-    def queries(self, examples: list[Example]) -> list[str]:
-        """The reader's (and the query encoder's) query text of each example."""
-        return [self.text_format.format_query(example.question) for example in examples]
 
     def labels(self, examples: list[Example]) -> torch.Tensor:
         """(B, T) labels: each example's first non-blank answer is its training target."""
@@ -272,6 +270,35 @@ class FiDReader(nn.Module):
             if mode == "pdist":
                 return pdist_gold_scores(features.float(), weight.float(), labels)
             return emdr_token_logprobs(features.float(), weight.float(), labels, temperature_gold)
+
+    def retriever_loss(
+        self,
+        mode: str,
+        scores: torch.Tensor,
+        states: torch.Tensor,
+        attention_mask: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        temperature_score: float,
+        temperature_gold: float,
+    ) -> torch.Tensor:
+        """The retriever's loss against this reader's `gold_scores` of its K passages (the reader teaches the
+        retriever): EMDR²'s log-likelihood for "emdr", else the KL divergence of the softmaxed scores.
+
+        Args:
+            mode: "pdist", "adist", "loop" or "emdr".
+            scores: (B, K) retrieval scores, differentiable in the retriever.
+            states: (B, K·L, H) FiD encoder states (eval mode, detached); attention_mask (B, K·L).
+            labels: (B, T), -100 = padding.
+
+        Returns:
+            a scalar, differentiable in ``scores`` only.
+        """
+        K = scores.shape[1]
+        gold = self.gold_scores(mode, states, attention_mask, labels, K, temperature_gold)
+        if mode == "emdr":
+            return emdr_loss(scores, gold, labels, temperature_score)
+        return kldivloss(scores, gold, temperature_score, temperature_gold)
 
     @torch.no_grad()
     def generate(self, states: torch.Tensor, attention_mask: torch.Tensor, n_passages: int) -> list[str]:

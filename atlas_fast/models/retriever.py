@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from atlas_fast.data.formats import Passage
 from atlas_fast.models.modes import eval_mode
 
 __all__ = ["Retriever", "packaged_minilm_path"]
@@ -87,6 +88,11 @@ class Retriever(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.query_encoder.parameters()).device
+
+    @staticmethod
+    def passage_text(passage: Passage) -> str:
+        """The text the passage encoder embeds: Atlas's default retriever_format, ``{title} {text}``."""
+        return f"{passage.title} {passage.text}".strip()
 
     def _tokenize(self, texts: list[str], max_length: int) -> tuple[torch.Tensor, torch.Tensor]:
         batch = self.tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")

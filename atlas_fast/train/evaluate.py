@@ -97,7 +97,8 @@ class Evaluator:
                 batch = examples[start : min(n, start + batch_size)]
                 passages = [row[:K] for row in retrieved[start : start + len(batch)]]
                 with self.autocast():
-                    states, mask = reader.encode(*reader.tokenize_passages(reader.queries(batch), passages))
+                    queries = reader.text_format.format_queries(batch)
+                    states, mask = reader.encode(*reader.tokenize_passages(queries, passages))
                     predictions = reader.generate(states, mask, K)
                     # The control: each question with the passages of the next question in the batch.
                     other = reader.generate(states.roll(1, 0), mask.roll(1, 0), K) if len(batch) > 1 else predictions

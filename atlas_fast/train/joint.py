@@ -107,20 +107,15 @@ class JointModel(nn.Module):
             if train_retriever:
                 with self.timer("gold"):
                     gold_states = states if frozen_encoder else self._eval_encoder_states(batch)
-                    gold = self.reader.gold_scores(
+                    retriever_loss = self.reader.retriever_loss(
                         config.gold_score_mode,
+                        scores,
                         gold_states.detach(),
                         flat_mask,
                         batch.labels,
-                        K,
-                        config.temperature_gold,
+                        temperature_score=config.temperature_score,
+                        temperature_gold=config.temperature_gold,
                     )
-                    if config.gold_score_mode == "emdr":
-                        retriever_loss = losses.emdr_loss(scores, gold, batch.labels, config.temperature_score)
-                    else:
-                        retriever_loss = losses.kldivloss(
-                            scores, gold, config.temperature_score, config.temperature_gold
-                        )
             with self.timer("reader"):
                 reader_loss = self.reader.loss(states, flat_mask, batch.labels, K)
         return reader_loss, retriever_loss

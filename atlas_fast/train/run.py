@@ -83,7 +83,8 @@ def train(config: TrainConfig, resume: bool = False, trainer: Trainer | None = N
         progress.update(1)
         progress.set_postfix(reader=f"{record['reader_loss']:.3f}", retriever=_maybe(record["retriever_loss"]))
         if config.dev_loss_every and trainer.step % config.dev_loss_every == 0:
-            trainer.metrics_log.append({"step": trainer.step, "split": "dev", "reader_loss": trainer.dev_reader_loss()})
+            dev_loss = trainer.warmup.dev_reader_loss(trainer.step)
+            trainer.metrics_log.append({"step": trainer.step, "split": "dev", "reader_loss": dev_loss})
         if config.eval_every and trainer.step % config.eval_every == 0 and trainer.step < config.steps:
             trainer.metrics_log.append({"step": trainer.step, "split": "eval", **trainer.evaluator(generate=False)})
         if config.checkpoint_every and trainer.step % config.checkpoint_every == 0:

@@ -1,4 +1,5 @@
-"""Building a run's pieces from its configuration: data, models, optimiser, schedule, distributed group."""
+"""Building a run's pieces from its configuration: data and its batch order, models, optimiser, schedule, distributed
+group."""
 
 from __future__ import annotations
 
@@ -16,7 +17,24 @@ from atlas_fast.index.refresh import trains_passage_encoder
 from atlas_fast.models import FiDReader, Retriever, packaged_minilm_path
 from atlas_fast.train.config import ConfigError, TrainConfig
 
-__all__ = ["build_models", "build_optimizer", "collective_device", "init_distributed", "load_data", "resolve_device"]
+__all__ = [
+    "batch_positions",
+    "build_models",
+    "build_optimizer",
+    "collective_device",
+    "init_distributed",
+    "load_data",
+    "resolve_device",
+]
+
+
+def batch_positions(size: int, index: int, batch_size: int, seed: int) -> list[int]:
+    """Positions among ``size`` items of batch ``index``: a fixed shuffle per epoch (seeded by ``seed`` + epoch),
+    so that a resumed run draws the batches an uninterrupted one would."""
+    per_epoch = max(1, size // batch_size)
+    epoch, position = divmod(index, per_epoch)
+    order = torch.randperm(size, generator=torch.Generator().manual_seed(seed + epoch))
+    return order[position * batch_size : (position + 1) * batch_size].tolist()
 
 
 def init_distributed() -> tuple[int, int]:

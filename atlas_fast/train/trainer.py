@@ -8,12 +8,15 @@ One optimiser step, per micro-batch of questions:
   backward   gradients (DistributedDataParallel reduces them across ranks), clipping, AdamW, schedule
   refresh    the refresh policy re-embeds its documents into the index
 The differentiable middle (reembed, gold, reader) is `JointModel.forward` (train/joint.py), the
-module DDP wraps. Each phase is timed; `train_step` returns the times with the losses.
+module DDP wraps. Retrieval and the documents the refresh policy embeds come from train/retrieval.py;
+the reader warm-up's steps (retriever frozen) from train/warmup.py. Each phase is timed; `train_step`
+returns the times with the losses.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 from pathlib import Path
 
@@ -23,18 +26,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from atlas_fast._hashing import passages_sha256, weights_sha256
-from atlas_fast.data.formats import Example, Passage
+from atlas_fast.data.formats import Example
 from atlas_fast.index import load_index, open_index
 from atlas_fast.index.refresh import RefreshPolicy
-from atlas_fast.models.modes import eval_mode
+from atlas_fast.models import Retriever
 from atlas_fast.train import checkpoint
 from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.evaluate import Evaluator
-from atlas_fast.train.joint import CachedBatch, JointModel, RetrievedBatch
+from atlas_fast.train.joint import JointModel, RetrievedBatch
 from atlas_fast.train.metrics_log import MetricsLog
 from atlas_fast.train.phases import PhaseTimer
-from atlas_fast.train.reader_cache import EncodedExamples
+from atlas_fast.train.retrieval import Corpus, Retrieval
 from atlas_fast.train.setup import (
+    batch_positions,
     build_models,
     build_optimizer,
     init_distributed,
@@ -42,6 +46,7 @@ from atlas_fast.train.setup import (
     resolve_device,
     resolve_precision,
 )
+from atlas_fast.train.warmup import ReaderWarmup
 
 __all__ = ["Trainer"]
 
@@ -74,6 +79,9 @@ class Trainer:
         self.passages_fingerprint = passages_sha256(self.passages)
         self.device = resolve_device(config.device)
         self.precision = resolve_precision(config.precision, self.device)  # "auto" chosen for this machine
+        # The run's precision context, given to every collaborator that runs a model: `with self.autocast(): ...`.
+        bf16 = self.precision == "bf16"
+        self.autocast = functools.partial(torch.autocast, self.device.type, dtype=torch.bfloat16, enabled=bf16)
         retriever, reader = models if models is not None else build_models(config)
         self.retriever, self.reader = retriever.to(self.device).train(), reader.to(self.device).train()
         self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)
@@ -89,11 +97,12 @@ class Trainer:
             )  # no buffer changes in training (no batch norm): nothing to re-broadcast before each forward
         if config.compile:  # forward and backward as one graph each (tests/test_compile.py), DDP's buckets included
             self.replica = torch.compile(self.replica)
+        self.corpus = Corpus(self.passages, self.retriever, self.autocast, rank=self.rank, world_size=self.world_size)
         self.refresh = RefreshPolicy(
             config.refresh,
             open_index(self.retriever.dim, config.index_dtype, self._index_device(), distributed=self.world_size > 1),
-            self.embed_documents,
-            self.owned_ids,
+            self.corpus.embed,
+            self.corpus.owned_ids,
             every=config.refresh_every,
             budget=config.refresh_budget,
             order=config.refresh_order,
@@ -103,9 +112,20 @@ class Trainer:
             normalize=config.index_normalize,
             ridge=config.corrector_ridge,
         )
+        self.retrieval = Retrieval(self.retriever, self.refresh, self.passages, self.reader.text_format, self.autocast)
+        self.warmup = ReaderWarmup(
+            config,
+            self.reader,
+            self.retrieval.retrieve,
+            self.train_examples[self.rank :: self.world_size],
+            self.eval_examples,
+            self.autocast,
+            self.device,
+            progress=config.progress and self.rank == 0,
+        )
         self.evaluator = Evaluator(
             self.reader,
-            self.retrieve,
+            self.retrieval.retrieve,
             self.eval_examples,
             eval_k=config.eval_k,
             n_context=config.n_context,
@@ -120,9 +140,6 @@ class Trainer:
         self.saved_step: int | None = None  # the step of the newest checkpoint written or restored
         self.output_dir = Path(config.output_dir)
         self.metrics_log = MetricsLog(self.output_dir / "metrics.jsonl", writer=self.rank == 0)
-        self._warmup_cache: EncodedExamples | None = None  # see warmup_cache_size
-        self._warmup_examples: list[int] = []  # the cache's positions the question steps train on
-        self._dev_cache: EncodedExamples | None = None  # see dev_reader_loss
         if self.rank == 0:
             _prepare_output_dir(self.output_dir)
 
@@ -131,23 +148,6 @@ class Trainer:
     def index(self):
         """The document index (the refresh policy's: it is the one that keeps it fresh)."""
         return self.refresh.index
-
-    def autocast(self):
-        enabled = self.precision == "bf16"
-        return torch.autocast(self.retriever.device.type, dtype=torch.bfloat16, enabled=enabled)
-
-    def owned_ids(self) -> np.ndarray:
-        """The document ids (corpus rows) this rank embeds: row mod world size == rank."""
-        return np.arange(self.rank, len(self.passages), self.world_size, dtype=np.int64)
-
-    def embed_documents(self, ids: np.ndarray, progress: bool = False) -> np.ndarray:
-        """(n, d) float32 embeddings of corpus rows ``ids`` by the current passage encoder."""
-        texts = [self.retriever_text(self.passages[i]) for i in ids]
-        with self.autocast():
-            return self.retriever.embed_passages_for_index(texts, progress=progress and self.config.progress)
-
-    def retriever_text(self, passage: Passage) -> str:
-        return self.reader.text_format.format_retriever_passage(passage)
 
     # ---- index -----------------------------------------------------------------------
     def _index_device(self) -> torch.device | None:
@@ -158,42 +158,21 @@ class Trainer:
         """Embed every document (each rank its own shard) and upsert them at step 0."""
         self.refresh.build()
 
-    @torch.no_grad()
-    def retrieve(self, examples: list[Example], k: int, training: bool = False) -> list[list[Passage]]:
-        """The top-k passages of each example, as the refresh policy serves them (``training``: for this step's
-        batch, which a write-back rerank may refresh the index with)."""
-        with eval_mode(self.retriever):
-            with self.autocast():
-                query_emb = self.retriever.embed_queries(self.reader.queries(examples))
-            ids = self.refresh.retrieve(query_emb, k, step=self.step if training else None)
-        return [[self.passages[i] for i in row if i >= 0] for row in ids]
-
     # ---- training --------------------------------------------------------------------
-    @property
-    def local_train_examples(self) -> list[Example]:
-        """This rank's share of the training examples (the warm-up cache's pool)."""
-        return self.train_examples[self.rank :: self.world_size]
-
-    def _batch_positions(self, size: int, index: int, batch_size: int) -> list[int]:
-        """Positions among ``size`` items of batch ``index``: a fixed shuffle per epoch, resumable by index."""
-        per_epoch = max(1, size // batch_size)
-        epoch, position = divmod(index, per_epoch)
-        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        return order[position * batch_size : (position + 1) * batch_size].tolist()
-
     def micro_batch(self, index: int) -> list[Example]:
         """This rank's examples of micro-batch ``index``: its share of the global batch of batch_size × world
         examples, so that N ranks train on the batches one process would with N times the batch size."""
-        positions = self._batch_positions(len(self.train_examples), index, self.config.batch_size * self.world_size)
+        size = self.config.batch_size * self.world_size
+        positions = batch_positions(len(self.train_examples), index, size, self.config.seed)
         return [self.train_examples[i] for i in positions[self.rank :: self.world_size]]
 
     def retrieved_batch(self, examples: list[Example]) -> RetrievedBatch:
         """The FiD inputs of ``examples`` over their top-K passages (timed as "retrieve")."""
         with self.phase("retrieve"):
-            passages = self.retrieve(examples, self.config.n_context, training=True)
-        queries = self.reader.queries(examples)
+            passages = self.retrieval.retrieve(examples, self.config.n_context, step=self.step)
+        queries = self.reader.text_format.format_queries(examples)
         input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
-        texts = [self.retriever_text(p) for row in passages for p in row]
+        texts = [Retriever.passage_text(p) for row in passages for p in row]
         return RetrievedBatch(
             *self.retriever.tokenize_queries(queries),
             *self.retriever.tokenize_passages(texts),
@@ -207,11 +186,15 @@ class Trainer:
         config = self.config
         self.phase.reset()
         train_retriever = self.step >= config.freeze_retriever_steps
-        cached = not train_retriever and self.warmup_cache_size() > 0
+        cached = not train_retriever and self.warmup.cache_size() > 0
         reader_losses, retriever_losses = [], []
         for micro in range(config.accumulation_steps):
             index = self.step * config.accumulation_steps + micro
-            batch = self._cached_batch(index) if cached else self.retrieved_batch(self.micro_batch(index))
+            if cached:
+                with self.phase("retrieve"):
+                    batch = self.warmup.batch(self.step, index)
+            else:
+                batch = self.retrieved_batch(self.micro_batch(index))
             last = micro == config.accumulation_steps - 1
             # DDP reduces gradients in the backward of the last micro-batch only.
             synchronised = self.replica.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext()
@@ -241,70 +224,6 @@ class Trainer:
             "documents_reembedded": reembedded,
             **{f"time_{phase}": seconds for phase, seconds in self.phase.seconds.items()},
         }
-
-    def warmup_cache_size(self) -> int:
-        """Examples whose reader encoder states the warm-up caches (0: no cache)."""
-        if self.config.reader_train_encoder or not self.config.warmup_cache_examples:
-            return 0
-        return min(self.config.warmup_cache_examples, len(self.local_train_examples))
-
-    def _cached_batch(self, index: int) -> CachedBatch:
-        """A reader-only warm-up micro-batch over cached encoder states (built on first use; timed as "retrieve").
-
-        The first ``reader_copy_steps`` steps are the title-copy task: single cached passages, each with its
-        own title as the target. The steps after it train on the questions, only on those whose K passages
-        hold a hit when ``warmup_answerable_only``: a target the passages cannot give teaches the reader to
-        answer from the question alone.
-        """
-        config = self.config
-        with self.phase("retrieve"):
-            if self._warmup_cache is None:
-                self._warmup_cache = EncodedExamples(
-                    self.reader,
-                    self.retrieve,
-                    self.local_train_examples[: self.warmup_cache_size()],
-                    config.n_context,
-                    self.autocast,
-                    progress=config.progress and self.rank == 0,
-                )
-                cache = self._warmup_cache
-                self._warmup_examples = [
-                    i for i in range(len(cache)) if cache.answerable[i] or not config.warmup_answerable_only
-                ] or list(range(len(cache)))  # none answerable (a tiny corpus): every example rather than none
-            cache, K = self._warmup_cache, config.n_context
-            if self.step < config.reader_copy_steps:
-                chosen = self._batch_positions(len(cache) * K, index, config.reader_copy_batch_size)
-                batch = (*cache.passage_batch([divmod(pair, K) for pair in chosen]), 1)
-            else:
-                chosen = self._batch_positions(len(self._warmup_examples), index, config.batch_size)
-                batch = (*cache.batch([self._warmup_examples[i] for i in chosen]), K)
-            return CachedBatch(*(t.to(self.device) for t in batch[:3]), batch[3])
-
-    @torch.no_grad()
-    def dev_reader_loss(self, batch_size: int = 32) -> float:
-        """The reader's loss (mean over target tokens) on the first ``dev_loss_examples`` eval examples over
-        their top-K passages, in eval mode: next to the training loss it shows memorisation (a training loss
-        that falls while this one does not).
-
-        While the retriever and the reader's encoder are both frozen, the examples' passages and encoder
-        states cannot change and are encoded once; afterwards they are encoded again at every call.
-        """
-        frozen = not self.config.reader_train_encoder and self.step < self.config.freeze_retriever_steps
-        if self._dev_cache is None or not frozen:
-            examples = self.eval_examples[: self.config.dev_loss_examples]
-            self._dev_cache = EncodedExamples(
-                self.reader, self.retrieve, examples, self.config.n_context, self.autocast
-            )
-        cache, total, tokens = self._dev_cache, 0.0, 0
-        with eval_mode(self.reader), self.autocast():
-            for start in range(0, len(cache), batch_size):
-                states, mask, labels = (
-                    t.to(self.device) for t in cache.batch(range(start, min(start + batch_size, len(cache))))
-                )
-                count = int((labels != -100).sum())
-                total += self.reader.loss(states, mask, labels, self.config.n_context).item() * count
-                tokens += count
-        return total / max(tokens, 1)
 
     # ---- checkpoints -----------------------------------------------------------------
     def state(self) -> dict:
