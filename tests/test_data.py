@@ -1,6 +1,8 @@
 """Atlas jsonl formats, text templates, and the bundled-data builder (without the network)."""
 
+import concurrent.futures
 import json
+import time
 import zipfile
 
 import pytest
@@ -144,3 +146,22 @@ def test_tasks_are_built_from_the_source_files(tmp_path, monkeypatch):
     assert questions["Which city lies in Styria?"]["answers"] == ["Graz"]
     assert "CC BY-SA 4.0" in (root / "ATTRIBUTION.md").read_text()
     assert prepare_module.prepare(tmp_path) == root  # prepared once, kept
+
+
+def test_ranks_that_prepare_at_once_prepare_once(tmp_path, monkeypatch):
+    """torchrun on a fresh machine: every rank asks for the data at once; one builds it, the others wait for it."""
+    reads = []
+
+    def slow_read(package, _):
+        reads.append(package.name)
+        time.sleep(0.2)  # long enough for the other thread to arrive while this one prepares
+        return {"wiki": b"{}", "fanoutqa": b"[]", "trivia": b"conversations: []\n"}[
+            next(k for k, p in prepare_module.PACKAGES.items() if p is package)
+        ]
+
+    monkeypatch.setattr(prepare_module, "_read_member", slow_read)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        roots = list(pool.map(lambda _: prepare_module.prepare(tmp_path), range(2)))
+    assert roots == [tmp_path, tmp_path]
+    assert len(reads) == len(prepare_module.PACKAGES)  # built once
+    assert not list(tmp_path.rglob("*.tmp"))

