@@ -442,3 +442,63 @@ def test_storage_rounding_matches_numpy_and_torch():
         index = DocumentIndex(7, dtype)
         index.upsert(ids, vectors)
         np.testing.assert_array_equal(index.get(ids), expected)
+
+
+def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
+    """Unit vectors around 20 centres: the structure of real embeddings, where approximate search is tested."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((20, dim)).astype(np.float32)
+    vectors = centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize(
+    ("factory", "parameters", "least_recall"),  # serving parameters as docs/faiss.md sets them
+    [
+        ("HNSW32", "efSearch=128", 0.75),
+        ("IVF16,PQ16", "nprobe=8", 0.7),
+        ("IVF16,PQ8,RFlat", "nprobe=8,k_factor_rf=4", 0.85),  # PQ candidates rescored exactly
+        ("IVF16,SQ8", "nprobe=8", 0.9),
+    ],
+)
+def test_faiss_export_by_factory_string_trains_serves_and_comes_back(factory, parameters, least_recall):
+    faiss = pytest.importorskip("faiss")
+    vectors = _clustered(3000, 32)
+    ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids that are not row numbers
+    index = DocumentIndex(32, "bfloat16")
+    index.upsert(ids, vectors)
+    exported = to_faiss(index, factory, train_rows=1000)
+    assert exported.ntotal == 3000 and exported.metric_type == faiss.METRIC_INNER_PRODUCT
+    queries = _clustered(50, 32, seed=1)
+    faiss.ParameterSpace().set_index_parameters(exported, parameters)
+    approximate = exported.search(queries, 10)[1]
+    exact = index.search(queries, 10)[1]
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approximate, exact, strict=True)])
+    assert recall >= least_recall, recall  # recall@10 against exact search of the same rows
+    back = from_faiss(exported)
+    np.testing.assert_array_equal(back.ids(), np.sort(ids))
+    decoded = back.get(ids)  # a compressed index gives back its decoded vectors: close, not equal
+    assert np.mean(np.sum(decoded * vectors, axis=1)) > 0.9
+
+
+def test_faiss_export_refuses_what_it_cannot_serve():
+    faiss = pytest.importorskip("faiss")
+    index = DocumentIndex(8)
+    index.upsert(np.arange(4), np.eye(4, 8, dtype=np.float32))
+    with pytest.raises(ValueError, match="'Bogus12' is not a faiss index_factory string"):
+        to_faiss(index, "Bogus12")
+    with pytest.raises(ValueError, match="must rank by inner product"):
+        to_faiss(index, faiss.IndexFlatL2(8))
+    with pytest.raises(ValueError, match="train_rows must be at least 1"):
+        to_faiss(index, "IVF2,Flat", train_rows=0)
+
+
+def test_a_torch_index_exports_to_faiss():
+    pytest.importorskip("faiss")
+    from atlas_fast.index import TorchDocumentIndex
+
+    vectors = _clustered(200, 16)
+    index = TorchDocumentIndex(16, "float32", device="cpu")
+    index.upsert(np.arange(200), vectors)
+    exported = to_faiss(index, "HNSW16")
+    np.testing.assert_array_equal(exported.search(vectors[:5], 1)[1][:, 0], np.arange(5))
