@@ -37,6 +37,15 @@ def _profiled(action) -> list[tuple[str, str, str]]:
     return calls
 
 
+def _callbacks(calls: list[tuple[str, str, str]]) -> set[tuple[str, str]]:
+    """(caller file name, trainer function) of every call from another atlas_fast file into the trainer."""
+    return {
+        (Path(caller).name, function)
+        for caller, callee, function in calls
+        if callee == TRAINER_FILE and caller.startswith(str(PACKAGE)) and not caller.endswith(TRAINER_FILE)
+    }
+
+
 @pytest.mark.parametrize("policy", ["incremental", "rerank"])
 def test_a_joint_step_runs_through_at_most_ten_trainer_files_and_never_back_into_the_trainer(tmp_path, policy):
     trainer = Trainer(tiny_config(tmp_path, refresh=policy, refresh_every=1, freeze_retriever_steps=0))
@@ -47,11 +56,7 @@ def test_a_joint_step_runs_through_at_most_ten_trainer_files_and_never_back_into
     trainer_side = sorted(f for f in files if f.startswith(TRAINER_SIDE))
     assert len(trainer_side) <= 10, trainer_side
     assert {"train/trainer.py", "train/joint.py", "train/retrieval.py", "index/refresh.py"} <= files
-    callbacks = {
-        (Path(caller).name, function)
-        for caller, callee, function in calls
-        if callee == TRAINER_FILE and caller.startswith(str(PACKAGE)) and not caller.endswith(TRAINER_FILE)
-    }
+    callbacks = _callbacks(calls)
     assert not callbacks, f"collaborators call back into the trainer: {callbacks}"
 
 
@@ -68,9 +73,5 @@ def test_evaluation_and_the_warm_up_never_call_back_into_the_trainer(tmp_path):
 
     calls = _profiled(warm_up_and_evaluate)
     assert {"train/warmup.py", "train/evaluate.py"} <= {callee for _, callee, _ in calls}
-    callbacks = {
-        function
-        for caller, callee, function in calls
-        if callee == TRAINER_FILE and caller.startswith(str(PACKAGE)) and not caller.endswith(TRAINER_FILE)
-    }
+    callbacks = _callbacks(calls)
     assert not callbacks, f"collaborators call back into the trainer: {callbacks}"
