@@ -30,11 +30,13 @@ def passages_sha256(passages) -> str:
 
 
 def weights_sha256(module) -> str:
-    """Hex sha256 of a torch module's weights: every state-dict entry's name, dtype, shape and bytes, by name."""
+    """Hex sha256 of a torch module's weights (or of a state dict): every entry's name, dtype, shape and bytes,
+    by name."""
     import torch
 
+    state = module if isinstance(module, dict) else module.state_dict()
     digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
+    for name, tensor in sorted(state.items()):
         data = tensor.detach().cpu().contiguous().reshape(-1)
         digest.update(f"{name}:{data.dtype}:{tuple(tensor.shape)};".encode())
         digest.update(data.view(dtype=torch.uint8).numpy().tobytes())

@@ -21,14 +21,14 @@ from atlas_fast.testing.tiny import tiny_config, tiny_train_config
 from atlas_fast.train import checkpoint, train
 from atlas_fast.train.checkpoint import CheckpointError
 
-STATE = {key: torch.zeros(1) for key in checkpoint.STATE_KEYS}
+STATE = {key: torch.zeros(1) for key in checkpoint.STATE_KEYS + checkpoint.MODEL_KEYS}
 
 
 def _save(output, step, state=STATE):
     def save_index(path):
         path.write_bytes(b"index bytes " * 100)
 
-    return checkpoint.save_checkpoint(output, step, state, save_index, {"step": step})
+    return checkpoint.save_checkpoint(output, step, state, {checkpoint.INDEX_FILE: save_index}, {"step": step})
 
 
 def test_a_flipped_block_of_state_is_refused_with_the_file_named(tmp_path):
@@ -129,7 +129,7 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
         raise OSError(28, "No space left on device")
 
     with pytest.raises(OSError, match="No space left"):
-        checkpoint.save_checkpoint(tmp_path, 2, STATE, disk_full, {})
+        checkpoint.save_checkpoint(tmp_path, 2, STATE, {checkpoint.INDEX_FILE: disk_full}, {})
     assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint-1", "latest"]
     assert checkpoint.latest_checkpoint(tmp_path) == previous
 
@@ -137,11 +137,13 @@ def test_a_failed_save_leaves_the_previous_checkpoint_and_no_debris(tmp_path):
 _SAVER = """
 import sys, torch
 from atlas_fast.train import checkpoint
-state = {key: torch.randn(256, 1024) for key in checkpoint.STATE_KEYS}
+keys = checkpoint.STATE_KEYS + checkpoint.MODEL_KEYS
+state = {key: torch.randn(256, 1024) for key in keys}
+write_index = {checkpoint.INDEX_FILE: lambda p: p.write_bytes(b"i" * 2**20)}
 step = 0
 while True:
     step += 1
-    checkpoint.save_checkpoint(sys.argv[1], step, state, lambda p: p.write_bytes(b"i" * 2**20), {})
+    checkpoint.save_checkpoint(sys.argv[1], step, state, write_index, {})
     print(step, flush=True)
 """
 
@@ -157,7 +159,7 @@ def test_sigkill_during_checkpoint_saves_leaves_a_verified_checkpoint(tmp_path):
         saver.wait()
         newest = checkpoint.latest_checkpoint(output)
         assert newest is not None
-        assert set(checkpoint.load_state(newest)) == set(checkpoint.STATE_KEYS)
+        assert set(checkpoint.load_state(newest)) == set(checkpoint.STATE_KEYS + checkpoint.MODEL_KEYS)
 
 
 def test_index_save_during_concurrent_upserts_is_a_consistent_snapshot(tmp_path):

@@ -258,7 +258,8 @@ class ShardedIndex:
         group: dist.ProcessGroup | None = None,
         device: str | torch.device | None = None,
     ) -> ShardedIndex:
-        """Collective load of a directory written by `save` with any number of ranks (``device``: as for __init__)."""
+        """Collective load of a directory written by `save` with any number of ranks, or of one process's index file
+        (``device``: as for __init__)."""
         if not dist.is_initialized():
             raise RuntimeError("ShardedIndex needs torch.distributed to be initialised (init_process_group)")
         rank, world_size = dist.get_rank(group), dist.get_world_size(group)
@@ -272,12 +273,21 @@ class ShardedIndex:
 
 def read_shards(directory: str | os.PathLike, keep=None) -> DocumentIndex:
     """One DocumentIndex of the rows of a directory written by `ShardedIndex.save` that ``keep(ids) -> bool mask``
-    selects (all rows when None), with their steps and retrieval counts.
+    selects (all rows when None), with their steps and retrieval counts. ``directory`` may also be one index file
+    (a one-process run's): its rows are selected the same way.
 
     Raises:
         IndexFileError: no valid manifest, or a shard file that does not verify.
     """
     directory = Path(directory)
+    if directory.is_file():
+        whole = DocumentIndex.load(directory)
+        if keep is None:
+            return whole
+        index = DocumentIndex(whole.dim, whole.dtype)
+        index.metadata = dict(whole.metadata)
+        append_rows_where(index, whole, keep)
+        return index
     try:
         manifest = json.loads((directory / _MANIFEST).read_text(encoding="utf-8"))
         dim, dtype, world_size = manifest["dim"], manifest["dtype"], manifest["world_size"]

@@ -3,7 +3,9 @@
 A checkpoint is a directory: ``state.pt`` (model, optimiser and scheduler state,
 RNG states, step; loaded with ``torch.load(weights_only=True)``, so a file from a
 stranger cannot run code), the document index (atlas_fast's own sha256-checked
-format), ``config.json`` and ``manifest.json``, the size and sha256 of every other
+format), for a sharded run ``model/`` (its model and optimizer tensors as
+torch.distributed.checkpoint shards, train/sharded_checkpoint.py, instead of
+state.pt's), ``config.json`` and ``manifest.json``, the size and sha256 of every other
 file, written last. A checkpoint is only read once the manifest verifies: a
 truncated, flipped, missing or extra file gives a CheckpointError naming it.
 
@@ -27,6 +29,7 @@ import random
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +52,9 @@ STATE_FILE = "state.pt"
 INDEX_FILE = "index"
 MANIFEST = "manifest.json"
 LATEST = "latest"
-STATE_KEYS = ("step", "retriever", "reader", "optimizer", "scheduler", "rng", "documents_embedded")
+MODEL_DIR = "model"  # a sharded run's model and optimizer tensors (train/sharded_checkpoint.py)
+STATE_KEYS = ("step", "optimizer", "scheduler", "rng", "documents_embedded")
+MODEL_KEYS = ("retriever", "reader")  # in state.pt unless the checkpoint has MODEL_DIR
 _NAME = re.compile(r"checkpoint-(\d+)(?:\.(\d+))?")
 
 
@@ -143,12 +148,14 @@ def _fresh_name(output_dir: Path, step: int) -> str:
     return name
 
 
-def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict, save_index, config: dict) -> Path:
+def save_checkpoint(
+    output_dir: str | os.PathLike, step: int, state: dict, writers: dict[str, Callable[[Path], object]], config: dict
+) -> Path:
     """Write a new checkpoint of ``step`` under ``output_dir``; returns its path. Never overwrites one.
 
     Args:
         state: tensors, numbers, strings, lists and dicts only.
-        save_index: called with the path the index must be written to.
+        writers: by name inside the checkpoint (INDEX_FILE, MODEL_DIR), what writes it, called with its path.
         config: the run's configuration, as JSON.
     """
     output_dir = Path(output_dir)
@@ -158,7 +165,8 @@ def save_checkpoint(output_dir: str | os.PathLike, step: int, state: dict, save_
     partial.mkdir(parents=True)
     try:
         torch.save(state, partial / STATE_FILE)
-        save_index(partial / INDEX_FILE)
+        for name, write in writers.items():
+            write(partial / name)
         (partial / "config.json").write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
         _write_manifest(partial)
         os.replace(partial, final)
@@ -259,7 +267,8 @@ def load_state(checkpoint: str | os.PathLike, verified: bool = False) -> dict:
         raise CheckpointError(f"{path}: does not load ({type(error).__name__}: {error})") from error
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a state dictionary")
-    missing = [key for key in STATE_KEYS if key not in state]
+    required = STATE_KEYS if (path.parent / MODEL_DIR).is_dir() else STATE_KEYS + MODEL_KEYS
+    missing = [key for key in required if key not in state]
     if missing:
         raise CheckpointError(f"{path}: missing {', '.join(missing)}")
     return state

@@ -119,6 +119,9 @@ class TrainConfig:
     precision: str = "auto"  # bf16 autocast where the device has bf16 arithmetic (setup.resolve_precision), else fp32
     gradient_checkpointing: bool = False
     compile: bool = False  # torch.compile the joint model: one graph each way (docs/experiments/compile.md)
+    # More than one rank: "ddp" replicates the models on every rank; "fsdp" shards parameters, gradients and
+    # optimizer state over the ranks (FSDP2, train/sharding.py) and checkpoints through torch.distributed.checkpoint.
+    parallel: str = "ddp"
     seed: int = 0
     # evaluation and output
     eval_every: int = 0  # 0 = only before and after training
@@ -146,6 +149,7 @@ class TrainConfig:
             "refresh_order": ("oldest", "hot"),
             "refresh_corrector": corrector.CORRECTORS,
             "index_dtype": ("float32", "float16", "bfloat16"),
+            "parallel": ("ddp", "fsdp"),
         }
         for key, allowed in choices.items():
             if getattr(self, key) not in allowed:

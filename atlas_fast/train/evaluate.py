@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -38,6 +39,8 @@ class Evaluator:
         n_context: K, passages the reader reads.
         generate_examples: how many examples the reader answers (the first ones).
         autocast: returns the run's precision context.
+        gathered: the context in which the models' full weights are present (`Trainer.gathered`: sharded
+            weights are all-gathered once per evaluation).
         rank, world_size: this process's place in the torch.distributed world.
         progress: show progress bars (rank 0).
     """
@@ -52,19 +55,24 @@ class Evaluator:
         n_context: int,
         generate_examples: int,
         autocast: Callable[[], AbstractContextManager],
+        gathered: Callable[[], AbstractContextManager] = contextlib.nullcontext,
         rank: int = 0,
         world_size: int = 1,
         progress: bool = False,
     ):
         self.reader, self.retrieve, self.examples = reader, retrieve, examples
         self.eval_k, self.n_context, self.generate_examples = eval_k, n_context, generate_examples
-        self.autocast = autocast
+        self.autocast, self.gathered = autocast, gathered
         self.rank, self.world_size = rank, world_size
         self.progress = progress and rank == 0
         self.normalized_text: dict[str, str] = {}  # passage id -> normalised text, for answer-containment hits
 
     def __call__(self, generate: bool = True, batch_size: int = 32) -> dict:
         """recall@k and, with ``generate``, the reader's answers, its teacher@1 and the two controls."""
+        with self.gathered():
+            return self._metrics(generate, batch_size)
+
+    def _metrics(self, generate: bool, batch_size: int) -> dict:
         # Every rank must make the same number of (collective) searches: equal shares, the remainder dropped.
         usable = len(self.examples) // self.world_size * self.world_size
         examples = self.examples[:usable][self.rank :: self.world_size]

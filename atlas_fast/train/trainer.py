@@ -30,7 +30,7 @@ from atlas_fast.data.formats import Example
 from atlas_fast.index import load_index, open_index
 from atlas_fast.index.refresh import RefreshPolicy
 from atlas_fast.models import Retriever
-from atlas_fast.train import checkpoint
+from atlas_fast.train import checkpoint, sharded_checkpoint, sharding
 from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.evaluate import Evaluator
 from atlas_fast.train.joint import JointModel, RetrievedBatch
@@ -84,13 +84,19 @@ class Trainer:
         self.autocast = functools.partial(torch.autocast, self.device.type, dtype=torch.bfloat16, enabled=bf16)
         retriever, reader = models if models is not None else build_models(config)
         self.retriever, self.reader = retriever.to(self.device).train(), reader.to(self.device).train()
-        self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)
         self.phase = PhaseTimer()
         self.model = JointModel(self.retriever, self.reader, config, self.autocast, self.phase)
+        self.sharded = config.parallel == "fsdp" and self.world_size > 1
+        if self.sharded:
+            sharding.shard_joint_model(self.model, self.precision)
+        # The passes outside the joint model's forward run inside `with self.gathered(): ...` (all-gathers
+        # sharded weights once per pass; nothing to do for replicated ones).
+        self.gathered = functools.partial(sharding.gathered, self.model)
+        self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)  # after sharding
         # Data parallelism on torch's engine: DDP reduces both models' gradients in buckets during backward.
         # The retriever's parameters get no gradient while it is frozen (the warm-up): find_unused_parameters.
         self.replica = self.model
-        if self.world_size > 1:
+        if self.world_size > 1 and not self.sharded:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.replica = DistributedDataParallel(
                 self.model, device_ids=device_ids, find_unused_parameters=True, forward_sync_buffers=False
@@ -121,6 +127,7 @@ class Trainer:
             self.eval_examples,
             self.autocast,
             self.device,
+            gathered=self.gathered,
             progress=config.progress and self.rank == 0,
         )
         self.evaluator = Evaluator(
@@ -131,6 +138,7 @@ class Trainer:
             n_context=config.n_context,
             generate_examples=config.eval_generate_examples,
             autocast=self.autocast,
+            gathered=self.gathered,
             rank=self.rank,
             world_size=self.world_size,
             progress=config.progress,
@@ -156,7 +164,8 @@ class Trainer:
 
     def build_index(self) -> None:
         """Embed every document (each rank its own shard) and upsert them at step 0."""
-        self.refresh.build()
+        with self.gathered(self.retriever):
+            self.refresh.build()
 
     # ---- training --------------------------------------------------------------------
     def micro_batch(self, index: int) -> list[Example]:
@@ -168,7 +177,7 @@ class Trainer:
 
     def retrieved_batch(self, examples: list[Example]) -> RetrievedBatch:
         """The FiD inputs of ``examples`` over their top-K passages (timed as "retrieve")."""
-        with self.phase("retrieve"):
+        with self.phase("retrieve"), self.gathered(self.retriever):
             passages = self.retrieval.retrieve(examples, self.config.n_context, step=self.step)
         queries = self.reader.text_format.format_queries(examples)
         input_ids, passage_mask = self.reader.tokenize_passages(queries, passages)
@@ -196,8 +205,12 @@ class Trainer:
             else:
                 batch = self.retrieved_batch(self.micro_batch(index))
             last = micro == config.accumulation_steps - 1
-            # DDP reduces gradients in the backward of the last micro-batch only.
-            synchronised = self.replica.no_sync() if self.world_size > 1 and not last else contextlib.nullcontext()
+            # DDP and FSDP reduce gradients in the backward of the last micro-batch only.
+            synchronised = contextlib.nullcontext()
+            if self.sharded:
+                self.model.set_requires_gradient_sync(last)
+            elif self.world_size > 1 and not last:
+                synchronised = self.replica.no_sync()
             with synchronised:
                 reader_loss, retriever_loss = self.replica(batch, train_retriever and not cached)
                 with self.phase("backward"):
@@ -213,34 +226,40 @@ class Trainer:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
-        with self.phase("refresh"):
+        with self.phase("refresh"), self.gathered(self.retriever):
             # A frozen passage encoder leaves nothing stale.
             reembedded = self.refresh.after_step(self.step, encoder_changed=train_retriever)
         return {
             "step": self.step,
             "reader_loss": float(np.mean(reader_losses)),
             "retriever_loss": float(np.mean(retriever_losses)) if retriever_losses else None,
-            "grad_norm": None if grad_norm is None else float(grad_norm),
+            "grad_norm": None if grad_norm is None else float(sharding.full_tensor(grad_norm)),
             "documents_reembedded": reembedded,
             **{f"time_{phase}": seconds for phase, seconds in self.phase.seconds.items()},
         }
 
     # ---- checkpoints -----------------------------------------------------------------
     def state(self) -> dict:
-        return {
+        """What state.pt holds. Under ``parallel = "fsdp"`` the models and the optimizer's tensors are
+        written as shards instead (`save_checkpoint`); state.pt keeps the optimizer's param_groups."""
+        state = {
             "step": self.step,
-            "retriever": self.retriever.state_dict(),
-            "reader": self.reader.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "rng": checkpoint.rng_state(),
             **self.refresh.state_dict(),
         }
+        if self.config.parallel == "ddp":
+            state |= {
+                "retriever": self.retriever.state_dict(),
+                "reader": self.reader.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+            }
+        return state
 
     def index_provenance(self) -> dict[str, str]:
         """What the index's rows came from, recorded in its metadata: these passages, in this order, and this
         retriever (its weights now; earlier rows came from its earlier versions)."""
-        retriever = weights_sha256(self.retriever)
+        retriever = weights_sha256(sharding.full_state_dict(self.retriever))
         return {"passages_fingerprint": self.passages_fingerprint, "retriever_fingerprint": retriever}
 
     def _check_index_passages(self, path: Path) -> None:
@@ -254,22 +273,27 @@ class Trainer:
             )
 
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes model state; every rank its index shard)."""
+        """Write a checkpoint of the current step (rank 0 writes state.pt; every rank its index shard and, under
+        ``parallel = "fsdp"``, its model and optimizer shards)."""
         self.saved_step = self.step
         self.index.metadata.update(self.index_provenance())
-        if self.world_size > 1:
-            directory = self.output_dir / f".index-{self.step}"
-            self.index.save(directory)  # collective: every rank writes its shard
-            path = None
-            if self.rank == 0:
-                path = checkpoint.save_checkpoint(
-                    self.output_dir, self.step, self.state(), directory.rename, self.config.to_dict()
-                )
-            dist.barrier()  # nobody reads the checkpoint before it is complete
-            return path
-        return checkpoint.save_checkpoint(
-            self.output_dir, self.step, self.state(), self.index.save, self.config.to_dict()
-        )
+        state = self.state()
+        writers = {checkpoint.INDEX_FILE: self.index.save}
+        if self.config.parallel == "fsdp":
+            tensors, state["optimizer"] = sharded_checkpoint.state_dicts(self.model, self.optimizer)
+            writers[checkpoint.MODEL_DIR] = functools.partial(sharded_checkpoint.write_shards, tensors)
+        if self.world_size == 1:
+            return checkpoint.save_checkpoint(self.output_dir, self.step, state, writers, self.config.to_dict())
+        # Every rank writes its shards (collectives) beside the checkpoint; rank 0 moves them into it.
+        for name, write in list(writers.items()):
+            staged = self.output_dir / f".{name}-{self.step}"
+            write(staged)
+            writers[name] = staged.rename
+        path = None
+        if self.rank == 0:
+            path = checkpoint.save_checkpoint(self.output_dir, self.step, state, writers, self.config.to_dict())
+        dist.barrier()  # nobody reads the checkpoint before it is complete
+        return path
 
     def resume(self, path: str | Path | None = None, verified: bool = False) -> bool:
         """Restore the newest verified (or the given) checkpoint; False when output_dir holds none.
@@ -286,9 +310,17 @@ class Trainer:
         path = Path(path)
         state = checkpoint.load_state(path, verified=verified)
         self.resumed_from = path
-        self.retriever.load_state_dict(state["retriever"])
-        self.reader.load_state_dict(state["reader"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if (path / checkpoint.MODEL_DIR).is_dir():  # shards: any world size, sharded or not, reads them
+            sharded_checkpoint.load_shards(path / checkpoint.MODEL_DIR, self.model, self.optimizer, state["optimizer"])
+        elif self.sharded:
+            raise checkpoint.CheckpointError(
+                f'{path}: written by a parallel = "ddp" run (whole models in {checkpoint.STATE_FILE}); resume it '
+                'with parallel = "ddp"'
+            )
+        else:
+            self.retriever.load_state_dict(state["retriever"])
+            self.reader.load_state_dict(state["reader"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         checkpoint.set_rng_state(state["rng"])
         self.step = self.saved_step = int(state["step"])

@@ -16,6 +16,7 @@ it gains: docs/experiments/reader-recipe.md.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 
@@ -132,6 +133,8 @@ class ReaderWarmup:
         eval_examples: the eval examples (the dev loss's first ``dev_loss_examples``).
         autocast: returns the run's precision context.
         device: where the batches go.
+        gathered: the context in which the reader's full weights are present (`Trainer.gathered`: sharded
+            weights are all-gathered once for a whole cache, not once per batch).
         progress: show a progress bar while caching.
     """
 
@@ -144,9 +147,10 @@ class ReaderWarmup:
         eval_examples: list[Example],
         autocast: Callable[[], AbstractContextManager],
         device: torch.device,
+        gathered: Callable[[], AbstractContextManager] = contextlib.nullcontext,
         progress: bool = False,
     ):
-        self.config, self.reader, self.retrieve = config, reader, retrieve
+        self.config, self.reader, self.retrieve, self.gathered = config, reader, retrieve, gathered
         self.train_examples, self.eval_examples = train_examples, eval_examples
         self.autocast, self.device, self.progress = autocast, device, progress
         self.cache: EncodedExamples | None = None  # built on the first cached step
@@ -169,14 +173,15 @@ class ReaderWarmup:
         """
         config, K = self.config, self.config.n_context
         if self.cache is None:
-            self.cache = EncodedExamples(
-                self.reader,
-                self.retrieve,
-                self.train_examples[: self.cache_size()],
-                K,
-                self.autocast,
-                progress=self.progress,
-            )
+            with self.gathered():
+                self.cache = EncodedExamples(
+                    self.reader,
+                    self.retrieve,
+                    self.train_examples[: self.cache_size()],
+                    K,
+                    self.autocast,
+                    progress=self.progress,
+                )
             cache = self.cache
             self.question_examples = [
                 i for i in range(len(cache)) if cache.answerable[i] or not config.warmup_answerable_only
@@ -199,6 +204,10 @@ class ReaderWarmup:
         While the retriever and the reader's encoder are both frozen, the examples' passages and encoder
         states cannot change and are encoded once; afterwards they are encoded again at every call.
         """
+        with self.gathered():
+            return self._dev_reader_loss(step, batch_size)
+
+    def _dev_reader_loss(self, step: int, batch_size: int) -> float:
         config = self.config
         frozen = not config.reader_train_encoder and step < config.freeze_retriever_steps
         if self.dev_cache is None or not frozen:
