@@ -3,7 +3,8 @@ under CPU load, from a folder outside the repository: no run may abort.
 
 A 2-rank run once aborted under load ("terminate called without an active exception" on rank 1, early in
 training; issue 29). Contention makes such a race likelier, so the runs share the CPUs with a busy loop.
-CI runs 10 launches (each takes ~30 s on 2 loaded cores there); ATLAS_FAST_SOAK_RUNS=20 runs the full soak.
+CI runs 10 launches (each takes ~30 s on 2 loaded cores there), every other one with parallel = "fsdp";
+ATLAS_FAST_SOAK_RUNS=20 runs the full soak.
 """
 
 from __future__ import annotations
@@ -25,7 +26,11 @@ def test_two_rank_cli_training_never_aborts_under_load(tmp_path):
     try:
         for run in range(RUNS):
             # output_dir is relative: the run writes under the folder torchrun starts in.
-            config = tiny_config(tmp_path, steps=2, checkpoint_every=2, eval_every=1, output_dir=f"run-{run}")
+            # Every other run shards the models (parallel = "fsdp"): the same launch, with DCP checkpoints.
+            parallel = ("ddp", "fsdp")[run % 2]
+            config = tiny_config(
+                tmp_path, steps=2, checkpoint_every=2, eval_every=1, output_dir=f"run-{run}", parallel=parallel
+            )
             command = [
                 *(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"),
                 *("-m", "atlas_fast.cli", "train", *set_arguments(config)),
@@ -34,6 +39,7 @@ def test_two_rank_cli_training_never_aborts_under_load(tmp_path):
             failure = f"run {run + 1} of {RUNS} exited {result.returncode}:\n{result.stderr[-3000:]}"
             assert result.returncode == 0, failure
             assert (tmp_path / f"run-{run}" / "checkpoint-2").is_dir()
+            assert (tmp_path / f"run-{run}" / "checkpoint-2" / "model").is_dir() == (parallel == "fsdp")
     finally:
         busy.kill()
         busy.wait()

@@ -156,7 +156,7 @@ def test_fsdp_on_two_ranks_trains_what_one_process_trains_and_its_checkpoint_res
     data = bytearray(shard.read_bytes())
     data[len(data) // 2] ^= 0xFF
     shard.write_bytes(bytes(data))
-    with pytest.raises(checkpoint.CheckpointError, match="__1_0.distcp: checksum mismatch"):
+    with pytest.raises(checkpoint.CheckpointError, match=r"__1_0\.distcp: checksum mismatch"):
         checkpoint.latest_checkpoint(damaged)
 
 

@@ -3,8 +3,9 @@
 Everything that needs gradients in a step (the retriever's re-embedding, the reader's FiD
 pass) runs inside `JointModel.forward`, so that DistributedDataParallel, which wraps this
 module when the world has more than one rank, sees every differentiable call through its
-forward and reduces the gradients of both models in its buckets during backward. Retrieval
-and the index refresh need no gradients and stay outside.
+forward and reduces the gradients of both models in its buckets during backward; under
+``parallel = "fsdp"`` the module is FSDP's root, whose forward gathers what the blocks do not
+hold. Retrieval and the index refresh need no gradients and stay outside.
 """
 
 from __future__ import annotations

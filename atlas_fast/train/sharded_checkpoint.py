@@ -9,15 +9,18 @@ param_groups (learning rates, betas: no tensors) travel in ``state.pt`` instead,
 shards hold tensors only.
 
 DCP pickles its ``.metadata``; `TensorShardReader` reads it with an unpickler that builds only
-DCP's own metadata classes and refuses anything else, and refuses non-tensor entries (which DCP
-would unpickle in full), so a checkpoint from a stranger cannot run code. Integrity is the
+DCP's metadata classes for tensors and refuses anything else, non-tensor entries included (DCP
+would unpickle those in full), so a checkpoint from a stranger cannot run code. Integrity is the
 checkpoint manifest's job (train/checkpoint.py): every shard is hashed there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pickle
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -25,7 +28,7 @@ import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
 from torch import nn
 from torch.distributed.checkpoint import CheckpointException, FileSystemReader, FileSystemWriter
-from torch.distributed.checkpoint.metadata import Metadata, StorageMeta, TensorStorageMetadata
+from torch.distributed.checkpoint.metadata import Metadata, StorageMeta
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_state_dict
 
 from atlas_fast.train.checkpoint import CheckpointError
@@ -66,7 +69,8 @@ class TensorShardReader(FileSystemReader):
     """DCP's file reader, reading ``.metadata`` with an allow-list unpickler and tensors only.
 
     Raises:
-        ValueError: the metadata names a class outside DCP's metadata, or holds a non-tensor entry.
+        ValueError: the metadata names a class outside DCP's metadata for tensors (a non-tensor entry's
+            BytesStorageMetadata included).
     """
 
     def read_metadata(self, *args, **kwargs) -> Metadata:
@@ -78,9 +82,6 @@ class TensorShardReader(FileSystemReader):
             raise ValueError(f"{path}: not a tensor checkpoint's metadata ({error})") from error
         if not isinstance(metadata, Metadata):
             raise ValueError(f"{path}: holds a {type(metadata).__name__}, not DCP metadata")
-        for key, entry in metadata.state_dict_metadata.items():
-            if not isinstance(entry, TensorStorageMetadata):
-                raise ValueError(f"{path}: entry {key!r} is not a tensor (only tensors are read)")
         if getattr(metadata, "storage_meta", None) is None:
             metadata.storage_meta = StorageMeta()
         metadata.storage_meta.load_id = self.load_id
@@ -97,7 +98,8 @@ def state_dicts(model: nn.Module, optimizer: torch.optim.Optimizer) -> tuple[dic
 
 def write_shards(tensors: dict, directory: str | os.PathLike) -> None:
     """Write `state_dicts`'s tensors under ``directory``: every rank its own shards (a collective)."""
-    dcp.save(tensors, storage_writer=FileSystemWriter(directory), no_dist=not dist.is_initialized())
+    with _one_process_is_meant():
+        dcp.save(tensors, storage_writer=FileSystemWriter(directory), no_dist=not dist.is_initialized())
 
 
 def load_shards(
@@ -119,7 +121,8 @@ def load_shards(
             for name, moments in tensors["optimizer"].items()
             if (kept := {key: value for key, value in moments.items() if f"optimizer.{name}.{key}" in saved})
         }
-        dcp.load(tensors, storage_reader=reader, no_dist=not dist.is_initialized())
+        with _one_process_is_meant():
+            dcp.load(tensors, storage_reader=reader, no_dist=not dist.is_initialized())
     except (CheckpointException, ValueError, RuntimeError) as error:
         raise CheckpointError(f"{directory}: the model shards do not load ({_first_line(error)})") from error
     set_state_dict(
@@ -129,6 +132,14 @@ def load_shards(
         optim_state_dict={"state": tensors["optimizer"], "param_groups": param_groups},
         options=StateDictOptions(strict=False),  # the parameters without optimizer state (above)
     )
+
+
+@contextlib.contextmanager
+def _one_process_is_meant() -> Iterator[None]:
+    """DCP warns that it assumes one process when torch.distributed is not initialised: that is what we ask."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled", category=UserWarning)
+        yield
 
 
 def _first_line(error: Exception) -> str:

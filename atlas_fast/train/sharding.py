@@ -19,9 +19,8 @@ import torch
 from torch import nn
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 
-__all__ = ["full_state_dict", "full_tensor", "gathered", "shard_joint_model", "transformer_blocks"]
+__all__ = ["full_state_dict", "gathered", "shard_joint_model", "transformer_blocks"]
 
 
 def transformer_blocks(model: nn.Module) -> list[nn.Module]:
@@ -73,11 +72,6 @@ def gathered(model: nn.Module, *parts: nn.Module) -> Iterator[None]:
         for unit in units:
             unit.set_reshard_after_forward(True, recurse=False)
             unit.reshard()
-
-
-def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """``tensor`` whole: a sharded DTensor gathered (a collective), any other tensor as it is."""
-    return tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 def full_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:

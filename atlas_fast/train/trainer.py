@@ -5,12 +5,12 @@ One optimiser step, per micro-batch of questions:
   reembed    the retriever re-embeds queries and passages with grad -> scores (B, K)
   gold       the reader scores each passage (PDist / ADist / LOOP / EMDR²), no grad
   reader     FiD forward over the K passages -> reader loss (+ retriever loss)
-  backward   gradients (DistributedDataParallel reduces them across ranks), clipping, AdamW, schedule
+  backward   gradients (DDP all-reduces them across ranks; FSDP reduce-scatters them), clipping, AdamW, schedule
   refresh    the refresh policy re-embeds its documents into the index
 The differentiable middle (reembed, gold, reader) is `JointModel.forward` (train/joint.py), the
-module DDP wraps. Retrieval and the documents the refresh policy embeds come from train/retrieval.py;
-the reader warm-up's steps (retriever frozen) from train/warmup.py. Each phase is timed; `train_step`
-returns the times with the losses.
+module DDP wraps or FSDP shards (train/sharding.py). Retrieval and the documents the refresh policy
+embeds come from train/retrieval.py; the reader warm-up's steps (retriever frozen) from train/warmup.py.
+Each phase is timed; `train_step` returns the times with the losses.
 """
 
 from __future__ import annotations
@@ -89,9 +89,9 @@ class Trainer:
         self.sharded = config.parallel == "fsdp" and self.world_size > 1
         if self.sharded:
             sharding.shard_joint_model(self.model, self.precision)
-        # The passes outside the joint model's forward run inside `with self.gathered(): ...` (all-gathers
-        # sharded weights once per pass; nothing to do for replicated ones).
-        self.gathered = functools.partial(sharding.gathered, self.model)
+        # The passes outside the joint model's forward run inside `with self.gathered(*parts): ...`: sharded
+        # weights are all-gathered once per pass. Replicated ones need nothing (nullcontext ignores `parts`).
+        self.gathered = functools.partial(sharding.gathered, self.model) if self.sharded else contextlib.nullcontext
         self.optimizer, self.scheduler = build_optimizer(config, self.retriever, self.reader)  # after sharding
         # Data parallelism on torch's engine: DDP reduces both models' gradients in buckets during backward.
         # The retriever's parameters get no gradient while it is frozen (the warm-up): find_unused_parameters.
@@ -233,7 +233,7 @@ class Trainer:
             "step": self.step,
             "reader_loss": float(np.mean(reader_losses)),
             "retriever_loss": float(np.mean(retriever_losses)) if retriever_losses else None,
-            "grad_norm": None if grad_norm is None else float(sharding.full_tensor(grad_norm)),
+            "grad_norm": None if grad_norm is None else float(grad_norm.full_tensor() if self.sharded else grad_norm),
             "documents_reembedded": reembedded,
             **{f"time_{phase}": seconds for phase, seconds in self.phase.seconds.items()},
         }
