@@ -13,7 +13,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from atlas_fast.index import ShardedIndex
-from atlas_fast.testing.tiny import tiny_config, write_tiny_bert
+from atlas_fast.testing.tiny import data_parallel_config, write_tiny_bert
 from atlas_fast.train import Trainer
 from atlas_fast.train.run import evaluate_checkpoint
 
@@ -23,18 +23,8 @@ STEPS = 3
 
 
 def _config(tmp_path, output, batch_size):
-    # One step of reader warm-up (the retriever's parameters unused: DDP's find_unused_parameters path),
-    # then joint PDist steps; "full" refresh every 2 steps rewrites every shard at step 2.
-    return tiny_config(
-        tmp_path,
-        retriever_path=str(tmp_path / "bert-no-dropout"),
-        output_dir=str(tmp_path / output),
-        batch_size=batch_size,
-        freeze_retriever_steps=1,
-        refresh="full",
-        refresh_every=2,
-        checkpoint_every=0,
-    )
+    # The retriever's parameters unused in the warm-up step: DDP's find_unused_parameters path.
+    return data_parallel_config(tmp_path, output, batch_size)
 
 
 def _train(trainer) -> dict:

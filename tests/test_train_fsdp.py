@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from atlas_fast.testing.tiny import tiny_config, write_tiny_bert
+from atlas_fast.testing.tiny import data_parallel_config, write_tiny_bert
 from atlas_fast.train import Trainer, checkpoint
 from atlas_fast.train.run import evaluate_checkpoint
 from atlas_fast.train.sharding import full_state_dict
@@ -24,19 +24,7 @@ STEPS = 3
 
 
 def _config(tmp_path, output, batch_size, **overrides):
-    # One reader warm-up step (the retriever frozen), then joint PDist steps; a full refresh at step 2.
-    return tiny_config(
-        tmp_path,
-        retriever_path=str(tmp_path / "bert-no-dropout"),
-        output_dir=str(tmp_path / output),
-        batch_size=batch_size,
-        freeze_retriever_steps=1,
-        refresh="full",
-        refresh_every=2,
-        checkpoint_every=0,
-        parallel="fsdp",
-        **overrides,
-    )
+    return data_parallel_config(tmp_path, output, batch_size, parallel="fsdp", **overrides)
 
 
 def _record(records) -> dict:

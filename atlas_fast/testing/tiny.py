@@ -147,6 +147,22 @@ def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     return tiny_train_config(**values)
 
 
+def data_parallel_config(tmp_path: Path, output: str, batch_size: int, **overrides) -> TrainConfig:
+    """The distributed tests' run over the tiny corpus: the tiny BERT without dropout (written by the test under
+    tmp_path/bert-no-dropout, so that runs are deterministic), one step of reader warm-up (the retriever frozen),
+    then joint PDist steps with a full refresh every 2 steps; no checkpoints unless asked for."""
+    values = dict(
+        retriever_path=str(tmp_path / "bert-no-dropout"),
+        output_dir=str(tmp_path / output),
+        batch_size=batch_size,
+        freeze_retriever_steps=1,
+        refresh="full",
+        refresh_every=2,
+        checkpoint_every=0,
+    )
+    return tiny_config(tmp_path, **(values | overrides))
+
+
 def set_arguments(config: TrainConfig) -> list[str]:
     """The `atlas-fast train` arguments (`--set key=value`, values as JSON) that give exactly `config`."""
     return [arg for key, value in config.to_dict().items() for arg in ("--set", f"{key}={json.dumps(value)}")]
