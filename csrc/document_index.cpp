@@ -27,7 +27,7 @@ constexpr int64_t kQueryGroup = 64;
 }  // namespace
 
 DocumentIndex::DocumentIndex(int64_t dim, StorageType type)
-    : dim_(dim), type_(type), row_bytes_(storage_bytes(type) * static_cast<size_t>(dim)), map_(&row_ids_) {
+    : dim_(dim), type_(type), row_bytes_(row_bytes(type, dim)), map_(&row_ids_) {
   if (dim <= 0) throw std::invalid_argument("dim must be positive");
 }
 
@@ -329,7 +329,7 @@ int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, bool n
   }
   const int64_t n_rows = static_cast<int64_t>(rows.size());
   // What the rows may hold after the map: unit rows when normalising (the fp32 product must stay finite),
-  // otherwise values the storage type holds.
+  // otherwise values the storage type holds (int8: its fp32 scale must stay finite).
   const uint32_t limit = normalize ? 0x7f800000u : first_unstorable_bits(type_);
   // |(v M)_j| <= max|v| * max_j sum_i |M_ij|: under the limit, no row can overflow and one writing pass does.
   // Otherwise a first pass computes every row without writing, and a row that overflows refuses the whole
@@ -355,7 +355,7 @@ int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, bool n
   const bool may_overflow = static_cast<double>(row_max) * column_sum_max >= 0.99 * static_cast<double>(limit_value);
   if (may_overflow && map_rows(rows, matrix, normalize, limit, false, n_threads)) {
     throw std::invalid_argument(std::string("transform: the matrix maps some rows beyond ") +
-                                (normalize ? "float32" : storage_name(type_)) +
+                                (normalize || type_ == StorageType::kInt8 ? "float32" : storage_name(type_)) +
                                 "'s range (they would be stored as infinite or NaN); the index is unchanged");
   }
   map_rows(rows, matrix, normalize, limit, true, n_threads);

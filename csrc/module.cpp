@@ -37,7 +37,8 @@ StorageType storage_type(const std::string& name) {
   if (name == "float32") return StorageType::kFloat32;
   if (name == "float16") return StorageType::kFloat16;
   if (name == "bfloat16") return StorageType::kBFloat16;
-  throw std::invalid_argument("dtype must be float32, float16 or bfloat16");
+  if (name == "int8") return StorageType::kInt8;
+  throw std::invalid_argument("dtype must be float32, float16, bfloat16 or int8");
 }
 
 void require_rows(const py::array& array, int64_t n, int64_t dim, const char* what) {
@@ -59,9 +60,11 @@ IdArray id_array(const std::vector<int64_t>& ids) {
   return out;
 }
 
-// Raw storage of n rows: float32 (n, dim), or uint16 (n, dim) holding fp16/bf16 bits.
+// Raw storage of n rows: float32 (n, dim), uint16 (n, dim) holding fp16/bf16 bits, or for int8 the rows' bytes
+// (n, row_bytes): dim offset values, padding, the fp32 scale (storage.h).
 py::array raw_rows(StorageType type, int64_t n, int64_t dim) {
   if (type == StorageType::kFloat32) return py::array_t<float>({n, dim});
+  if (type == StorageType::kInt8) return py::array_t<uint8_t>({n, static_cast<int64_t>(atlas_fast::row_bytes(type, dim))});
   return py::array_t<uint16_t>({n, dim});
 }
 
@@ -178,8 +181,7 @@ void bind_document_index(py::module_& m) {
       .def("append_raw",
            [](DocumentIndex& self, IdArray ids, StepArray steps, CountArray retrieved, py::array raw) {
              const int64_t n = ids.size();
-             const size_t expected = static_cast<size_t>(n) * static_cast<size_t>(self.dim()) *
-                                     atlas_fast::storage_bytes(self.type());
+             const size_t expected = static_cast<size_t>(n) * atlas_fast::row_bytes(self.type(), self.dim());
              if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
                  !(raw.flags() & py::array::c_style))
                throw std::invalid_argument("append_raw: arrays of inconsistent sizes");
@@ -228,7 +230,7 @@ py::dict build_info() {
   info["flags"] = std::string(ATLAS_FAST_BUILD_FLAGS);
   info["simd"] = atlas_fast::simd_level();
   py::dict paths;  // the path that scores each storage type
-  for (StorageType type : {StorageType::kFloat32, StorageType::kFloat16, StorageType::kBFloat16})
+  for (StorageType type : {StorageType::kFloat32, StorageType::kFloat16, StorageType::kBFloat16, StorageType::kInt8})
     paths[py::str(storage_name(type))] = atlas_fast::level_name(atlas_fast::path_for(type));
   info["simd_paths"] = paths;
 #ifdef _OPENMP
@@ -247,6 +249,9 @@ PYBIND11_MODULE(_C, m) {
   m.doc() = "atlas_fast native core (private; use atlas_fast.index)";
   m.def("merge_topk", &merge_topk, py::arg("scores"), py::arg("ids"), py::arg("k"), py::arg("n_threads") = 0,
         "Merge candidate (score, id) rows into a sorted top-k per row; id -1 candidates are padding.");
+  m.def(
+      "row_bytes", [](const std::string& dtype, int64_t dim) { return atlas_fast::row_bytes(storage_type(dtype), dim); },
+      py::arg("dtype"), py::arg("dim"), "Bytes of one stored row of dim values (int8: the values, padding, the scale).");
   m.def("build_info", &build_info, "How this module was compiled, and the SIMD path of each storage type.");
   m.def("simd_error", &atlas_fast::simd_error, "Why ATLAS_FAST_SIMD cannot be honoured ('' when it can).");
   bind_document_index(m);

@@ -7,8 +7,11 @@
 #include <immintrin.h>
 #endif
 
+#include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <numeric>
 
 namespace atlas_fast {
 
@@ -29,6 +32,27 @@ void score_tile_portable(const float* queries, int64_t n_queries, const void* ro
       float sum = 0.f;
       for (int64_t k = 0; k < dim; ++k) sum += queries[q * dim + k] * load_scalar<T>(rows, r * dim + k);
       out[q * out_stride + r] = sum;
+    }
+  }
+}
+
+// int8 rows (offset bytes, storage.h) against int8 queries: exact int32 dot products, then both scales.
+inline float int8_row_scale(const uint8_t* row, int64_t dim) {
+  float scale;
+  std::memcpy(&scale, row + int8_scale_offset(dim), sizeof scale);
+  return scale;
+}
+
+void score_tile_int8_portable(const int8_t* queries, const float* query_scales, int64_t n_queries,
+                              const uint8_t* rows, int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
+  const size_t stride = row_bytes(StorageType::kInt8, dim);
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const uint8_t* row = rows + r * stride;
+    const float row_scale = int8_row_scale(row, dim);
+    for (int64_t q = 0; q < n_queries; ++q) {
+      int32_t sum = 0;
+      for (int64_t k = 0; k < dim; ++k) sum += (static_cast<int32_t>(row[k]) - 128) * queries[q * dim + k];
+      out[q * out_stride + r] = static_cast<float>(sum) * query_scales[q] * row_scale;
     }
   }
 }
@@ -125,11 +149,11 @@ template <StorageType T, int QB>
 __attribute__((target("avx512f,avx512bw,avx512vl,f16c,fma"))) void rows_avx512(const float* queries, const void* rows,
                                                                      int64_t n_rows, int64_t dim, float* out,
                                                                      int64_t out_stride) {
-  const size_t row_bytes = storage_bytes(T) * static_cast<size_t>(dim);
+  const size_t stride = row_bytes(T, dim);
   const char* base = static_cast<const char*>(rows);
   int64_t r = 0;
-  for (; r + 4 <= n_rows; r += 4) block_avx512<T, 4, QB>(queries, base + r * row_bytes, dim, out + r, out_stride);
-  for (; r < n_rows; ++r) block_avx512<T, 1, QB>(queries, base + r * row_bytes, dim, out + r, out_stride);
+  for (; r + 4 <= n_rows; r += 4) block_avx512<T, 4, QB>(queries, base + r * stride, dim, out + r, out_stride);
+  for (; r < n_rows; ++r) block_avx512<T, 1, QB>(queries, base + r * stride, dim, out + r, out_stride);
 }
 
 // One query: rows one after another, four accumulators per row (see rows_one_query_avx512bf16).
@@ -241,6 +265,82 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void score_tile_
   for (; q < n_queries; ++q) rows_one_query_avx512bf16(queries + q * dim, rows, n_rows, dim, out + q * out_stride);
 }
 
+// ---- AVX-512 VNNI (vpdpbusd): int8 rows against int8 queries, int32 accumulation ----
+
+// As block_avx512bf16, 64 byte products a step: vpdpbusd multiplies the rows' unsigned bytes (q + 128) by the
+// query's signed ones and adds each group of four to an int32 lane. Scores are finished by `finish_int8`.
+template <int RB, int QB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block_int8_vnni(
+    const int8_t* queries, const uint8_t* rows, size_t stride, int64_t dim, float* out, int64_t out_stride) {
+  __m512i acc[QB][RB];
+#pragma GCC unroll 16
+  for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_setzero_si512();
+  for (int64_t k = 0; k < dim; k += 64) {
+    const __mmask64 mask = dim - k >= 64 ? ~__mmask64{0} : static_cast<__mmask64>((1ull << (dim - k)) - 1);
+    __m512i row[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) row[r] = _mm512_maskz_loadu_epi8(mask, rows + r * stride + k);
+#pragma GCC unroll 16
+    for (int q = 0; q < QB; ++q) {
+      const __m512i query = _mm512_maskz_loadu_epi8(mask, queries + q * dim + k);
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_dpbusd_epi32(acc[q][r], row[r], query);
+    }
+  }
+  // Lane sums stay below 2^24 (255 * 127 * dim / 16 for dim < 8,192), so they convert to fp32 exactly.
+  __m512 sums[QB][RB];
+#pragma GCC unroll 16
+  for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) sums[q][r] = _mm512_cvtepi32_ps(acc[q][r]);
+  store_block_sums<RB, QB>(sums, out, out_stride);
+}
+
+// One query: rows one after another, four accumulators per row, four rows prefetched ahead (as
+// rows_one_query_avx512bf16).
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_one_query_int8_vnni(
+    const int8_t* query, const uint8_t* rows, size_t stride, int64_t n_rows, int64_t dim, float* out) {
+  const int64_t body = dim - dim % 256;
+  for (int64_t r = 0; r < n_rows; ++r) {
+    const uint8_t* row = rows + r * stride;
+    __m512i acc[4] = {_mm512_setzero_si512(), _mm512_setzero_si512(), _mm512_setzero_si512(),
+                      _mm512_setzero_si512()};
+    int64_t k = 0;
+    for (; k < body; k += 256) {
+#pragma GCC unroll 4
+      for (int u = 0; u < 4; ++u) {
+        _mm_prefetch(reinterpret_cast<const char*>(row + 4 * stride + k + 64 * u), _MM_HINT_T0);
+        acc[u] = _mm512_dpbusd_epi32(acc[u], _mm512_loadu_si512(row + k + 64 * u),
+                                     _mm512_loadu_si512(query + k + 64 * u));
+      }
+    }
+    for (; k < dim; k += 64) {
+      const __mmask64 mask = dim - k >= 64 ? ~__mmask64{0} : static_cast<__mmask64>((1ull << (dim - k)) - 1);
+      acc[0] = _mm512_dpbusd_epi32(acc[0], _mm512_maskz_loadu_epi8(mask, row + k),
+                                   _mm512_maskz_loadu_epi8(mask, query + k));
+    }
+    const __m512i total = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
+    out[r] = static_cast<float>(_mm512_reduce_add_epi32(total));
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void score_tile_int8_vnni(
+    const int8_t* queries, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
+    int64_t out_stride) {
+  const size_t stride = row_bytes(StorageType::kInt8, dim);
+  int64_t q = 0;
+  for (; q + 4 <= n_queries; q += 4) {
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4)
+      block_int8_vnni<4, 4>(queries + q * dim, rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+    for (; r < n_rows; ++r)
+      block_int8_vnni<1, 4>(queries + q * dim, rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+  }
+  for (; q < n_queries; ++q) rows_one_query_int8_vnni(queries + q * dim, rows, stride, n_rows, dim, out + q * out_stride);
+}
+
 // Pushes the scores at or above the selector's threshold, 16 compared at once.
 __attribute__((target("avx512f"))) void push_candidates_avx512(const float* scores, const int64_t* ids, int64_t n,
                                                                TopK& selector) {
@@ -309,11 +409,11 @@ __attribute__((target("avx2,f16c,fma"))) inline void block_avx2(const float* que
 template <StorageType T, int QB>
 __attribute__((target("avx2,f16c,fma"))) void rows_avx2(const float* queries, const void* rows, int64_t n_rows,
                                                         int64_t dim, float* out, int64_t out_stride) {
-  const size_t row_bytes = storage_bytes(T) * static_cast<size_t>(dim);
+  const size_t stride = row_bytes(T, dim);
   const char* base = static_cast<const char*>(rows);
   int64_t r = 0;
-  for (; r + 2 <= n_rows; r += 2) block_avx2<T, 2, QB>(queries, base + r * row_bytes, dim, out + r, out_stride);
-  for (; r < n_rows; ++r) block_avx2<T, 1, QB>(queries, base + r * row_bytes, dim, out + r, out_stride);
+  for (; r + 2 <= n_rows; r += 2) block_avx2<T, 2, QB>(queries, base + r * stride, dim, out + r, out_stride);
+  for (; r < n_rows; ++r) block_avx2<T, 1, QB>(queries, base + r * stride, dim, out + r, out_stride);
 }
 
 template <StorageType T>
@@ -323,6 +423,72 @@ __attribute__((target("avx2,f16c,fma"))) void score_tile_avx2(const float* queri
   int64_t q = 0;
   for (; q + 4 <= n_queries; q += 4) rows_avx2<T, 4>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
   for (; q < n_queries; ++q) rows_avx2<T, 1>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
+}
+
+// int8 rows on AVX2: 16 bytes a step widened to int16 (rows back to signed: q + 128 xor 0x80 = q), vpmaddwd
+// pairs into int32 lanes; exact, as the portable path. Two rows x four queries per block; the tail is scalar.
+__attribute__((target("avx2"))) inline int32_t hsum_epi32_avx2(__m256i v) {
+  __m128i sum = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(1, 0, 3, 2)));
+  sum = _mm_add_epi32(sum, _mm_shuffle_epi32(sum, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(sum);
+}
+
+template <int RB, int QB>
+__attribute__((target("avx2"))) inline void block_int8_avx2(const int8_t* queries, const float* query_scales,
+                                                            const uint8_t* rows, size_t stride, int64_t dim,
+                                                            float* out, int64_t out_stride) {
+  __m256i acc[QB][RB];
+#pragma GCC unroll 16
+  for (int q = 0; q < QB; ++q)
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r) acc[q][r] = _mm256_setzero_si256();
+  const __m128i offset = _mm_set1_epi8(static_cast<char>(0x80));
+  const int64_t body = dim - dim % 16;
+  for (int64_t k = 0; k < body; k += 16) {
+    __m256i row[RB];
+#pragma GCC unroll 16
+    for (int r = 0; r < RB; ++r)
+      row[r] = _mm256_cvtepi8_epi16(
+          _mm_xor_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(rows + r * stride + k)), offset));
+#pragma GCC unroll 16
+    for (int q = 0; q < QB; ++q) {
+      const __m256i query =
+          _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(queries + q * dim + k)));
+#pragma GCC unroll 16
+      for (int r = 0; r < RB; ++r) acc[q][r] = _mm256_add_epi32(acc[q][r], _mm256_madd_epi16(query, row[r]));
+    }
+  }
+  for (int q = 0; q < QB; ++q) {
+    for (int r = 0; r < RB; ++r) {
+      const uint8_t* row = rows + r * stride;
+      int32_t sum = hsum_epi32_avx2(acc[q][r]);
+      for (int64_t k = body; k < dim; ++k) sum += (static_cast<int32_t>(row[k]) - 128) * queries[q * dim + k];
+      out[q * out_stride + r] = static_cast<float>(sum) * query_scales[q] * int8_row_scale(row, dim);
+    }
+  }
+}
+
+template <int QB>
+__attribute__((target("avx2"))) void rows_int8_avx2(const int8_t* queries, const float* query_scales,
+                                                    const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
+                                                    int64_t out_stride) {
+  const size_t stride = row_bytes(StorageType::kInt8, dim);
+  int64_t r = 0;
+  for (; r + 2 <= n_rows; r += 2)
+    block_int8_avx2<2, QB>(queries, query_scales, rows + r * stride, stride, dim, out + r, out_stride);
+  for (; r < n_rows; ++r)
+    block_int8_avx2<1, QB>(queries, query_scales, rows + r * stride, stride, dim, out + r, out_stride);
+}
+
+__attribute__((target("avx2"))) void score_tile_int8_avx2(const int8_t* queries, const float* query_scales,
+                                                          int64_t n_queries, const uint8_t* rows, int64_t n_rows,
+                                                          int64_t dim, float* out, int64_t out_stride) {
+  int64_t q = 0;
+  for (; q + 4 <= n_queries; q += 4)
+    rows_int8_avx2<4>(queries + q * dim, query_scales + q, rows, n_rows, dim, out + q * out_stride, out_stride);
+  for (; q < n_queries; ++q)
+    rows_int8_avx2<1>(queries + q * dim, query_scales + q, rows, n_rows, dim, out + q * out_stride, out_stride);
 }
 
 bool cpu_has_avx512() {
@@ -340,13 +506,17 @@ bool cpu_has_amx_bf16() {
   return __get_cpuid_count(7, 0, &eax, &ebx, &ecx, &edx) && ((edx >> 22) & 1u) && ((edx >> 24) & 1u);
 }
 
-// The widest level cpuid reports.
+// The widest level cpuid reports (every CPU with AVX512-BF16 also has VNNI; one without is taken for avx512).
 SimdLevel widest_level() {
   __builtin_cpu_init();
   SimdLevel widest = SimdLevel::kPortable;
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c"))
     widest = SimdLevel::kAvx2;
-  if (cpu_has_avx512()) widest = cpu_has_avx512bf16() ? SimdLevel::kAvx512Bf16 : SimdLevel::kAvx512;
+  if (cpu_has_avx512()) {
+    widest = SimdLevel::kAvx512;
+    if (__builtin_cpu_supports("avx512vnni"))
+      widest = cpu_has_avx512bf16() ? SimdLevel::kAvx512Bf16 : SimdLevel::kAvx512Vnni;
+  }
   return widest;
 }
 #else
@@ -371,23 +541,23 @@ Selection select_level() {
                                                    "AMX machine); the widest path here is "
                                                  : "this CPU has no AMX-BF16; the widest path here is ") +
                         level_name(widest)};
-  for (SimdLevel level : {SimdLevel::kAvx512Bf16, SimdLevel::kAvx512, SimdLevel::kAvx2, SimdLevel::kPortable}) {
+  for (SimdLevel level :
+       {SimdLevel::kAvx512Bf16, SimdLevel::kAvx512Vnni, SimdLevel::kAvx512, SimdLevel::kAvx2, SimdLevel::kPortable}) {
     if (name != level_name(level)) continue;
     if (level > widest) return {widest, prefix + "this CPU cannot run it; the widest path here is " + level_name(widest)};
     return {level, ""};
   }
-  return {widest, prefix + "expected one of amx, avx512bf16, avx512, avx2, portable"};
+  return {widest, prefix + "expected one of amx, avx512bf16, avx512vnni, avx512, avx2, portable"};
 }
 
 const Selection kSelection = select_level();
 const SimdLevel kSimd = kSelection.level;
 
 template <StorageType T>
-void score_tile_typed(const float* queries, int64_t n_queries, const void* rows, int64_t n_rows, int64_t dim,
-                      float* out, int64_t out_stride) {
+void score_tile_typed(SimdLevel path, const float* queries, int64_t n_queries, const void* rows, int64_t n_rows,
+                      int64_t dim, float* out, int64_t out_stride) {
 #ifdef ATLAS_FAST_X86
-  switch (kSimd) {
-    case SimdLevel::kAvx512Bf16:
+  switch (path) {
     case SimdLevel::kAvx512:
       return score_tile_avx512<T>(queries, n_queries, rows, n_rows, dim, out, out_stride);
     case SimdLevel::kAvx2:
@@ -399,12 +569,40 @@ void score_tile_typed(const float* queries, int64_t n_queries, const void* rows,
   return score_tile_portable<T>(queries, n_queries, rows, n_rows, dim, out, out_stride);
 }
 
+void score_tile_int8(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const uint8_t* rows,
+                     int64_t n_rows, float* out, int64_t out_stride) {
+  const int64_t dim = panel.dim();
+  const int8_t* queries = panel.int8() + first_query * dim;
+  const float* scales = panel.int8_scales() + first_query;
+#ifdef ATLAS_FAST_X86
+  if (panel.path() == SimdLevel::kAvx512Vnni) {
+    // vpdpbusd summed the rows' offset bytes: sum((q_row + 128) q) = dot + 128 sum(q), taken off here.
+    score_tile_int8_vnni(queries, n_queries, rows, n_rows, dim, out, out_stride);
+    const int32_t* sums = panel.int8_sums() + first_query;
+    const size_t stride = row_bytes(StorageType::kInt8, dim);
+    for (int64_t r = 0; r < n_rows; ++r) {
+      const float row_scale = int8_row_scale(rows + r * stride, dim);
+      for (int64_t q = 0; q < n_queries; ++q) {
+        float& score = out[q * out_stride + r];
+        score = (score - 128.f * static_cast<float>(sums[q])) * scales[q] * row_scale;
+      }
+    }
+    return;
+  }
+  if (panel.path() == SimdLevel::kAvx2)
+    return score_tile_int8_avx2(queries, scales, n_queries, rows, n_rows, dim, out, out_stride);
+#endif
+  score_tile_int8_portable(queries, scales, n_queries, rows, n_rows, dim, out, out_stride);
+}
+
 }  // namespace
 
 const char* level_name(SimdLevel level) {
   switch (level) {
     case SimdLevel::kAvx512Bf16:
       return "avx512bf16";
+    case SimdLevel::kAvx512Vnni:
+      return "avx512vnni";
     case SimdLevel::kAvx512:
       return "avx512";
     case SimdLevel::kAvx2:
@@ -415,15 +613,30 @@ const char* level_name(SimdLevel level) {
 }
 
 SimdLevel path_for(StorageType type) {
-  if (kSimd == SimdLevel::kAvx512Bf16 && type != StorageType::kBFloat16) return SimdLevel::kAvx512;
-  return kSimd;
+  if (type == StorageType::kInt8) {
+    if (kSimd >= SimdLevel::kAvx512Vnni) return SimdLevel::kAvx512Vnni;
+    return kSimd >= SimdLevel::kAvx2 ? SimdLevel::kAvx2 : SimdLevel::kPortable;
+  }
+  if (type == StorageType::kBFloat16 && kSimd == SimdLevel::kAvx512Bf16) return kSimd;
+  return std::min(kSimd, SimdLevel::kAvx512);
 }
 
 QueryPanel::QueryPanel(StorageType type, const float* queries, int64_t n_queries, int64_t dim)
     : type_(type), path_(path_for(type)), queries_(queries), dim_(dim) {
-  if (path_ == SimdLevel::kAvx512Bf16) {  // converted once per search, not once per tile
+  // Converted once per search, not once per tile.
+  if (path_ == SimdLevel::kAvx512Bf16) {
     bf16_.resize(static_cast<size_t>(n_queries * dim));
-    convert_from_float(StorageType::kBFloat16, queries, bf16_.data(), n_queries * dim);
+    for (int64_t i = 0; i < n_queries * dim; ++i) bf16_[i] = float_to_bf16(queries[i]);
+  }
+  if (type == StorageType::kInt8) {  // each query its own symmetric scale, as the rows
+    int8_.resize(static_cast<size_t>(n_queries * dim));
+    int8_scales_.resize(static_cast<size_t>(n_queries));
+    int8_sums_.resize(static_cast<size_t>(n_queries));
+    for (int64_t q = 0; q < n_queries; ++q) {
+      int8_t* values = int8_.data() + q * dim;
+      int8_scales_[q] = quantise_int8(queries + q * dim, values, dim);
+      int8_sums_[q] = std::accumulate(values, values + dim, int32_t{0});
+    }
   }
 }
 
@@ -436,13 +649,17 @@ void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries,
                                  n_rows, dim, out, out_stride);
 #endif
   const float* queries = panel.fp32() + first_query * dim;
+  const SimdLevel path = panel.path();
   switch (panel.type()) {
     case StorageType::kFloat32:
-      return score_tile_typed<StorageType::kFloat32>(queries, n_queries, rows, n_rows, dim, out, out_stride);
+      return score_tile_typed<StorageType::kFloat32>(path, queries, n_queries, rows, n_rows, dim, out, out_stride);
     case StorageType::kFloat16:
-      return score_tile_typed<StorageType::kFloat16>(queries, n_queries, rows, n_rows, dim, out, out_stride);
+      return score_tile_typed<StorageType::kFloat16>(path, queries, n_queries, rows, n_rows, dim, out, out_stride);
     case StorageType::kBFloat16:
-      return score_tile_typed<StorageType::kBFloat16>(queries, n_queries, rows, n_rows, dim, out, out_stride);
+      return score_tile_typed<StorageType::kBFloat16>(path, queries, n_queries, rows, n_rows, dim, out, out_stride);
+    case StorageType::kInt8:
+      return score_tile_int8(panel, first_query, n_queries, static_cast<const uint8_t*>(rows), n_rows, out,
+                             out_stride);
   }
 }
 

@@ -1,7 +1,11 @@
-// The storage types of index rows (fp32, fp16, bf16) and their conversions to and from fp32.
+// The storage types of index rows (fp32, fp16, bf16, int8) and their conversions to and from fp32.
 //
 // Scalar conversions are plain C++ (round to nearest even; NaN stays NaN), so that the
 // portable scoring path needs no F16C; the SIMD paths widen rows in registers instead.
+//
+// An int8 row is quantised symmetrically with its own scale: v ~ scale * q, q = round(v / scale) in
+// [-127, 127], scale = max|v| / 127. It is stored as dim bytes q + 128 (unsigned: the operand that
+// AVX512-VNNI's vpdpbusd takes unsigned), padded to 4 bytes, then the fp32 scale.
 #pragma once
 
 #include <cstddef>
@@ -10,9 +14,19 @@
 
 namespace atlas_fast {
 
-enum class StorageType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
+enum class StorageType : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2, kInt8 = 3 };
 
-inline size_t storage_bytes(StorageType type) { return type == StorageType::kFloat32 ? 4 : 2; }
+// Where an int8 row's scale starts: after its dim bytes, padded to 4.
+inline size_t int8_scale_offset(int64_t dim) { return (static_cast<size_t>(dim) + 3) / 4 * 4; }
+
+// Bytes of one stored row of dim values.
+inline size_t row_bytes(StorageType type, int64_t dim) {
+  switch (type) {
+    case StorageType::kFloat32: return 4 * static_cast<size_t>(dim);
+    case StorageType::kInt8: return int8_scale_offset(dim) + sizeof(float);
+    default: return 2 * static_cast<size_t>(dim);
+  }
+}
 
 inline float bf16_to_float(uint16_t bits) {
   uint32_t widened = static_cast<uint32_t>(bits) << 16;
@@ -91,13 +105,19 @@ inline const char* storage_name(StorageType type) {
   switch (type) {
     case StorageType::kFloat16: return "float16";
     case StorageType::kBFloat16: return "bfloat16";
+    case StorageType::kInt8: return "int8";
     default: return "float32";
   }
 }
 
-// Converts n fp32 values to the storage type (round to nearest even for fp16/bf16).
+// Symmetric int8 quantisation: out[i] = round(in[i] / scale) in [-127, 127] (to nearest even), scale =
+// max|in| / 127 (0 for a zero vector); returns scale. Rows and queries are quantised by this one function.
+float quantise_int8(const float* in, int8_t* out, int64_t n);
+
+// Converts one row of n fp32 values to the storage type (round to nearest even for fp16/bf16; int8: quantised
+// with the row's scale), writing row_bytes(type, n) bytes.
 void convert_from_float(StorageType type, const float* in, void* out, int64_t n);
-// Converts n stored values back to fp32.
+// Converts one stored row of n values back to fp32 (int8: scale * q).
 void convert_to_float(StorageType type, const void* in, float* out, int64_t n);
 
 }  // namespace atlas_fast

@@ -236,7 +236,7 @@ def test_search_during_upserts_sees_whole_rows():
     assert searches > 3 and not failures
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("mmap", [True, False])
 def test_save_load_round_trip(tmp_path, dtype, mmap):
     rng = np.random.default_rng(4)
@@ -334,10 +334,11 @@ for dtype in ("float32", "float16", "bfloat16"):
 print(_ext.build_info()["simd"], _ext.simd_paths()["bfloat16"])
 """
 
-SIMD_LEVELS = ["avx512bf16", "avx512", "avx2", "portable"]  # widest first
+SIMD_LEVELS = ["avx512bf16", "avx512vnni", "avx512", "avx2", "portable"]  # widest first
 
 
-def _run_simd_check(directory, level):
+def _run_simd_check(directory, level, script=SIMD_CHECK):
+    """Run ``script`` (it writes under OUT = directory) in a process whose ATLAS_FAST_SIMD is ``level``."""
     import subprocess
     import sys
 
@@ -345,7 +346,7 @@ def _run_simd_check(directory, level):
     if level:
         env["ATLAS_FAST_SIMD"] = level
     directory.mkdir()
-    code = f"OUT = {str(directory)!r}\n" + SIMD_CHECK
+    code = f"OUT = {str(directory)!r}\n" + script
     return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
 
 
@@ -368,7 +369,8 @@ def test_every_simd_path_equals_numpy(tmp_path, level):
         pytest.skip(f"this CPU's widest path is {widest}")
     reported = _run_simd_check(tmp_path / level, level).split()
     assert reported[0] == level
-    assert reported[1] == ("avx512bf16" if level == "avx512bf16" else level)  # bf16 rows: vdpbf16ps when asked
+    # bf16 rows: vdpbf16ps when asked; the avx512vnni level serves int8 rows only (tests/test_int8_index.py).
+    assert reported[1] == {"avx512bf16": "avx512bf16", "avx512vnni": "avx512"}.get(level, level)
     rng = np.random.default_rng(0)
     vectors = rng.integers(-3, 4, (700, 37)).astype(np.float32)
     queries = rng.integers(-3, 4, (70, 37)).astype(np.float32)
@@ -376,6 +378,63 @@ def test_every_simd_path_equals_numpy(tmp_path, level):
         want = _numpy_top_k(vectors, queries, k)
         for dtype in ("float32", "float16", "bfloat16"):
             np.testing.assert_array_equal(np.load(tmp_path / level / f"{dtype}-{k}-ids.npy"), want, err_msg=dtype)
+
+
+INT8_CHECK = """
+import numpy as np
+from atlas_fast import _ext
+from atlas_fast.index import DocumentIndex
+rng = np.random.default_rng(0)
+# d = 37 (below one AVX2 step of 16 and one VNNI step of 64), 133 (steps and tails), 768 (the usual size).
+for dim in (37, 133, 768):
+    index = DocumentIndex(dim, "int8", n_threads=2)
+    index.upsert(np.arange(700), rng.standard_normal((700, dim)).astype(np.float32))
+    queries = rng.standard_normal((70, dim)).astype(np.float32)
+    np.save(f"{OUT}/{dim}-queries.npy", queries)
+    np.save(f"{OUT}/{dim}-rows.npy", index._core.export_rows(0, 700)[3])
+    for k in (25, 800):
+        scores, ids = index.search(queries, k)
+        np.save(f"{OUT}/{dim}-{k}-scores.npy", scores)
+        np.save(f"{OUT}/{dim}-{k}-ids.npy", ids)
+print(_ext.simd_paths()["int8"])
+"""
+
+
+def int8_reference_scores(queries: np.ndarray, stored: np.ndarray, dim: int) -> np.ndarray:
+    """What an int8 index scores, in numpy: queries quantised as csrc/storage.h's quantise_int8 does, exact
+    integer inner products with the stored bytes (offset by 128), then (dot · query scale) · row scale in fp32."""
+    largest = np.abs(queries).max(axis=1)
+    scales = (largest / np.float32(127)).astype(np.float32)
+    inverse = np.where(scales > 0, np.float32(1) / np.maximum(scales, np.float32(1e-38)), np.float32(0))
+    quantised = np.clip(np.rint(queries * inverse[:, None].astype(np.float32)), -127, 127).astype(np.int64)
+    values = stored[:, :dim].astype(np.int64) - 128
+    row_scales = stored[:, -4:].copy().view(np.float32)[:, 0]
+    dots = (quantised @ values.T).astype(np.float32)
+    return (dots * scales[:, None]) * row_scales[None, :]
+
+
+@pytest.mark.parametrize("level", SIMD_LEVELS)
+def test_every_int8_path_equals_the_numpy_reference(tmp_path, level):
+    """int8 rows: every path (vpdpbusd, AVX2 vpmaddwd, portable) gives numpy's quantised scores exactly."""
+    from atlas_fast import _ext
+
+    widest = _ext.build_info()["simd"] if not os.environ.get("ATLAS_FAST_SIMD") else None
+    if widest is not None and SIMD_LEVELS.index(level) < SIMD_LEVELS.index(widest):
+        pytest.skip(f"this CPU's widest path is {widest}")
+    reported = _run_simd_check(tmp_path / level, level, INT8_CHECK).split()
+    assert reported[0] == {"avx512bf16": "avx512vnni", "avx512": "avx2"}.get(level, level)
+    for dim in (37, 133, 768):
+        scores = int8_reference_scores(
+            np.load(tmp_path / level / f"{dim}-queries.npy"), np.load(tmp_path / level / f"{dim}-rows.npy"), dim
+        )
+        order = np.lexsort((np.broadcast_to(np.arange(700), scores.shape), -scores), axis=1)
+        for k in (25, 800):
+            want_ids = np.full((70, k), -1)
+            want_ids[:, : min(k, 700)] = order[:, :k]
+            got_ids = np.load(tmp_path / level / f"{dim}-{k}-ids.npy")
+            np.testing.assert_array_equal(got_ids, want_ids, err_msg=f"d={dim}")
+            got = np.load(tmp_path / level / f"{dim}-{k}-scores.npy")[:, : min(k, 700)]
+            np.testing.assert_array_equal(got, np.take_along_axis(scores, want_ids[:, : min(k, 700)], 1))
 
 
 @pytest.mark.parametrize(

@@ -365,7 +365,7 @@ def _header_end(data: bytes) -> int:
     return 16 + length
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "int8"])
 @pytest.mark.parametrize("field", ["id", "step", "vector"])
 def test_crafted_index_rows_with_a_valid_checksum_are_refused(tmp_path, dtype, field):
     from atlas_fast.index import IndexFileError
@@ -378,6 +378,9 @@ def test_crafted_index_rows_with_a_valid_checksum_are_refused(tmp_path, dtype, f
     elif field == "step":
         data[start + 16 : start + 20] = np.int32(-3).tobytes()
         message = "negative steps"
+    elif dtype == "int8":  # the first row's scale: after its 4 values (a multiple of 4: no padding)
+        data[start + 36 : start + 40] = np.float32(-1.0).tobytes()
+        message = "int8 row whose scale is negative"
     else:
         nan = {"float32": np.float32(np.nan), "float16": np.float16(np.nan), "bfloat16": np.uint16(0x7FC0)}[dtype]
         data[start + 32 : start + 32 + nan.nbytes] = nan.tobytes()

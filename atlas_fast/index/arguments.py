@@ -22,7 +22,7 @@ __all__ = [
     "transform_arguments",
 ]
 
-DTYPES = ("float32", "float16", "bfloat16")  # row storage
+DTYPES = ("float32", "float16", "bfloat16", "int8")  # row storage (int8: the host DocumentIndex only)
 STALE_ORDERS = ("oldest", "hot")  # the orders stale_ids can take
 CHUNK_ROWS = 65536  # rows per chunk when copying, saving or loading: bounded extra memory
 

@@ -22,7 +22,7 @@ def open_index(
 
     Args:
         dim: embedding size d.
-        dtype: storage precision, "float32", "float16" or "bfloat16".
+        dtype: storage precision, "float32", "float16", "bfloat16" or "int8" (host rows only).
         device: None keeps rows in host memory (the C++ DocumentIndex); a torch device keeps them
             there (TorchDocumentIndex, e.g. a GPU).
         distributed: shard over the torch.distributed world (ShardedIndex; this rank's shard on ``device``).

@@ -35,7 +35,7 @@ class Index(Protocol):
 
     @property
     def dtype(self) -> str:
-        """Storage precision: "float32", "float16" or "bfloat16"."""
+        """Storage precision: "float32", "float16", "bfloat16" or "int8" (the C++ DocumentIndex's only)."""
 
     def __len__(self) -> int:
         """Documents held."""

@@ -70,8 +70,9 @@ class TorchDocumentIndex:
     def __init__(self, dim: int, dtype: str = "float16", device: str | torch.device = "cuda"):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"dim must be a positive integer; got {dim!r}")
-        if dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+        if dtype not in _TORCH_DTYPES:
+            held = f" ({dtype} rows are the host DocumentIndex's)" if dtype in DTYPES else ""
+            raise ValueError(f"dtype must be one of {', '.join(_TORCH_DTYPES)}; got {dtype!r}{held}")
         self._dim, self._dtype, self.device = int(dim), dtype, torch.device(device)
         self._rows = torch.empty((0, self._dim), dtype=_TORCH_DTYPES[dtype], device=self.device)
         self._row_ids_device = torch.empty(0, dtype=torch.int64, device=self.device)

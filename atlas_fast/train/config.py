@@ -148,7 +148,7 @@ class TrainConfig:
             "reader": ("minilm", "t5"),
             "refresh_order": ("oldest", "hot"),
             "refresh_corrector": corrector.CORRECTORS,
-            "index_dtype": ("float32", "float16", "bfloat16"),
+            "index_dtype": ("float32", "float16", "bfloat16", "int8"),
             "parallel": ("ddp", "fsdp"),
         }
         for key, allowed in choices.items():
@@ -174,6 +174,8 @@ class TrainConfig:
         if (self.query_side_only or self.refresh == "query-side") and not self.untied_retriever:
             setting = "query_side_only" if self.query_side_only else 'refresh = "query-side"'
             raise ConfigError(f"{setting} needs untied_retriever = true (separate passage encoder weights)")
+        if self.index_dtype == "int8" and self.index_device != "host":
+            raise ConfigError(f'index_dtype = "int8" needs index_device = "host"; got {self.index_device!r}')
         if self.rerank_write_back and self.refresh != "rerank":
             raise ConfigError(f'rerank_write_back needs refresh = "rerank"; got refresh = "{self.refresh}"')
         if self.refresh_corrector != "none" and self.refresh != "incremental":
