@@ -62,7 +62,8 @@ def native() -> ModuleType:
 
 
 def simd_paths() -> dict[str, str] | None:
-    """The CPU path that scores each storage dtype ("avx512bf16", "avx512", "avx2", "portable"); None without _C."""
+    """The CPU path that scores each storage dtype ("avx512bf16", "avx512vnni", "avx512", "avx2", "portable");
+    None without _C."""
     info = build_info()
     return None if info is None else dict(info["simd_paths"])
 

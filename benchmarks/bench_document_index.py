@@ -1,13 +1,17 @@
-"""Document index: DocumentIndex (fp32/fp16/bf16) vs faiss and torch, search and in-place updates.
+"""Document index: DocumentIndex (fp32/fp16/bf16/int8) vs faiss and torch, search and in-place updates.
 
 N = 1,000,000 documents of d = 768 by default (ATLAS_FAST_BENCH_INDEX_N overrides;
 the --benchmark-disable smoke run uses 100,000), k = 100. The peers are faiss's exact
-IndexFlatIP (and its fp16 scalar quantizer) and torch's matmul + topk in fp32 (MKL) and
-bf16 (oneDNN). Every search cell records the bytes of rows it must read once and its
-FLOPs (2·N·d·batch), so BENCHMARKS.md prints GB/s and GFLOP/s, and each DocumentIndex
-cell the SIMD path that ran. The same run measures the machine's limits, so the search
-figures can be read against them: memory read bandwidth (a sum over 1 GiB) and fp32 and
-bf16 GEMM throughput (torch.mm).
+IndexFlatIP, its fp16 and 8-bit scalar quantizers (IndexScalarQuantizer QT_fp16, QT_8bit),
+and torch's matmul + topk in fp32 (MKL) and bf16 (oneDNN). Indexes are built when a cell
+first needs one, so `-k` selects what is built as well as what is timed.
+
+Every search cell records the bytes of rows it must read once and its FLOPs (2·N·d·batch),
+so BENCHMARKS.md prints GB/s and GFLOP/s; the quantised ones their recall@100 against exact
+fp32 and bytes per row; each DocumentIndex cell the SIMD path that ran. The same run
+measures the machine's limits, so the search figures can be read against them: memory read
+bandwidth (a sum over 1 GiB), fp32 and bf16 GEMM throughput (torch.mm) and int8 GEMM
+throughput (torch._int_mm, int32 accumulation).
 """
 
 import os
@@ -27,16 +31,32 @@ CPU = torch.device("cpu")
 SEARCH_PROVIDERS = [
     "faiss_flat_ip",
     "faiss_sq_fp16",
+    "faiss_sq_8bit",
     "torch_fp32_matmul_topk",
     "torch_bf16_matmul_topk",
     "docindex_f32",
     "docindex_f16",
     "docindex_bf16",
+    "docindex_int8",
 ]
-DTYPES = {"docindex_f32": "float32", "docindex_f16": "float16", "docindex_bf16": "bfloat16"}
-# Bytes per stored value: what one pass over the rows must read.
-ROW_VALUE_BYTES = {"faiss_flat_ip": 4, "faiss_sq_fp16": 2, "torch_fp32_matmul_topk": 4, "torch_bf16_matmul_topk": 2}
-ROW_VALUE_BYTES |= {"docindex_f32": 4, "docindex_f16": 2, "docindex_bf16": 2}
+DTYPES = {"docindex_f32": "float32", "docindex_f16": "float16", "docindex_bf16": "bfloat16", "docindex_int8": "int8"}
+# Bytes of one stored row: what one pass over the rows must read (an int8 row carries its fp32 scale).
+ROW_BYTES = {"faiss_flat_ip": 4 * DIM, "faiss_sq_fp16": 2 * DIM, "faiss_sq_8bit": DIM}
+ROW_BYTES |= {"torch_fp32_matmul_topk": 4 * DIM, "torch_bf16_matmul_topk": 2 * DIM}
+ROW_BYTES |= {name: _ext.native().row_bytes(dtype, DIM) for name, dtype in DTYPES.items()}
+FAISS_QUANTIZERS = {"faiss_sq_fp16": "QT_fp16", "faiss_sq_8bit": "QT_8bit"}
+
+
+class _BuiltOnFirstUse(dict):
+    """name -> index, each built by ``build(name)`` the first time a cell asks for it."""
+
+    def __init__(self, build):
+        super().__init__()
+        self.build = build
+
+    def __missing__(self, name):
+        self[name] = built = self.build(name)
+        return built
 
 
 @pytest.fixture(scope="module")
@@ -58,17 +78,25 @@ def corpus(n_docs):
 @pytest.fixture(scope="module")
 def indexes(corpus):
     ids, vectors = corpus
-    built = {}
-    for name, dtype in DTYPES.items():
-        built[name] = DocumentIndex(DIM, dtype)
-        built[name].upsert(ids, vectors)
-    built["faiss_flat_ip"] = faiss.IndexFlatIP(DIM)
-    built["faiss_flat_ip"].add(vectors)
-    built["faiss_sq_fp16"] = faiss.IndexScalarQuantizer(DIM, faiss.ScalarQuantizer.QT_fp16, faiss.METRIC_INNER_PRODUCT)
-    built["faiss_sq_fp16"].add(vectors)
-    built["torch_fp32_matmul_topk"] = torch.from_numpy(vectors)
-    built["torch_bf16_matmul_topk"] = torch.from_numpy(vectors).bfloat16()
-    return built
+
+    def build(name):
+        if name in DTYPES:
+            index = DocumentIndex(DIM, DTYPES[name])
+            index.upsert(ids, vectors)
+            return index
+        if name == "faiss_flat_ip":
+            index = faiss.IndexFlatIP(DIM)
+        elif name in FAISS_QUANTIZERS:
+            quantizer = getattr(faiss.ScalarQuantizer, FAISS_QUANTIZERS[name])
+            index = faiss.IndexScalarQuantizer(DIM, quantizer, faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors[:200_000])  # QT_8bit learns each dimension's range
+        else:
+            rows = torch.from_numpy(vectors)
+            return rows.bfloat16() if "bf16" in name else rows
+        index.add(vectors)
+        return index
+
+    return _BuiltOnFirstUse(build)
 
 
 @pytest.mark.parametrize("provider", SEARCH_PROVIDERS)
@@ -83,12 +111,6 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
 
         benchmark.extra_info["index_bytes"] = index.memory_bytes()
         benchmark.extra_info["isa"] = _ext.simd_paths()[DTYPES[provider]]
-        # Recall@k of the stored precision against exact fp32 search (faiss IndexFlatIP), outside the timing.
-        exact = indexes["faiss_flat_ip"].search(queries, K)[1]
-        found = index.search(queries, K)[1]
-        benchmark.extra_info["recall_vs_fp32"] = float(
-            np.mean([np.isin(found[q], exact[q]).mean() for q in range(batch)])
-        )
     elif provider.startswith("faiss"):
 
         def fn():
@@ -100,7 +122,14 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
         def fn():
             return (query_tensor @ index.T).float().topk(K, dim=1)
 
-    benchmark.extra_info["bytes"] = n_docs * DIM * ROW_VALUE_BYTES[provider]
+    if provider.startswith(("docindex", "faiss_sq")):
+        # Recall@k of the stored precision against exact fp32 search (faiss IndexFlatIP), outside the timing.
+        exact = indexes["faiss_flat_ip"].search(queries, K)[1]
+        found = index.search(queries, K)[1]
+        benchmark.extra_info["recall"] = float(np.mean([np.isin(found[q], exact[q]).mean() for q in range(batch)]))
+        benchmark.extra_info["recall_k"] = K
+    benchmark.extra_info["bytes_per_row"] = ROW_BYTES[provider]
+    benchmark.extra_info["bytes"] = n_docs * ROW_BYTES[provider]
     benchmark.extra_info["flops"] = 2 * n_docs * DIM * batch
     run_provider(
         benchmark,
@@ -181,7 +210,7 @@ def test_transform(benchmark, corpus, n_docs, provider):
     )
 
 
-@pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096", "gemm_bf16_4096"])
+@pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096", "gemm_bf16_4096", "gemm_int8_4096"])
 def test_machine_limits(benchmark, provider):
     if provider == "memory_read_1GiB":
         data = torch.ones(2**28, dtype=torch.float32)
@@ -191,6 +220,18 @@ def test_machine_limits(benchmark, provider):
 
         benchmark.extra_info["bytes"] = data.numel() * 4
         work = f"{data.numel() * 4 / 1e9:.3f} GB"
+    elif provider == "gemm_int8_4096":
+        a, b = (torch.randint(-127, 128, (4096, 4096), dtype=torch.int8) for _ in range(2))
+        try:
+            torch._int_mm(a[:32], b[:, :32])
+        except RuntimeError as error:
+            pytest.skip(f"torch._int_mm does not run on this CPU build: {error}")
+
+        def fn():
+            return torch._int_mm(a, b)
+
+        benchmark.extra_info["flops"] = 2 * 4096**3
+        work = f"{2 * 4096**3 / 1e9:.1f} GOP"
     else:
         dtype = torch.float32 if provider == "gemm_fp32_4096" else torch.bfloat16
         a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)

@@ -537,8 +537,8 @@ Selection select_level() {
   const std::string name(forced);
   const std::string prefix = "ATLAS_FAST_SIMD=" + name + ": ";
   if (name == "amx")
-    return {widest, prefix + (cpu_has_amx_bf16() ? "this build has no AMX-BF16 path yet (it was never run on an "
-                                                   "AMX machine); the widest path here is "
+    return {widest, prefix + (cpu_has_amx_bf16() ? "this build has no AMX path yet (AMX-BF16 and AMX-INT8 were "
+                                                   "never run on an AMX machine); the widest path here is "
                                                  : "this CPU has no AMX-BF16; the widest path here is ") +
                         level_name(widest)};
   for (SimdLevel level :

@@ -60,7 +60,7 @@ def _build_parser() -> argparse.ArgumentParser:
     build.add_argument("passages")
     build.add_argument("output")
     build.add_argument("--retriever", help="local encoder directory (default: the packaged MiniLM)")
-    build.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    build.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "int8"])
     search = index.add_parser("search", help="the top-k passages of queries")
     search.add_argument("index")
     search.add_argument("passages", help="the passages file the index was built from")
