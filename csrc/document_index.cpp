@@ -56,8 +56,11 @@ int64_t DocumentIndex::size() const {
 }
 
 void DocumentIndex::ensure_capacity(int64_t rows) {
-  while (static_cast<int64_t>(blocks_.size()) * kBlockRows < rows)
-    blocks_.emplace_back(new char[static_cast<size_t>(kBlockRows) * row_bytes_]);
+  while (static_cast<int64_t>(blocks_.size()) * kBlockRows < rows) {
+    owned_.emplace_back(new char[static_cast<size_t>(kBlockRows) * row_bytes_]);
+    blocks_.push_back(owned_.back().get());
+    mapped_rows_.push_back(0);
+  }
   // Metadata grows by 1/8 at a time rather than doubling: it is 16 bytes a document.
   const size_t wanted = static_cast<size_t>(rows);
   if (row_ids_.capacity() < wanted) {
@@ -66,6 +69,19 @@ void DocumentIndex::ensure_capacity(int64_t rows) {
     steps_.reserve(capacity);
     retrieved_.reserve(capacity);
   }
+}
+
+void DocumentIndex::own_block(size_t block) {
+  if (owned_[block]) return;
+  owned_[block].reset(new char[static_cast<size_t>(kBlockRows) * row_bytes_]);
+  // Only the rows the mapping holds: a file's last block may end mid-block.
+  std::memcpy(owned_[block].get(), blocks_[block], static_cast<size_t>(mapped_rows_[block]) * row_bytes_);
+  blocks_[block] = owned_[block].get();
+  mapped_rows_[block] = 0;
+}
+
+void DocumentIndex::own_blocks_of(const std::vector<int64_t>& rows) {
+  for (int64_t row : rows) own_block(static_cast<size_t>(row / kBlockRows));
 }
 
 namespace {
@@ -144,6 +160,12 @@ void DocumentIndex::upsert(const int64_t* ids, const float* vectors, int64_t n, 
   for (size_t w = 0; w < writes.size(); ++w)
     if (w + 1 == writes.size() || writes[w + 1].first != writes[w].first) writes[kept++] = writes[w];
   writes.resize(kept);
+  // Rows in mapped memory are copied into the index's own first (serially: the parallel writes may share blocks).
+  {
+    std::vector<int64_t> rows(writes.size());
+    for (size_t w = 0; w < writes.size(); ++w) rows[w] = writes[w].first;
+    own_blocks_of(rows);
+  }
   // 3. Parallel: drift of overwritten rows, then the row itself.
   double drift_sum = 0.0;
   int64_t drift_count = 0;
@@ -184,6 +206,7 @@ void DocumentIndex::remove(const int64_t* ids, int64_t n) {
     const uint32_t last = static_cast<uint32_t>(row_ids_.size() - 1);
     map_.erase(ids[i]);
     if (row != last) {  // move the last row into the hole
+      own_block(row / kBlockRows);
       std::memcpy(row_ptr(row), row_ptr(last), row_bytes_);
       row_ids_[row] = row_ids_[last];
       steps_[row] = steps_[last];
@@ -196,7 +219,11 @@ void DocumentIndex::remove(const int64_t* ids, int64_t n) {
   }
   // Give back whole blocks that are no longer used.
   const size_t needed = (row_ids_.size() + kBlockRows - 1) / kBlockRows;
-  if (blocks_.size() > needed + 1) blocks_.resize(needed + 1);
+  if (blocks_.size() > needed + 1) {
+    blocks_.resize(needed + 1);
+    owned_.resize(needed + 1);
+    mapped_rows_.resize(needed + 1);
+  }
 }
 
 void DocumentIndex::rows_of(const int64_t* ids, int64_t n, int64_t* rows) const {
@@ -358,6 +385,7 @@ int64_t DocumentIndex::transform(const float* matrix, int32_t older_than, bool n
                                 (normalize || type_ == StorageType::kInt8 ? "float32" : storage_name(type_)) +
                                 "'s range (they would be stored as infinite or NaN); the index is unchanged");
   }
+  own_blocks_of(rows);
   map_rows(rows, matrix, normalize, limit, true, n_threads);
   return n_rows;
 }
@@ -436,6 +464,7 @@ void DocumentIndex::append_raw(const int64_t* ids, const int32_t* steps, const u
   const char* in = static_cast<const char*>(raw_vectors);
   const int64_t start = static_cast<int64_t>(row_ids_.size());
   ensure_capacity(start + n);
+  if (n > 0 && start % kBlockRows != 0) own_block(static_cast<size_t>(start / kBlockRows));  // a mapped tail block
   map_.reserve(static_cast<size_t>(start + n));
   for (int64_t i = 0; i < n; ++i) {
     const uint32_t row = static_cast<uint32_t>(start + i);
@@ -447,10 +476,40 @@ void DocumentIndex::append_raw(const int64_t* ids, const int32_t* steps, const u
   }
 }
 
+void DocumentIndex::attach_mapped(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved,
+                                  const void* raw_vectors, int64_t n) {
+  std::unique_lock lock(mutex_);
+  check_room_for(ids, n);
+  const int64_t start = static_cast<int64_t>(row_ids_.size());
+  if (start % kBlockRows != 0 || static_cast<int64_t>(blocks_.size()) * kBlockRows != start)
+    throw std::invalid_argument("attach_mapped: the index must end at a block boundary");
+  const char* in = static_cast<const char*>(raw_vectors);
+  for (int64_t first = 0; first < n; first += kBlockRows) {
+    // Read-only memory: row_ptr's writes go through own_block first, which copies it.
+    blocks_.push_back(const_cast<char*>(in + first * row_bytes_));
+    owned_.emplace_back(nullptr);
+    mapped_rows_.push_back(std::min(kBlockRows, n - first));
+  }
+  map_.reserve(static_cast<size_t>(start + n));
+  row_ids_.insert(row_ids_.end(), ids, ids + n);
+  steps_.insert(steps_.end(), steps, steps + n);
+  retrieved_.insert(retrieved_.end(), retrieved, retrieved + n);
+  for (int64_t i = 0; i < n; ++i) map_.insert(ids[i], static_cast<uint32_t>(start + i));
+}
+
 size_t DocumentIndex::memory_bytes() const {
   std::shared_lock lock(mutex_);
-  return blocks_.size() * static_cast<size_t>(kBlockRows) * row_bytes_ + row_ids_.capacity() * sizeof(int64_t) +
-         steps_.capacity() * sizeof(int32_t) + retrieved_.capacity() * sizeof(uint32_t) + map_.memory_bytes();
+  size_t owned = 0;
+  for (const auto& block : owned_) owned += block ? static_cast<size_t>(kBlockRows) * row_bytes_ : 0;
+  return owned + row_ids_.capacity() * sizeof(int64_t) + steps_.capacity() * sizeof(int32_t) +
+         retrieved_.capacity() * sizeof(uint32_t) + map_.memory_bytes();
+}
+
+size_t DocumentIndex::mapped_bytes() const {
+  std::shared_lock lock(mutex_);
+  size_t mapped = 0;
+  for (int64_t rows : mapped_rows_) mapped += static_cast<size_t>(rows) * row_bytes_;
+  return mapped;
 }
 
 }  // namespace atlas_fast

@@ -9,6 +9,10 @@
 //
 // Concurrency: searches share a reader lock; upsert, remove and bulk loads take the
 // writer lock, so a search sees every row either before or after an update.
+//
+// Rows may also live in memory the index does not own (`attach_mapped`: a memory-mapped index
+// file, read-only). Such a block is copied into the index's own memory the first time a row in it
+// is written (copy on write); the mapped memory is never written.
 #pragma once
 
 #include <cstdint>
@@ -74,13 +78,22 @@ class DocumentIndex {
   // nothing changed, past kMaxRows documents.
   void append_raw(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
                   int64_t n);
+  // As append_raw, but the rows stay where raw_vectors points (n contiguous rows, read-only, outliving the
+  // index): nothing is copied. The index must hold a multiple of kBlockRows rows (invalid_argument otherwise).
+  void attach_mapped(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
+                     int64_t n);
+  // Bytes the index owns (vector blocks, per-document metadata, id map): mapped rows are not counted.
   size_t memory_bytes() const;
+  // Bytes of rows served from mapped memory.
+  size_t mapped_bytes() const;
 
  private:
-  char* row_ptr(int64_t row) { return blocks_[row / kBlockRows].get() + (row % kBlockRows) * row_bytes_; }
-  const char* row_ptr(int64_t row) const {
-    return blocks_[row / kBlockRows].get() + (row % kBlockRows) * row_bytes_;
-  }
+  // Writable only once `own_blocks_of` has run for the row (under the writer lock, before any parallel write).
+  char* row_ptr(int64_t row) { return blocks_[row / kBlockRows] + (row % kBlockRows) * row_bytes_; }
+  const char* row_ptr(int64_t row) const { return blocks_[row / kBlockRows] + (row % kBlockRows) * row_bytes_; }
+  // Copies every mapped block holding one of `rows` (rows up to the index's size) into owned memory.
+  void own_blocks_of(const std::vector<int64_t>& rows);
+  void own_block(size_t block);
   // The row of `id`; invalid_argument "<operation>: unknown id <id>" when it is absent.
   uint32_t row_of_present(int64_t id, const char* operation) const;
   // length_error when appending the new ones among `ids` would pass kMaxRows rows.
@@ -97,7 +110,9 @@ class DocumentIndex {
   int64_t dim_;
   StorageType type_;
   size_t row_bytes_;
-  std::vector<std::unique_ptr<char[]>> blocks_;
+  std::vector<char*> blocks_;                      // every block's rows: owned_[b].get(), or mapped memory
+  std::vector<std::unique_ptr<char[]>> owned_;     // null for a mapped block
+  std::vector<int64_t> mapped_rows_;               // rows a mapped block holds (its mapping may end there)
   std::vector<int64_t> row_ids_;
   std::vector<int32_t> steps_;
   std::vector<uint32_t> retrieved_;

@@ -72,6 +72,7 @@ void bind_document_index(py::module_& m) {
   py::class_<DocumentIndex>(m, "DocumentIndex")
       .def(py::init([](int64_t dim, const std::string& dtype) { return new DocumentIndex(dim, storage_type(dtype)); }),
            py::arg("dim"), py::arg("dtype"))
+      .def_readonly_static("block_rows", &DocumentIndex::kBlockRows)
       .def_property_readonly("dim", &DocumentIndex::dim)
       .def_property_readonly("dtype", [](const DocumentIndex& self) { return storage_name(self.type()); })
       .def("__len__", &DocumentIndex::size, py::call_guard<py::gil_scoped_release>())
@@ -192,7 +193,24 @@ void bind_document_index(py::module_& m) {
              py::gil_scoped_release release;
              self.append_raw(id_ptr, step_ptr, retrieved_ptr, raw_ptr, n);
            })
-      .def("memory_bytes", &DocumentIndex::memory_bytes, py::call_guard<py::gil_scoped_release>());
+      .def(
+          "attach_mapped",
+          [](DocumentIndex& self, IdArray ids, StepArray steps, CountArray retrieved, py::array raw) {
+            const int64_t n = ids.size();
+            const size_t expected = static_cast<size_t>(n) * atlas_fast::row_bytes(self.type(), self.dim());
+            if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
+                !(raw.flags() & py::array::c_style))
+              throw std::invalid_argument("attach_mapped: arrays of inconsistent sizes");
+            const int64_t* id_ptr = ids.data();
+            const int32_t* step_ptr = steps.data();
+            const uint32_t* retrieved_ptr = retrieved.data();
+            const void* raw_ptr = raw.data();
+            py::gil_scoped_release release;
+            self.attach_mapped(id_ptr, step_ptr, retrieved_ptr, raw_ptr, n);
+          },
+          py::keep_alive<1, 5>())  // the mapped rows live as long as the index
+      .def("memory_bytes", &DocumentIndex::memory_bytes, py::call_guard<py::gil_scoped_release>())
+      .def("mapped_bytes", &DocumentIndex::mapped_bytes, py::call_guard<py::gil_scoped_release>());
 }
 
 py::tuple merge_topk(FloatArray scores, IdArray ids, int64_t k, int n_threads) {

@@ -158,7 +158,7 @@ def test_input_conventions(corpus):
         (lambda i: i.get([0, 99]), KeyError, "99"),
         (lambda i: i.stale_ids(1, "newest"), ValueError, "policy must be one of"),
         (lambda i: DocumentIndex(0), ValueError, "dim must be a positive integer"),
-        (lambda i: DocumentIndex(4, "int8"), ValueError, "dtype must be one of"),
+        (lambda i: DocumentIndex(4, "int4"), ValueError, "dtype must be one of"),
     ],
 )
 def test_bad_input_leaves_the_index_unchanged(call, error, message):

@@ -14,6 +14,7 @@ Input conventions (documented results rather than errors):
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -62,13 +63,17 @@ def _remove_stale_temporaries(path: Path) -> None:
             pass  # alive, another user's
 
 
-def _check_rows(path: Path, ids: np.ndarray, steps: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
-    """What a file with a valid checksum may still hold but no index does: id -1, negative steps, NaN or inf
-    (int8: in a row's scale, or a negative scale)."""
+def _check_ids_and_steps(path: Path, ids: np.ndarray, steps: np.ndarray) -> None:
     if (ids == -1).any():
         raise IndexFileError(f"{path}: holds id -1, which marks padding")
     if (steps < 0).any():
         raise IndexFileError(f"{path}: holds negative steps")
+
+
+def _check_rows(path: Path, ids: np.ndarray, steps: np.ndarray, vectors: np.ndarray, dtype: str) -> None:
+    """What a file with a valid checksum may still hold but no index does: id -1, negative steps, NaN or inf
+    (int8: in a row's scale, or a negative scale)."""
+    _check_ids_and_steps(path, ids, steps)
     if dtype == "int8":  # each row's fp32 scale follows its values and padding (csrc/storage.h)
         scales = vectors[:, -4:].copy().view(np.float32)
         if not np.isfinite(scales).all() or (scales < 0).any():
@@ -302,12 +307,85 @@ class DocumentIndex:
         Args:
             path: the file.
             mmap: map the file instead of reading it into a buffer (less peak memory while
-                loading; the index always holds its own copy afterwards).
+                loading; the index always holds its own copy afterwards: see `map` for one that does not).
             n_threads: as for the constructor.
 
         Raises:
             IndexFileError: wrong magic, unknown version, wrong size or checksum mismatch.
         """
+        layout = _FileLayout.read(path)
+        raw = np.memmap(layout.path, dtype=np.uint8, mode="r") if mmap else np.fromfile(layout.path, dtype=np.uint8)
+        layout.verify_checksum(raw)
+        index = cls(layout.dim, layout.dtype, n_threads)
+        for ids, steps, retrieved, vectors in layout.chunks(raw):
+            _check_rows(layout.path, ids, steps, vectors, layout.dtype)
+            index._core.append_raw(ids, steps, retrieved, np.ascontiguousarray(vectors))
+        layout.check_unique(index)
+        index.metadata = dict(layout.metadata)
+        return index
+
+    @classmethod
+    def map(cls, path: str | os.PathLike, n_threads: int = 0) -> DocumentIndex:
+        """Open an index file without reading or copying its rows: searches read them from the file's pages.
+
+        Only the header and the per-row ids, steps and retrieval counts are read (16 bytes a row, for the id
+        map); the checksum is not, so that opening a 1M-row index takes milliseconds. `verify` checks the whole
+        file when wanted (a checkpoint's manifest already does, at resume). The file is never written: a row
+        that changes (upsert, remove, transform) is first copied, with its block of 4,096 rows, into the
+        index's own memory, and `save` writes a new file. Replacing the file by `save` (a rename) is safe;
+        truncating it in place while it is mapped is not.
+
+        Raises:
+            IndexFileError: wrong magic, unknown version, wrong size, ids or steps no index holds.
+        """
+        layout = _FileLayout.read(path)
+        raw = np.memmap(layout.path, dtype=np.uint8, mode="r")
+        index = cls(layout.dim, layout.dtype, n_threads)
+        if layout.chunk_rows % _ext.native().DocumentIndex.block_rows:
+            raise IndexFileError(f"{layout.path}: chunk_rows {layout.chunk_rows} cannot be mapped (not whole blocks)")
+        for ids, steps, retrieved, vectors in layout.chunks(raw):
+            _check_ids_and_steps(layout.path, ids, steps)
+            index._core.attach_mapped(ids, steps, retrieved, vectors)
+        layout.check_unique(index)
+        index.metadata = dict(layout.metadata)
+        index._mapped = layout
+        return index
+
+    def verify(self) -> None:
+        """Check a mapped index's file as `load` checks one at open: its SHA-256 and every row's values.
+
+        Raises:
+            IndexFileError: naming the file, when it is corrupted.
+        """
+        layout = getattr(self, "_mapped", None)
+        if layout is None:
+            return  # rows read by `load` or written here: checked when they came in
+        raw = np.memmap(layout.path, dtype=np.uint8, mode="r")
+        layout.verify_checksum(raw)
+        for ids, steps, _, vectors in layout.chunks(raw):
+            _check_rows(layout.path, ids, steps, vectors, layout.dtype)
+
+    def mapped_bytes(self) -> int:
+        """Bytes of rows served from a mapped file (`map`), not held in memory the index owns."""
+        return self._core.mapped_bytes()
+
+
+@dataclasses.dataclass
+class _FileLayout:
+    """Where an index file's parts are: its header's fields and the byte layout of its row chunks."""
+
+    path: Path
+    dim: int
+    dtype: str
+    count: int
+    chunk_rows: int
+    metadata: dict
+    body_start: int
+    vector_bytes: int
+    size: int
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> _FileLayout:
         path = Path(path)
         if not path.is_file():
             raise IndexFileError(f"{path}: no such index file" + (" (it is a directory)" if path.is_dir() else ""))
@@ -335,34 +413,36 @@ class DocumentIndex:
             raise IndexFileError(f"{path}: invalid header {str(header)[:200]}")
         body_start = _PREAMBLE.size + header_length
         vector_bytes = _ext.native().row_bytes(dtype, dim)
-        row_bytes = 8 + 4 + 4 + vector_bytes
-        if size != body_start + count * row_bytes + 32:
+        layout = cls(path, dim, dtype, count, chunk_rows, metadata, body_start, vector_bytes, size)
+        if size != body_start + count * (16 + vector_bytes) + 32:
             raise IndexFileError(f"{path}: size {size} bytes does not match its header (truncated or extended)")
+        return layout
 
-        raw = np.memmap(path, dtype=np.uint8, mode="r") if mmap else np.fromfile(path, dtype=np.uint8)
+    def verify_checksum(self, raw: np.ndarray) -> None:
         digest = hashlib.sha256()
-        for start in range(0, size - 32, 64 * 2**20):
-            digest.update(raw[start : min(start + 64 * 2**20, size - 32)])
-        if digest.digest() != raw[size - 32 :].tobytes():
-            raise IndexFileError(f"{path}: checksum mismatch (the file is corrupted)")
+        for start in range(0, self.size - 32, 64 * 2**20):
+            digest.update(raw[start : min(start + 64 * 2**20, self.size - 32)])
+        if digest.digest() != raw[self.size - 32 :].tobytes():
+            raise IndexFileError(f"{self.path}: checksum mismatch (the file is corrupted)")
 
-        index = cls(dim, dtype, n_threads)
-        storage = {"float32": np.float32, "int8": np.uint8}.get(dtype, np.uint16)
-        width = vector_bytes // np.dtype(storage).itemsize
-        offset = body_start
-        for start in range(0, count, chunk_rows):
-            n = min(chunk_rows, count - start)
+    def chunks(self, raw: np.ndarray):
+        """(ids, steps, retrieved, vectors) of each chunk of rows, views of ``raw`` (vectors in the storage type:
+        float32, the bits of float16/bfloat16 as uint16, or int8 rows as bytes)."""
+        storage = {"float32": np.float32, "int8": np.uint8}.get(self.dtype, np.uint16)
+        width = self.vector_bytes // np.dtype(storage).itemsize
+        offset = self.body_start
+        for start in range(0, self.count, self.chunk_rows):
+            n = min(self.chunk_rows, self.count - start)
             ids = raw[offset : offset + 8 * n].view(np.int64)
             steps = raw[offset + 8 * n : offset + 12 * n].view(np.int32)
             retrieved = raw[offset + 12 * n : offset + 16 * n].view(np.uint32)
-            vectors = raw[offset + 16 * n : offset + n * row_bytes].view(storage).reshape(n, width)
-            _check_rows(path, ids, steps, vectors, dtype)
-            index._core.append_raw(ids, steps, retrieved, np.ascontiguousarray(vectors))
-            offset += n * row_bytes
-        if np.unique(index.ids()).size != count:
-            raise IndexFileError(f"{path}: duplicate ids")
-        index.metadata = dict(metadata)
-        return index
+            vectors = raw[offset + 16 * n : offset + n * (16 + self.vector_bytes)].view(storage).reshape(n, width)
+            yield ids, steps, retrieved, vectors
+            offset += n * (16 + self.vector_bytes)
+
+    def check_unique(self, index: DocumentIndex) -> None:
+        if np.unique(index.ids()).size != self.count:
+            raise IndexFileError(f"{self.path}: duplicate ids")
 
 
 def append_rows_where(target: DocumentIndex, source: DocumentIndex, keep) -> None:

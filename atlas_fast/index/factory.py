@@ -32,15 +32,23 @@ def open_index(
     return DocumentIndex(dim, dtype) if device is None else TorchDocumentIndex(dim, dtype, device)
 
 
-def load_index(path: str | os.PathLike, device: str | torch.device | None = None, distributed: bool = False) -> Index:
+def load_index(
+    path: str | os.PathLike, device: str | torch.device | None = None, distributed: bool = False, mapped: bool = False
+) -> Index:
     """An index written by ``save`` of the kind `open_index` makes for the same ``device`` and ``distributed``.
 
     A distributed index reads a directory of shards written by any number of ranks; the others read one file,
-    or all the shards of such a directory into one index.
+    or all the shards of such a directory into one index. ``mapped``: serve a host index file's rows from the
+    file itself (`DocumentIndex.map`) instead of reading them.
 
     Raises:
         IndexFileError: the file or directory is not a valid atlas_fast index.
+        ValueError: ``mapped`` with a device, a distributed index or a directory of shards.
     """
+    if mapped:
+        if device is not None or distributed or Path(path).is_dir():
+            raise ValueError("mapped: only a host index file maps (no device, not distributed, not a directory)")
+        return DocumentIndex.map(path)
     if distributed:
         return ShardedIndex.load(path, device=device)
     index = read_shards(path) if Path(path).is_dir() else DocumentIndex.load(path)
