@@ -66,7 +66,7 @@ bench: install
 # The CPU index against faiss and torch (fp32 MKL, bf16 oneDNN) at N = 1M, d = 768, k = 100, with GB/s, GFLOP/s
 # and the ISA path of every cell, written as the cpu-index section of BENCHMARKS.md (~10 min on 2 cores).
 bench-index: install
-	ATLAS_FAST_BENCH_INDEX_N=1000000 $(PY) -m pytest -q benchmarks/bench_document_index.py -k "search or machine_limits" \
+	ATLAS_FAST_BENCH_INDEX_N=1000000 $(PY) -m pytest -q benchmarks/bench_document_index.py -k "search or open or machine_limits" \
 		--benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-json=benchmarks/results-index.json
 	$(PY) benchmarks/render.py benchmarks/results-index.json --output BENCHMARKS.md --section cpu-index \
 		--command "make bench-index" --notes benchmarks/notes-index.md

@@ -11,7 +11,8 @@ so BENCHMARKS.md prints GB/s and GFLOP/s; the quantised ones their recall@100 ag
 fp32 and bytes per row; each DocumentIndex cell the SIMD path that ran. The same run
 measures the machine's limits, so the search figures can be read against them: memory read
 bandwidth (a sum over 1 GiB), fp32 and bf16 GEMM throughput (torch.mm) and int8 GEMM
-throughput (torch._int_mm, int32 accumulation).
+throughput (torch._int_mm, int32 accumulation). `test_open` times opening a saved index, read
+(`load`) against memory-mapped (`map`).
 """
 
 import os
@@ -139,6 +140,37 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
         mode="forward",
         provider=provider,
         baseline="faiss_flat_ip",
+        device=CPU,
+    )
+
+
+@pytest.fixture(scope="module")
+def saved_bf16(indexes, tmp_path_factory):
+    """The bf16 index of the search cells, saved to a file (1.5 GB at N = 1M)."""
+    path = tmp_path_factory.mktemp("index") / "bf16.afi"
+    indexes["docindex_bf16"].save(path)
+    return path
+
+
+@pytest.mark.parametrize("provider", ["docindex_bf16_load", "docindex_bf16_map"])
+def test_open(benchmark, saved_bf16, n_docs, provider):
+    """Opening a saved bf16 index until it can search: `load` (verify the checksum, read and copy every row)
+    against `map` (read the ids, steps and counts; the rows stay in the file's pages). The file is in the page
+    cache: its first open after a reboot reads the disk as well."""
+    opener = DocumentIndex.load if provider == "docindex_bf16_load" else DocumentIndex.map
+
+    def fn():
+        return opener(saved_bf16)
+
+    benchmark.extra_info["bytes"] = saved_bf16.stat().st_size
+    run_provider(
+        benchmark,
+        fn,
+        op="index_open",
+        shape=f"N={n_docs} d={DIM} bfloat16",
+        mode="open",
+        provider=provider,
+        baseline="docindex_bf16_load",
         device=CPU,
     )
 
