@@ -63,8 +63,9 @@ bench: install
 	$(PY) benchmarks/render.py $(BENCH_JSON) --output BENCHMARKS.md --command "make bench BENCH_ARGS='$(BENCH_ARGS)'" \
 		--notes benchmarks/notes.md
 
-# The CPU index against faiss and torch (fp32 MKL, bf16 oneDNN) at N = 1M, d = 768, k = 100, with GB/s, GFLOP/s
-# and the ISA path of every cell, written as the cpu-index section of BENCHMARKS.md (~10 min on 2 cores).
+# The CPU index (fp32, fp16, bf16, int8) against faiss (flat, SQ fp16, SQ8) and torch (fp32 MKL, bf16 oneDNN) at
+# N = 1M, d = 768, k = 100, with GB/s, GFLOP/s, recall, bytes per row and the ISA path of every cell, and the open
+# time of a saved index, read and mapped: the cpu-index section of BENCHMARKS.md (~15 min on 2 cores).
 bench-index: install
 	ATLAS_FAST_BENCH_INDEX_N=1000000 $(PY) -m pytest -q benchmarks/bench_document_index.py -k "search or open or machine_limits" \
 		--benchmark-min-rounds=3 --benchmark-max-time=0.5 --benchmark-json=benchmarks/results-index.json
