@@ -494,7 +494,20 @@ void DocumentIndex::attach_mapped(const int64_t* ids, const int32_t* steps, cons
   row_ids_.insert(row_ids_.end(), ids, ids + n);
   steps_.insert(steps_.end(), steps, steps + n);
   retrieved_.insert(retrieved_.end(), retrieved, retrieved + n);
-  for (int64_t i = 0; i < n; ++i) map_.insert(ids[i], static_cast<uint32_t>(start + i));
+  for (int64_t i = 0; i < n; ++i) {
+    if (map_.find(ids[i]) != IdMap::kEmpty) {  // an id twice: undo this call, so that nothing changed
+      for (int64_t j = 0; j < i; ++j) map_.erase(ids[j]);
+      row_ids_.resize(start);
+      steps_.resize(start);
+      retrieved_.resize(start);
+      const size_t blocks = static_cast<size_t>(start / kBlockRows);
+      blocks_.resize(blocks);
+      owned_.resize(blocks);
+      mapped_rows_.resize(blocks);
+      throw std::invalid_argument("attach_mapped: duplicate id " + std::to_string(ids[i]));
+    }
+    map_.insert(ids[i], static_cast<uint32_t>(start + i));
+  }
 }
 
 size_t DocumentIndex::memory_bytes() const {

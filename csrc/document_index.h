@@ -79,7 +79,8 @@ class DocumentIndex {
   void append_raw(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
                   int64_t n);
   // As append_raw, but the rows stay where raw_vectors points (n contiguous rows, read-only, outliving the
-  // index): nothing is copied. The index must hold a multiple of kBlockRows rows (invalid_argument otherwise).
+  // index): nothing is copied. The index must hold a multiple of kBlockRows rows, and the ids must be new and
+  // distinct (invalid_argument otherwise, nothing changed).
   void attach_mapped(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
                      int64_t n);
   // Bytes the index owns (vector blocks, per-document metadata, id map): mapped rows are not counted.

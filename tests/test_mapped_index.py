@@ -118,6 +118,16 @@ def test_ids_no_index_holds_are_refused_at_open(tmp_path):
         DocumentIndex.map(path)
 
 
+def test_an_id_twice_is_refused_at_open(tmp_path):
+    _, path = _saved(tmp_path)
+    data = bytearray(path.read_bytes())
+    start = 16 + struct.unpack_from("<I", data, 12)[0]
+    data[start + 8 : start + 16] = data[start : start + 8]  # the second row takes the first row's id
+    path.write_bytes(bytes(data))
+    with pytest.raises(IndexFileError, match="duplicate ids"):
+        DocumentIndex.map(path)
+
+
 def test_mapped_is_for_host_index_files_only(tmp_path):
     _, path = _saved(tmp_path)
     with pytest.raises(ValueError, match="only a host index file maps"):

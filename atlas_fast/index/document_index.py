@@ -345,8 +345,10 @@ class DocumentIndex:
             raise IndexFileError(f"{layout.path}: chunk_rows {layout.chunk_rows} cannot be mapped (not whole blocks)")
         for ids, steps, retrieved, vectors in layout.chunks(raw):
             _check_ids_and_steps(layout.path, ids, steps)
-            index._core.attach_mapped(ids, steps, retrieved, vectors)
-        layout.check_unique(index)
+            try:
+                index._core.attach_mapped(ids, steps, retrieved, vectors)  # refuses an id twice, as it goes
+            except ValueError as error:
+                raise IndexFileError(f"{layout.path}: duplicate ids ({error})") from None
         index.metadata = dict(layout.metadata)
         index._mapped = layout
         return index
