@@ -10,11 +10,16 @@ def merge_topk(
     scores: Vectors, ids: Ids, k: int, n_threads: int = 0
 ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]: ...
 def build_info() -> dict[str, object]: ...
+def row_bytes(dtype: str, dim: int) -> int:
+    """Bytes of one stored row of ``dim`` values (int8: the values, padding to 4, the fp32 scale)."""
+
+def simd_error() -> str: ...
 
 class DocumentIndex:
-    """Rows of ``dim`` values stored as ``dtype`` ("float32", "float16", "bfloat16"), an id map and per-row
+    """Rows of ``dim`` values stored as ``dtype`` ("float32", "float16", "bfloat16", "int8"), an id map and per-row
     embedding step and retrieval count. Every method but the constructor releases the GIL."""
 
+    block_rows: int  # rows per storage block (4,096): the unit a mapped row is copied in before a write
     def __init__(self, dim: int, dtype: str) -> None: ...
     @property
     def dim(self) -> int: ...
@@ -47,14 +52,27 @@ class DocumentIndex:
         """v <- v @ matrix for rows with step < older_than (unit norm after, with ``normalize``); rows transformed."""
     def export_rows(
         self, start: int, count: int
-    ) -> tuple[Ids, npt.NDArray[np.int32], npt.NDArray[np.uint32], npt.NDArray[np.float32] | npt.NDArray[np.uint16]]:
-        """Rows [start, start + count): ids, steps, retrieval counts, raw stored values (fp16/bf16 as uint16 bits)."""
+    ) -> tuple[Ids, npt.NDArray[np.int32], npt.NDArray[np.uint32], npt.NDArray[np.generic]]:
+        """Rows [start, start + count): ids, steps, retrieval counts, raw stored values (float32; fp16/bf16 as
+        uint16 bits; int8 rows as (count, row_bytes) uint8)."""
     def append_raw(
         self,
         ids: Ids,
         steps: npt.NDArray[np.int32],
         retrieved: npt.NDArray[np.uint32],
-        raw: npt.NDArray[np.float32] | npt.NDArray[np.uint16],
+        raw: npt.NDArray[np.generic],
     ) -> None:
         """Appends rows of new ids as `export_rows` returns them."""
-    def memory_bytes(self) -> int: ...
+    def attach_mapped(
+        self,
+        ids: Ids,
+        steps: npt.NDArray[np.int32],
+        retrieved: npt.NDArray[np.uint32],
+        raw: npt.NDArray[np.generic],
+    ) -> None:
+        """As `append_raw`, but the rows stay in ``raw`` (read-only memory, kept alive by the index); the index
+        must end at a block boundary and the ids be new and distinct (ValueError otherwise, nothing changed)."""
+    def memory_bytes(self) -> int:
+        """Bytes the index owns (mapped rows excluded)."""
+    def mapped_bytes(self) -> int:
+        """Bytes of rows served from mapped memory."""

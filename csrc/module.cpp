@@ -68,6 +68,22 @@ py::array raw_rows(StorageType type, int64_t n, int64_t dim) {
   return py::array_t<uint16_t>({n, dim});
 }
 
+// append_raw or attach_mapped: n rows of ids, steps, retrieval counts and raw vectors (raw_rows' layout).
+template <void (DocumentIndex::*add)(const int64_t*, const int32_t*, const uint32_t*, const void*, int64_t)>
+void add_raw_rows(DocumentIndex& self, IdArray ids, StepArray steps, CountArray retrieved, py::array raw) {
+  const int64_t n = ids.size();
+  const size_t expected = static_cast<size_t>(n) * atlas_fast::row_bytes(self.type(), self.dim());
+  if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
+      !(raw.flags() & py::array::c_style))
+    throw std::invalid_argument("raw rows: arrays of inconsistent sizes");
+  const int64_t* id_ptr = ids.data();
+  const int32_t* step_ptr = steps.data();
+  const uint32_t* retrieved_ptr = retrieved.data();
+  const void* raw_ptr = raw.data();
+  py::gil_scoped_release release;
+  (self.*add)(id_ptr, step_ptr, retrieved_ptr, raw_ptr, n);
+}
+
 void bind_document_index(py::module_& m) {
   py::class_<DocumentIndex>(m, "DocumentIndex")
       .def(py::init([](int64_t dim, const std::string& dtype) { return new DocumentIndex(dim, storage_type(dtype)); }),
@@ -179,36 +195,9 @@ void bind_document_index(py::module_& m) {
              }
              return py::make_tuple(ids, steps, retrieved, raw);
            })
-      .def("append_raw",
-           [](DocumentIndex& self, IdArray ids, StepArray steps, CountArray retrieved, py::array raw) {
-             const int64_t n = ids.size();
-             const size_t expected = static_cast<size_t>(n) * atlas_fast::row_bytes(self.type(), self.dim());
-             if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
-                 !(raw.flags() & py::array::c_style))
-               throw std::invalid_argument("append_raw: arrays of inconsistent sizes");
-             const int64_t* id_ptr = ids.data();
-             const int32_t* step_ptr = steps.data();
-             const uint32_t* retrieved_ptr = retrieved.data();
-             const void* raw_ptr = raw.data();
-             py::gil_scoped_release release;
-             self.append_raw(id_ptr, step_ptr, retrieved_ptr, raw_ptr, n);
-           })
-      .def(
-          "attach_mapped",
-          [](DocumentIndex& self, IdArray ids, StepArray steps, CountArray retrieved, py::array raw) {
-            const int64_t n = ids.size();
-            const size_t expected = static_cast<size_t>(n) * atlas_fast::row_bytes(self.type(), self.dim());
-            if (steps.size() != n || retrieved.size() != n || static_cast<size_t>(raw.nbytes()) != expected ||
-                !(raw.flags() & py::array::c_style))
-              throw std::invalid_argument("attach_mapped: arrays of inconsistent sizes");
-            const int64_t* id_ptr = ids.data();
-            const int32_t* step_ptr = steps.data();
-            const uint32_t* retrieved_ptr = retrieved.data();
-            const void* raw_ptr = raw.data();
-            py::gil_scoped_release release;
-            self.attach_mapped(id_ptr, step_ptr, retrieved_ptr, raw_ptr, n);
-          },
-          py::keep_alive<1, 5>())  // the mapped rows live as long as the index
+      .def("append_raw", &add_raw_rows<&DocumentIndex::append_raw>)
+      .def("attach_mapped", &add_raw_rows<&DocumentIndex::attach_mapped>,
+           py::keep_alive<1, 5>())  // the mapped rows live as long as the index
       .def("memory_bytes", &DocumentIndex::memory_bytes, py::call_guard<py::gil_scoped_release>())
       .def("mapped_bytes", &DocumentIndex::mapped_bytes, py::call_guard<py::gil_scoped_release>());
 }
