@@ -60,11 +60,10 @@ void score_tile_int8_portable(const int8_t* queries, const float* query_scales, 
 #ifdef ATLAS_FAST_X86
 // ---- AVX-512 ----
 
-// The 16 lane sums of a 4 x 4 block of accumulators, acc[q][r] -> out[q * out_stride + r], in 45 shuffles and
-// adds instead of 16 horizontal reductions of 8 each: a transpose-and-add over 128-bit lanes, 64-bit pairs,
-// then 128-bit lane groups, after which element 4q + r of the vector is the sum of acc[q][r].
-__attribute__((target("avx512f"))) inline void store_sums_4x4(const __m512 (&acc)[4][4], float* out,
-                                                             int64_t out_stride) {
+// The 16 lane sums of a 4 x 4 block of accumulators in one vector, element 4q + r = the sum of acc[q][r], in 45
+// shuffles and adds instead of 16 horizontal reductions of 8 each: a transpose-and-add over 128-bit lanes,
+// 64-bit pairs, then 128-bit lane groups.
+__attribute__((target("avx512f"))) inline __m512 lane_sums_4x4(const __m512 (&acc)[4][4]) {
   __m512 pairs[8];  // pairs[i], per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = acc #2i, b = acc #2i+1
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
@@ -81,8 +80,12 @@ __attribute__((target("avx512f"))) inline void store_sums_4x4(const __m512 (&acc
                                    _mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
   const __m512 q23 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),
                                    _mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512 sums = _mm512_add_ps(_mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
-                                    _mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
+                       _mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
+}
+
+// Element 4q + r of `sums` -> out[q * out_stride + r].
+__attribute__((target("avx512f"))) inline void store_lanes_4x4(__m512 sums, float* out, int64_t out_stride) {
   alignas(64) float lanes[16];
   _mm512_store_ps(lanes, sums);
 #pragma GCC unroll 16
@@ -94,7 +97,7 @@ template <int RB, int QB>
 __attribute__((target("avx512f"))) inline void store_block_sums(const __m512 (&acc)[QB][RB], float* out,
                                                                int64_t out_stride) {
   if constexpr (RB == 4 && QB == 4) {
-    store_sums_4x4(acc, out, out_stride);
+    store_lanes_4x4(lane_sums_4x4(acc), out, out_stride);
   } else {
 #pragma GCC unroll 16
     for (int q = 0; q < QB; ++q)
@@ -267,11 +270,21 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void score_tile_
 
 // ---- AVX-512 VNNI (vpdpbusd): int8 rows against int8 queries, int32 accumulation ----
 
+// The queries of a search in int8 form: values (n x dim), scales, and sums of values (vpdpbusd's offset rows add
+// 128 times a query's sum to its dot products, taken off when the score is finished).
+struct Int8Queries {
+  const int8_t* values;
+  const float* scales;
+  const int32_t* sums;
+};
+
 // As block_avx512bf16, 64 byte products a step: vpdpbusd multiplies the rows' unsigned bytes (q + 128) by the
-// query's signed ones and adds each group of four to an int32 lane. Scores are finished by `finish_int8`.
+// query's signed ones and adds each group of four to an int32 lane. The block's scores are finished in
+// registers: (sum - 128 sum(query)) * query scale * row scale.
 template <int RB, int QB>
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block_int8_vnni(
-    const int8_t* queries, const uint8_t* rows, size_t stride, int64_t dim, float* out, int64_t out_stride) {
+    Int8Queries query_set, const uint8_t* rows, size_t stride, int64_t dim, float* out, int64_t out_stride) {
+  const int8_t* queries = query_set.values;
   __m512i acc[QB][RB];
 #pragma GCC unroll 16
   for (int q = 0; q < QB; ++q)
@@ -295,13 +308,36 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void bloc
   for (int q = 0; q < QB; ++q)
 #pragma GCC unroll 16
     for (int r = 0; r < RB; ++r) sums[q][r] = _mm512_cvtepi32_ps(acc[q][r]);
-  store_block_sums<RB, QB>(sums, out, out_stride);
+  // Element q * RB + r: query q, row r. Multiplied as the other paths do, ((sum - offset) * query) * row.
+  alignas(64) float offsets[QB * RB], query_scales[QB * RB], row_scales[QB * RB];
+  for (int r = 0; r < RB; ++r) {
+    const float row_scale = int8_row_scale(rows + r * stride, dim);
+    for (int q = 0; q < QB; ++q) {
+      offsets[q * RB + r] = 128.f * static_cast<float>(query_set.sums[q]);
+      query_scales[q * RB + r] = query_set.scales[q];
+      row_scales[q * RB + r] = row_scale;
+    }
+  }
+  if constexpr (RB == 4 && QB == 4) {
+    const __m512 shifted = _mm512_sub_ps(lane_sums_4x4(sums), _mm512_load_ps(offsets));
+    const __m512 finished = _mm512_mul_ps(_mm512_mul_ps(shifted, _mm512_load_ps(query_scales)), _mm512_load_ps(row_scales));
+    store_lanes_4x4(finished, out, out_stride);
+  } else {
+    for (int q = 0; q < QB; ++q) {
+      for (int r = 0; r < RB; ++r) {
+        const int e = q * RB + r;
+        out[q * out_stride + r] = (_mm512_reduce_add_ps(sums[q][r]) - offsets[e]) * query_scales[e] * row_scales[e];
+      }
+    }
+  }
 }
 
 // One query: rows one after another, four accumulators per row, four rows prefetched ahead (as
 // rows_one_query_avx512bf16).
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_one_query_int8_vnni(
-    const int8_t* query, const uint8_t* rows, size_t stride, int64_t n_rows, int64_t dim, float* out) {
+    Int8Queries query_set, const uint8_t* rows, size_t stride, int64_t n_rows, int64_t dim, float* out) {
+  const int8_t* query = query_set.values;
+  const float offset = 128.f * static_cast<float>(query_set.sums[0]);
   const int64_t body = dim - dim % 256;
   for (int64_t r = 0; r < n_rows; ++r) {
     const uint8_t* row = rows + r * stride;
@@ -322,23 +358,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_one_qu
                                    _mm512_maskz_loadu_epi8(mask, query + k));
     }
     const __m512i total = _mm512_add_epi32(_mm512_add_epi32(acc[0], acc[1]), _mm512_add_epi32(acc[2], acc[3]));
-    out[r] = static_cast<float>(_mm512_reduce_add_epi32(total));
+    out[r] = (static_cast<float>(_mm512_reduce_add_epi32(total)) - offset) * query_set.scales[0] *
+             int8_row_scale(row, dim);
   }
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void score_tile_int8_vnni(
-    const int8_t* queries, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
+    Int8Queries queries, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
     int64_t out_stride) {
   const size_t stride = row_bytes(StorageType::kInt8, dim);
+  const auto from = [&](int64_t q) { return Int8Queries{queries.values + q * dim, queries.scales + q, queries.sums + q}; };
   int64_t q = 0;
   for (; q + 4 <= n_queries; q += 4) {
     int64_t r = 0;
     for (; r + 4 <= n_rows; r += 4)
-      block_int8_vnni<4, 4>(queries + q * dim, rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+      block_int8_vnni<4, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
     for (; r < n_rows; ++r)
-      block_int8_vnni<1, 4>(queries + q * dim, rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+      block_int8_vnni<1, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
   }
-  for (; q < n_queries; ++q) rows_one_query_int8_vnni(queries + q * dim, rows, stride, n_rows, dim, out + q * out_stride);
+  for (; q < n_queries; ++q) rows_one_query_int8_vnni(from(q), rows, stride, n_rows, dim, out + q * out_stride);
 }
 
 // Pushes the scores at or above the selector's threshold, 16 compared at once.
@@ -575,20 +613,9 @@ void score_tile_int8(const QueryPanel& panel, int64_t first_query, int64_t n_que
   const int8_t* queries = panel.int8() + first_query * dim;
   const float* scales = panel.int8_scales() + first_query;
 #ifdef ATLAS_FAST_X86
-  if (panel.path() == SimdLevel::kAvx512Vnni) {
-    // vpdpbusd summed the rows' offset bytes: sum((q_row + 128) q) = dot + 128 sum(q), taken off here.
-    score_tile_int8_vnni(queries, n_queries, rows, n_rows, dim, out, out_stride);
-    const int32_t* sums = panel.int8_sums() + first_query;
-    const size_t stride = row_bytes(StorageType::kInt8, dim);
-    for (int64_t r = 0; r < n_rows; ++r) {
-      const float row_scale = int8_row_scale(rows + r * stride, dim);
-      for (int64_t q = 0; q < n_queries; ++q) {
-        float& score = out[q * out_stride + r];
-        score = (score - 128.f * static_cast<float>(sums[q])) * scales[q] * row_scale;
-      }
-    }
-    return;
-  }
+  if (panel.path() == SimdLevel::kAvx512Vnni)
+    return score_tile_int8_vnni({queries, scales, panel.int8_sums() + first_query}, n_queries, rows, n_rows, dim, out,
+                                out_stride);
   if (panel.path() == SimdLevel::kAvx2)
     return score_tile_int8_avx2(queries, scales, n_queries, rows, n_rows, dim, out, out_stride);
 #endif
