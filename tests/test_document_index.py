@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
 from atlas_fast.index import DocumentIndex, IndexFileError, from_faiss, to_faiss
+from atlas_fast.testing import clustered_embeddings
 
 DIM = 6
 
@@ -458,11 +459,8 @@ def test_an_unavailable_simd_path_raises(value, message):
 
 
 def test_bf16_search_is_within_rounding_of_fp16_and_finds_the_fp32_neighbours():
-    rng = np.random.default_rng(3)
     n, d, k = 20_000, 768, 100
-    centres = rng.standard_normal((200, d)).astype(np.float32)  # clustered, as document embeddings are
-    vectors = centres[rng.integers(0, 200, n)] + 0.5 * rng.standard_normal((n, d)).astype(np.float32)
-    queries = vectors[rng.integers(0, n, 32)] + 0.3 * rng.standard_normal((32, d)).astype(np.float32)
+    vectors, queries = clustered_embeddings(n, d, 3)
     exact = _numpy_top_k(vectors, queries, k)
     found = {}
     for dtype in ("float16", "bfloat16"):
@@ -503,14 +501,6 @@ def test_storage_rounding_matches_numpy_and_torch():
         np.testing.assert_array_equal(index.get(ids), expected)
 
 
-def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
-    """Unit vectors around 20 centres: the structure of real embeddings, where approximate search is tested."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((20, dim)).astype(np.float32)
-    vectors = centres[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, dim)).astype(np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-
 @pytest.mark.parametrize(
     ("factory", "parameters", "least_recall"),  # serving parameters as docs/faiss.md sets them
     [
@@ -522,13 +512,13 @@ def _clustered(n: int, dim: int, seed: int = 0) -> np.ndarray:
 )
 def test_faiss_export_by_factory_string_trains_serves_and_comes_back(factory, parameters, least_recall):
     faiss = pytest.importorskip("faiss")
-    vectors = _clustered(3000, 32)
+    vectors = clustered_embeddings(3000, 32, centres=20, spread=0.3, unit=True)[0]
     ids = np.arange(3000, dtype=np.int64) * 7 + 5  # ids that are not row numbers
     index = DocumentIndex(32, "bfloat16")
     index.upsert(ids, vectors)
     exported = to_faiss(index, factory, train_rows=1000)
     assert exported.ntotal == 3000 and exported.metric_type == faiss.METRIC_INNER_PRODUCT
-    queries = _clustered(50, 32, seed=1)
+    queries = clustered_embeddings(50, 32, 1, centres=20, spread=0.3, unit=True)[0]
     faiss.ParameterSpace().set_index_parameters(exported, parameters)
     approximate = exported.search(queries, 10)[1]
     exact = index.search(queries, 10)[1]
@@ -556,7 +546,7 @@ def test_a_torch_index_exports_to_faiss():
     pytest.importorskip("faiss")
     from atlas_fast.index import TorchDocumentIndex
 
-    vectors = _clustered(200, 16)
+    vectors = clustered_embeddings(200, 16, centres=20, spread=0.3, unit=True)[0]
     index = TorchDocumentIndex(16, "float32", device="cpu")
     index.upsert(np.arange(200), vectors)
     exported = to_faiss(index, "HNSW16")

@@ -7,16 +7,8 @@ import pytest
 
 from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex, TorchDocumentIndex, load_index, open_index
+from atlas_fast.testing import clustered_embeddings
 from atlas_fast.train.config import ConfigError, TrainConfig
-
-
-def _clustered(n: int, dim: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """n rows around 200 centres (document embeddings cluster) and 32 queries near rows."""
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((200, dim)).astype(np.float32)
-    rows = centres[rng.integers(0, 200, n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
-    queries = rows[rng.integers(0, n, 32)] + 0.3 * rng.standard_normal((32, dim)).astype(np.float32)
-    return rows, queries
 
 
 def test_rows_are_quantised_per_row_and_dequantised_by_get():
@@ -34,7 +26,7 @@ def test_rows_are_quantised_per_row_and_dequantised_by_get():
 
 
 def test_recall_at_100_against_exact_float32_is_at_least_0_99():
-    rows, queries = _clustered(20_000, 768, 3)
+    rows, queries = clustered_embeddings(20_000, 768, 3)
     exact = DocumentIndex(768)
     exact.upsert(np.arange(len(rows)), rows)
     int8 = DocumentIndex(768, "int8")
@@ -88,7 +80,7 @@ def test_a_transform_beyond_float32_is_refused_and_changes_nothing(normalize):
 
 
 def test_save_and_load_keep_rows_scores_and_counts(tmp_path):
-    rows, queries = _clustered(3000, 96, 4)
+    rows, queries = clustered_embeddings(3000, 96, 4)
     index = DocumentIndex(96, "int8")
     index.upsert(np.arange(3000), rows, step=2)
     index.record_retrieved(np.arange(5))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 __all__ = [
     "assert_close",
     "assert_within_reference_error",
+    "clustered_embeddings",
     "default_tolerance",
     "kernel_device",
     "peak_memory_bytes",
@@ -105,3 +107,31 @@ def peak_memory_bytes(fn: Callable[[], object], device: torch.device) -> int:
         live += event.self_cpu_memory_usage
         peak = max(peak, live)
     return peak
+
+
+def clustered_embeddings(
+    n: int,
+    dim: int,
+    seed: int = 0,
+    *,
+    centres: int = 200,
+    spread: float = 0.5,
+    queries: int = 32,
+    query_spread: float = 0.3,
+    unit: bool = False,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors with the structure of document embeddings, which index recall and approximate search are tested on.
+
+    Returns:
+        rows: (n, dim) float32, each a random one of ``centres`` standard normal centres plus normal noise of
+            standard deviation ``spread``;
+        queries: (queries, dim) float32, each a random row plus noise of ``query_spread``.
+        With ``unit``, both are rescaled to unit norm.
+    """
+    rng = np.random.default_rng(seed)
+    middles = rng.standard_normal((centres, dim)).astype(np.float32)
+    rows = middles[rng.integers(0, centres, n)] + spread * rng.standard_normal((n, dim)).astype(np.float32)
+    near = rows[rng.integers(0, n, queries)] + query_spread * rng.standard_normal((queries, dim)).astype(np.float32)
+    if unit:
+        rows, near = (x / np.linalg.norm(x, axis=1, keepdims=True) for x in (rows, near))
+    return rows, near
