@@ -12,6 +12,7 @@ import pytest
 
 from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex, IndexFileError, load_index
+from atlas_fast.index.sharded import read_shards
 
 N, DIM = 10_000, 48  # 10,000 rows: two whole blocks of 4,096 and a last one of 1,808
 BLOCK = _ext.native().DocumentIndex.block_rows
@@ -132,3 +133,17 @@ def test_mapped_is_for_host_index_files_only(tmp_path):
     _, path = _saved(tmp_path)
     with pytest.raises(ValueError, match="only a host index file maps"):
         load_index(path, device="cpu", mapped=True)
+
+
+def test_a_rank_reads_its_share_of_one_process_index_file_and_refuses_a_corrupted_one(tmp_path):
+    """A one-process checkpoint resumed on more ranks: each maps the file and copies only the rows it keeps."""
+    whole, path = _saved(tmp_path, "bfloat16")
+    mine = read_shards(path, lambda ids: ids % 3 == 1)
+    kept = whole.ids()[whole.ids() % 3 == 1]
+    assert sorted(mine.ids().tolist()) == sorted(kept.tolist())
+    np.testing.assert_array_equal(mine.get(kept), whole.get(kept))
+    np.testing.assert_array_equal(mine.step_of(kept), whole.step_of(kept))
+    assert mine.mapped_bytes() == 0  # its own copy: the file may be replaced while the run goes on
+    _flip_vector_byte(path)
+    with pytest.raises(IndexFileError, match=str(path.name)):
+        read_shards(path, lambda ids: ids % 3 == 1)

@@ -281,9 +281,11 @@ def read_shards(directory: str | os.PathLike, keep=None) -> DocumentIndex:
     """
     directory = Path(directory)
     if directory.is_file():
-        whole = DocumentIndex.load(directory)
         if keep is None:
-            return whole
+            return DocumentIndex.load(directory)
+        # Mapped: each rank copies only the rows it keeps, and the ranks share the file's pages.
+        whole = DocumentIndex.map(directory)
+        whole.verify()
         index = DocumentIndex(whole.dim, whole.dtype)
         index.metadata = dict(whole.metadata)
         append_rows_where(index, whole, keep)
