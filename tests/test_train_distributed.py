@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 
 from atlas_fast.index import ShardedIndex
 from atlas_fast.testing.tiny import data_parallel_config, write_tiny_bert
-from atlas_fast.train import Trainer
+from atlas_fast.train import Trainer, checkpoint
 from atlas_fast.train.run import evaluate_checkpoint
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
@@ -51,7 +51,13 @@ def _train_on_two_ranks(rank, world_size, rendezvous, tmp_path):
         assert len(trainer.index) == len(trainer.passages)
         metrics = trainer.evaluator(generate=True)
         assert metrics["generated"] == 8  # 4 eval examples per rank, combined
-        trainer.save_checkpoint()
+        leftover = trainer.output_dir / f".{checkpoint.INDEX_FILE}-{STEPS}" / "shard-00002.afi"
+        if rank == 0:  # what a crashed 3-rank save of this step left behind must not join this checkpoint
+            leftover.parent.mkdir()
+            leftover.write_bytes(b"not an index")
+        dist.barrier()
+        saved = trainer.save_checkpoint()
+        assert rank != 0 or not (saved / checkpoint.INDEX_FILE / leftover.name).exists()
         resumed = Trainer(_config(tmp_path, "two-ranks", batch_size=2))
         assert resumed.resume() and resumed.step == STEPS and len(resumed.index) == len(trainer.passages)
         # Each rank's losses; the run's loss is their mean (equal shares, equal target lengths).

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -285,8 +286,13 @@ class Trainer:
         if self.world_size == 1:
             return checkpoint.save_checkpoint(self.output_dir, self.step, state, writers, self.config.to_dict())
         # Every rank writes its shards (collectives) beside the checkpoint; rank 0 moves them into it.
+        staging = {name: self.output_dir / f".{name}-{self.step}" for name in writers}
+        if self.rank == 0:  # a save of this step that crashed left its staging: its files must not join this one
+            for staged in staging.values():
+                shutil.rmtree(staged, ignore_errors=True)
+        dist.barrier()
         for name, write in list(writers.items()):
-            staged = self.output_dir / f".{name}-{self.step}"
+            staged = staging[name]
             write(staged)
             writers[name] = staged.rename
         path = None
