@@ -42,7 +42,7 @@ smoke: install
 test: install
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	ATLAS_FAST_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -q
+	ATLAS_FAST_REQUIRE_EXT=1 TRITON_INTERPRET=1 $(PY) -m pytest -q --durations=15
 	$(PY) -m pytest -q benchmarks --benchmark-disable
 
 lint: install
