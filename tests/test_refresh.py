@@ -127,6 +127,39 @@ def test_a_corrector_carries_every_older_row_to_the_new_encoder(corrector):
     np.testing.assert_array_equal(np.sort(np.flatnonzero(index.step_of(np.arange(N)) == 1)), np.sort(np.arange(8)))
 
 
+def test_an_accumulated_corrector_fits_every_pair_so_far_and_a_checkpoint_keeps_them():
+    # Three pairs a step in 4 dimensions: one step's pairs cannot determine the drift; two steps' can.
+    base, drift = _base(), _rotation(7) * 0.8 + 0.1 * np.eye(DIM, dtype=np.float32)
+    served = {}
+    for fit in ("step", "accumulated"):
+        index = DocumentIndex(DIM)
+        index.upsert(np.arange(N), base, step=0)
+        policy = RefreshPolicy(
+            "incremental",
+            index,
+            lambda ids: base[ids] @ drift,
+            lambda: np.arange(N),
+            budget=3,
+            corrector="linear",
+            ridge=1e-9,
+            corrector_fit=fit,
+        )
+        assert policy.after_step(1) == 3 and policy.after_step(2) == 3
+        served[fit] = index.get(np.arange(N))
+        if fit == "accumulated":
+            first = np.sort(np.flatnonzero(index.step_of(np.arange(N)) > 0))
+            np.testing.assert_allclose(policy.gram, base[first].T.astype(np.float64) @ base[first], rtol=1e-5)
+            restored = RefreshPolicy(
+                "incremental", index, policy.embed, policy.owned_ids, corrector="linear", corrector_fit=fit
+            )
+            restored.load_state_dict(policy.state_dict())
+            for name in ("applied", "gram", "cross"):
+                np.testing.assert_array_equal(getattr(restored, name), getattr(policy, name))
+    # Pooled, the six pairs determine the map: every row, re-embedded or not, is what the encoder makes of it.
+    np.testing.assert_allclose(served["accumulated"], base @ drift, atol=1e-4)
+    assert np.abs(served["step"] - base @ drift).max() > 1e-2  # three pairs at a time leave a direction unfitted
+
+
 def test_the_scale_corrector_puts_a_shrunk_encoder_and_the_older_rows_on_one_scale():
     # The drift the diagnosis measured: every embedding shrinks (here by 0.45) and turns a little.
     base, shrink = _base(), 0.45

@@ -6,7 +6,8 @@ that same checkpoint, the same number of joint PDist steps under each refresh po
 every N steps (Atlas), "incremental" with a per-step budget, "rerank" (over-retrieve,
 re-score with the current encoder), "query-side" (the passage encoder frozen), and the remedies
 named POLICY+OPTION: "+normalized" (unit-norm rows, retrieval by cosine), "+scale", "+linear" or
-"+procrustes" (a drift corrector after each incremental refresh), "+hot" (re-embed the most
+"+procrustes" (a drift corrector after each incremental refresh), "+accumulated" (the corrector
+fitted on every pair re-embedded so far, not one step's), "+hot" (re-embed the most
 retrieved first), "+write-back" (rerank's fresh candidate embeddings upserted while training),
 "+every=N", "+budget=N", "+candidates=N". Reported: dev recall@k as served by each policy's
 index after the joint steps, the same retriever's recall over a freshly re-embedded corpus
@@ -48,6 +49,7 @@ OPTIONS = {
     "write-back": {"rerank_write_back": True},
     "normalized": {"index_normalize": True},
     "hot": {"refresh_order": "hot"},
+    "accumulated": {"corrector_fit": "accumulated"},
 }
 
 

@@ -24,9 +24,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["CORRECTORS", "fit_map"]
+__all__ = ["CORRECTORS", "CORRECTOR_FITS", "fit_map", "map_from_moments"]
 
 CORRECTORS = ("none", "scale", "procrustes", "linear")
+CORRECTOR_FITS = ("step", "accumulated")  # the pairs a corrector is fitted on: this step's, or all so far
 
 
 def fit_map(old: np.ndarray, new: np.ndarray, kind: str, ridge: float = 1.0) -> np.ndarray:
@@ -42,22 +43,31 @@ def fit_map(old: np.ndarray, new: np.ndarray, kind: str, ridge: float = 1.0) -> 
         raise ValueError(f"old and new must be (n, d) arrays of one shape with n ≥ 1; got {old.shape}, {new.shape}")
     if not (np.isfinite(old).all() and np.isfinite(new).all()):
         raise ValueError("old and new must be finite")
-    d = old.shape[1]
+    return map_from_moments(old.T @ old, old.T @ new, kind, ridge)
+
+
+def map_from_moments(gram: np.ndarray, cross: np.ndarray, kind: str, ridge: float = 1.0) -> np.ndarray:
+    """`fit_map` from the pairs' moments alone: gram = oldᵀold and cross = oldᵀnew, each (d, d).
+
+    Every fit here is a function of these two sums, so pairs of many steps can be pooled in O(d²) memory
+    by adding their moments (`RefreshPolicy`'s ``corrector_fit = "accumulated"``).
+    """
+    gram, cross = np.asarray(gram, dtype=np.float64), np.asarray(cross, dtype=np.float64)
+    d = gram.shape[0]
     if kind == "scale":
-        return (np.sum(old * new) / max(np.sum(old * old), np.finfo(np.float64).tiny) * np.eye(d)).astype(np.float32)
+        return (np.trace(cross) / max(np.trace(gram), np.finfo(np.float64).tiny) * np.eye(d)).astype(np.float32)
     if not (np.isfinite(ridge) and ridge >= 0):
         raise ValueError(f"ridge must be a finite number ≥ 0; got {ridge!r}")
-    if ridge == 0 and np.linalg.matrix_rank(old) < d:  # rank < d: the map is arbitrary where the pairs say nothing
+    if ridge == 0 and np.linalg.matrix_rank(gram) < d:  # rank < d: the map is arbitrary where the pairs say nothing
         raise ValueError(
-            f"ridge 0 with {old.shape[0]} pairs of rank {np.linalg.matrix_rank(old)} < d = {d} leaves the {kind} fit "
+            f"ridge 0 with pairs of rank {np.linalg.matrix_rank(gram)} < d = {d} leaves the {kind} fit "
             "underdetermined; use a ridge > 0"
         )
-    gram = old.T @ old
     strength = ridge * max(float(np.trace(gram)) / d, np.finfo(np.float64).tiny)
     if kind == "procrustes":
-        u, _, vt = np.linalg.svd(old.T @ new + strength * np.eye(d))
+        u, _, vt = np.linalg.svd(cross + strength * np.eye(d))
         return (u @ vt).astype(np.float32)
     if kind == "linear":
-        delta = np.linalg.solve(gram + strength * np.eye(d), old.T @ (new - old))
+        delta = np.linalg.solve(gram + strength * np.eye(d), cross - gram)
         return (np.eye(d) + delta).astype(np.float32)
     raise ValueError(f"kind must be one of {', '.join(CORRECTORS[1:])}; got {kind!r}")

@@ -19,6 +19,9 @@ Three options make a refresh do more with the embeddings it pays for:
 - ``corrector`` ("procrustes" | "linear", atlas_fast.index.corrector): after each refresh, a
   map fitted from the re-embedded documents' old to new vectors is applied in place to every
   row of an older encoder version (then rescaled to unit norm under ``normalize``);
+  With ``corrector_fit = "accumulated"`` the map is fitted on every pair re-embedded since the policy
+  started, not on this step's alone: the pairs' moments are summed (`corrector.map_from_moments`), in
+  the coordinates of the rows as first embedded, and each step applies the change from the previous map;
 - ``write_back`` ("rerank"): the candidates re-embedded for reranking during training are
   upserted into the index, so the per-query cost doubles as refresh.
 
@@ -35,9 +38,11 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
-from atlas_fast.index.corrector import CORRECTORS, fit_map
+from atlas_fast.index.corrector import CORRECTOR_FITS, CORRECTORS, fit_map, map_from_moments
 from atlas_fast.index.protocol import Index
+from atlas_fast.index.sharded import ShardedIndex
 
 __all__ = ["POLICIES", "RefreshPolicy", "trains_passage_encoder"]
 
@@ -69,6 +74,7 @@ class RefreshPolicy:
         normalize: write unit-norm embeddings (retrieval by cosine); an index restored from a checkpoint of
             a dot-product run is normalised in place when the state is loaded.
         ridge: the corrector's pull towards the identity (`corrector.fit_map`).
+        corrector_fit: "step" fits the corrector on this step's pairs; "accumulated" on every pair so far.
     """
 
     def __init__(
@@ -86,11 +92,14 @@ class RefreshPolicy:
         write_back: bool = False,
         normalize: bool = False,
         ridge: float = 1.0,
+        corrector_fit: str = "step",
     ):
         if name not in POLICIES:
             raise ValueError(f"refresh policy must be one of {', '.join(POLICIES)}; got {name!r}")
         if corrector not in CORRECTORS:
             raise ValueError(f"corrector must be one of {', '.join(CORRECTORS)}; got {corrector!r}")
+        if corrector_fit not in CORRECTOR_FITS:
+            raise ValueError(f"corrector_fit must be one of {', '.join(CORRECTOR_FITS)}; got {corrector_fit!r}")
         self.name = name
         self.index = index
         self.embed = embed
@@ -105,6 +114,12 @@ class RefreshPolicy:
         self.ridge = ridge
         self.documents_embedded = 0
         self.rows_corrected = 0  # rows the corrector has transformed, summed over steps
+        self.corrector_fit = corrector_fit
+        # "accumulated": the map applied so far to rows as first embedded, and the moments of every pair in those
+        # coordinates (float64: sums over many steps).
+        self.applied = np.eye(index.dim)
+        self.gram = np.zeros((index.dim, index.dim))
+        self.cross = np.zeros((index.dim, index.dim))
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         self.documents_embedded += int(ids.size)
@@ -171,17 +186,49 @@ class RefreshPolicy:
         old = self.index.get(ids) if correct else None  # collective for a ShardedIndex: before the overwrite
         # Also when empty: a ShardedIndex's upsert is collective, and every rank takes part.
         self.index.upsert(ids, vectors, step=step)
-        if correct and ids.size:  # each rank corrects its own rows with the map its own documents fit
+        if correct and self.corrector_fit == "accumulated":
+            matrix = self._accumulated_map_change(old, vectors)
+            self.rows_corrected += self.index.transform(matrix, older_than=step, normalize=self.normalize)
+        elif correct and ids.size:  # each rank corrects its own rows with the map its own documents fit
             matrix = fit_map(old, vectors, self.corrector, self.ridge)
             self.rows_corrected += self.index.transform(matrix, older_than=step, normalize=self.normalize)
         return int(ids.size)
 
+    def _accumulated_map_change(self, old: np.ndarray, fresh: np.ndarray) -> np.ndarray:
+        """The (d, d) map that carries every older row from the previous accumulated map to the new one.
+
+        The stored rows are the first-embedded ones times ``applied`` (rescaled under ``normalize``), so
+        ``old`` · applied⁻¹ puts this step's pairs in first-embedded coordinates, where their moments join the
+        earlier pairs'. A row re-embedded at step s has since been moved by M_s⁻¹ M_t: its drift from s to t
+        as the pooled fit models it. Over ranks the moments are summed, so every rank applies the same map
+        (and rank 0's checkpoint holds it).
+        """
+        first = np.linalg.solve(self.applied.T, np.asarray(old, dtype=np.float64).T).T  # old @ applied⁻¹
+        if self.normalize:
+            first /= np.maximum(np.linalg.norm(first, axis=1, keepdims=True), np.finfo(np.float64).tiny)
+        moments = torch.from_numpy(np.stack([first.T @ first, first.T @ np.asarray(fresh, dtype=np.float64)]))
+        if isinstance(self.index, ShardedIndex):  # pool every rank's pairs
+            dist.all_reduce(moments, group=self.index.group)
+        self.gram += moments[0].numpy()
+        self.cross += moments[1].numpy()
+        if not self.gram.any():  # no pair yet on any rank: nothing to fit
+            return np.eye(self.index.dim, dtype=np.float32)
+        target = map_from_moments(self.gram, self.cross, self.corrector, self.ridge).astype(np.float64)
+        change = np.linalg.solve(self.applied, target)  # applied⁻¹ · target
+        self.applied = target
+        return change.astype(np.float32)
+
     def state_dict(self) -> dict:
-        return {"documents_embedded": self.documents_embedded, "index_normalized": self.normalize}
+        state = {"documents_embedded": self.documents_embedded, "index_normalized": self.normalize}
+        if self.corrector_fit == "accumulated":
+            state["corrector"] = {name: torch.from_numpy(getattr(self, name)) for name in ("applied", "gram", "cross")}
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Restore the counts (after ``index`` was set to the checkpoint's); a dot-product index (a state without
         "index_normalized": an older checkpoint) is normalised in place when this policy normalises."""
         self.documents_embedded = int(state["documents_embedded"])
+        for name, value in state.get("corrector", {}).items() if self.corrector_fit == "accumulated" else ():
+            setattr(self, name, value.double().numpy().copy())
         if self.normalize and not state.get("index_normalized", False):
             self.index.transform(np.eye(self.index.dim, dtype=np.float32), older_than=2**31 - 1, normalize=True)

@@ -93,6 +93,7 @@ class TrainConfig:
     rerank_write_back: bool = False  # "rerank": upsert the re-scored candidates' fresh embeddings while training
     refresh_corrector: str = "none"  # "none" | "scale" | "procrustes" | "linear": map older rows after a refresh
     corrector_ridge: float = 1.0  # the corrector's pull towards the identity, relative to the pairs' mean square
+    corrector_fit: str = "step"  # "step": fitted on this step's re-embedded pairs; "accumulated": on all so far
     # Unit-norm document rows: retrieval by cosine (training scores stay dot products). The retriever's norms shrink
     # as it trains, which a dot-product index turns against its newest rows (docs/experiments/refresh.md).
     index_normalize: bool = True
@@ -148,6 +149,7 @@ class TrainConfig:
             "reader": ("minilm", "t5"),
             "refresh_order": ("oldest", "hot"),
             "refresh_corrector": corrector.CORRECTORS,
+            "corrector_fit": corrector.CORRECTOR_FITS,
             "index_dtype": ("float32", "float16", "bfloat16", "int8"),
             "parallel": ("ddp", "fsdp"),
         }

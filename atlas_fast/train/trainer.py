@@ -118,6 +118,7 @@ class Trainer:
             write_back=config.rerank_write_back,
             normalize=config.index_normalize,
             ridge=config.corrector_ridge,
+            corrector_fit=config.corrector_fit,
         )
         self.retrieval = Retrieval(self.retriever, self.refresh, self.passages, self.reader.text_format, self.autocast)
         self.warmup = ReaderWarmup(
