@@ -6,6 +6,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from atlas_fast.index import DocumentIndex, Index, ShardedIndex, load_index, open_index
+from atlas_fast.index.refresh import RefreshPolicy
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
@@ -125,6 +126,50 @@ def test_sharded_index_implements_the_whole_index_contract(tmp_path):
     whole = load_index(directory)
     assert isinstance(whole, DocumentIndex) and len(whole) == N
     assert set(whole.stale_ids(6, "hot").tolist()) == set(_corpus()[0][:6].tolist())
+
+
+def _accumulated_correction(rank, world_size, rendezvous, result):
+    _init(rank, world_size, rendezvous)
+    try:
+        ids, vectors = _corpus()
+        drift = np.eye(DIM, dtype=np.float32) + 0.1 * np.random.default_rng(9).standard_normal((DIM, DIM), np.float32)
+        position = {int(doc): row for row, doc in enumerate(ids)}
+        sharded = ShardedIndex(DIM)
+        mine = ids[sharded.owner(ids) == rank]
+        policy = RefreshPolicy(
+            "incremental",
+            sharded,
+            lambda asked: vectors[[position[int(doc)] for doc in asked]] @ drift,
+            lambda: mine,
+            budget=3 + 2 * rank,  # ranks re-embed different numbers of documents
+            corrector="linear",
+            corrector_fit="accumulated",
+        )
+        sharded.upsert(mine, vectors[[position[int(doc)] for doc in mine]], step=0)
+        first = [policy.ids_to_refresh(1)]
+        policy.after_step(1)
+        first.append(policy.ids_to_refresh(2))
+        policy.after_step(2)
+        everyone = [None] * world_size
+        dist.all_gather_object(everyone, np.concatenate(first))
+        if rank == 0:
+            np.savez(result, applied=policy.applied, gram=policy.gram, pairs=np.concatenate(everyone))
+        dist.barrier()
+        if rank == 1:  # every rank applied the one map fitted on every rank's pairs
+            np.testing.assert_array_equal(policy.applied, np.load(result)["applied"])
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def test_an_accumulated_corrector_pools_the_pairs_of_every_rank(tmp_path):
+    result = tmp_path / "rank0.npz"
+    mp.spawn(_accumulated_correction, args=(2, tmp_path / "rendezvous", result), nprocs=2, join=True)
+    saved = np.load(result)
+    ids, vectors = _corpus()
+    pairs = vectors[[int(np.flatnonzero(ids == doc)[0]) for doc in saved["pairs"]]]
+    assert len(pairs) == 2 * (3 + 5)  # both steps, both ranks
+    np.testing.assert_allclose(saved["gram"], pairs.T.astype(np.float64) @ pairs, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["host", "torch"])
