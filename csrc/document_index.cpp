@@ -252,9 +252,14 @@ void DocumentIndex::search_range(const QueryPanel& panel, int64_t first_query, i
     // A tile never crosses a block boundary: its rows are contiguous.
     const int64_t block_end = (tile / kBlockRows + 1) * kBlockRows;
     const int64_t tile_rows = std::min({kTileRows, end - tile, block_end - tile});
+    const int64_t next_tile = tile + tile_rows;
+    const int64_t next_rows = std::min({kTileRows, end - next_tile, (next_tile / kBlockRows + 1) * kBlockRows - next_tile});
+    const NextRows next{next_rows > 0 ? row_ptr(next_tile) : nullptr, next_rows > 0 ? next_rows * row_bytes_ : 0};
     for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
       const int64_t group_size = std::min(kQueryGroup, n_queries - group);
-      score_tile(panel, first_query + group, group_size, row_ptr(tile), tile_rows, tile_scores.data(), kTileRows);
+      // The first group of the tile streams the next tile in behind its arithmetic.
+      score_tile(panel, first_query + group, group_size, row_ptr(tile), tile_rows, tile_scores.data(), kTileRows,
+                 group == 0 ? next : NextRows{});
       for (int64_t q = 0; q < group_size; ++q)
         push_candidates(tile_scores.data() + q * kTileRows, row_ids_.data() + tile, tile_rows, selectors[group + q]);
     }

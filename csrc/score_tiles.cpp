@@ -17,6 +17,14 @@ namespace atlas_fast {
 
 namespace {
 
+// Prefetches share `part` (of `parts`) of the next tile's cache lines into L2 (locality 2: prefetcht1).
+inline void prefetch_share(NextRows next, int64_t part, int64_t parts) {
+  const int64_t lines = (next.bytes + 63) / 64;
+  const char* base = static_cast<const char*>(next.rows);
+  for (int64_t line = part * lines / parts, end = (part + 1) * lines / parts; line < end; ++line)
+    __builtin_prefetch(base + 64 * line, 0, 2);
+}
+
 template <StorageType T>
 inline float load_scalar(const void* rows, int64_t index) {
   if constexpr (T == StorageType::kFloat32) return static_cast<const float*>(rows)[index];
@@ -251,20 +259,20 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_one_qu
   }
 }
 
-template <int QB>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_avx512bf16(
-    const uint16_t* queries, const uint16_t* rows, int64_t n_rows, int64_t dim, float* out, int64_t out_stride) {
-  int64_t r = 0;
-  for (; r + 4 <= n_rows; r += 4) block_avx512bf16<4, QB>(queries, rows + r * dim, dim, out + r, out_stride);
-  for (; r < n_rows; ++r) block_avx512bf16<1, QB>(queries, rows + r * dim, dim, out + r, out_stride);
-}
-
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void score_tile_avx512bf16(
     const uint16_t* queries, int64_t n_queries, const uint16_t* rows, int64_t n_rows, int64_t dim, float* out,
-    int64_t out_stride) {
-  int64_t q = 0;
-  for (; q + 4 <= n_queries; q += 4)
-    rows_avx512bf16<4>(queries + q * dim, rows, n_rows, dim, out + q * out_stride, out_stride);
+    int64_t out_stride, NextRows next) {
+  const int64_t parts = n_queries / 4 * (n_rows / 4);
+  int64_t q = 0, part = 0;
+  for (; q + 4 <= n_queries; q += 4) {
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+      prefetch_share(next, part++, parts);
+      block_avx512bf16<4, 4>(queries + q * dim, rows + r * dim, dim, out + q * out_stride + r, out_stride);
+    }
+    for (; r < n_rows; ++r)
+      block_avx512bf16<1, 4>(queries + q * dim, rows + r * dim, dim, out + q * out_stride + r, out_stride);
+  }
   for (; q < n_queries; ++q) rows_one_query_avx512bf16(queries + q * dim, rows, n_rows, dim, out + q * out_stride);
 }
 
@@ -365,14 +373,17 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_one_qu
 
 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void score_tile_int8_vnni(
     Int8Queries queries, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
-    int64_t out_stride) {
+    int64_t out_stride, NextRows next) {
   const size_t stride = row_bytes(StorageType::kInt8, dim);
   const auto from = [&](int64_t q) { return Int8Queries{queries.values + q * dim, queries.scales + q, queries.sums + q}; };
-  int64_t q = 0;
+  const int64_t parts = n_queries / 4 * (n_rows / 4);
+  int64_t q = 0, part = 0;
   for (; q + 4 <= n_queries; q += 4) {
     int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4)
+    for (; r + 4 <= n_rows; r += 4) {
+      prefetch_share(next, part++, parts);
       block_int8_vnni<4, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+    }
     for (; r < n_rows; ++r)
       block_int8_vnni<1, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
   }
@@ -608,14 +619,14 @@ void score_tile_typed(SimdLevel path, const float* queries, int64_t n_queries, c
 }
 
 void score_tile_int8(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const uint8_t* rows,
-                     int64_t n_rows, float* out, int64_t out_stride) {
+                     int64_t n_rows, float* out, int64_t out_stride, NextRows next) {
   const int64_t dim = panel.dim();
   const int8_t* queries = panel.int8() + first_query * dim;
   const float* scales = panel.int8_scales() + first_query;
 #ifdef ATLAS_FAST_X86
   if (panel.path() == SimdLevel::kAvx512Vnni)
     return score_tile_int8_vnni({queries, scales, panel.int8_sums() + first_query}, n_queries, rows, n_rows, dim, out,
-                                out_stride);
+                                out_stride, next);
   if (panel.path() == SimdLevel::kAvx2)
     return score_tile_int8_avx2(queries, scales, n_queries, rows, n_rows, dim, out, out_stride);
 #endif
@@ -668,12 +679,12 @@ QueryPanel::QueryPanel(StorageType type, const float* queries, int64_t n_queries
 }
 
 void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const void* rows, int64_t n_rows,
-                float* out, int64_t out_stride) {
+                float* out, int64_t out_stride, NextRows next) {
   const int64_t dim = panel.dim();
 #ifdef ATLAS_FAST_X86
   if (panel.path() == SimdLevel::kAvx512Bf16)
     return score_tile_avx512bf16(panel.bf16() + first_query * dim, n_queries, static_cast<const uint16_t*>(rows),
-                                 n_rows, dim, out, out_stride);
+                                 n_rows, dim, out, out_stride, next);
 #endif
   const float* queries = panel.fp32() + first_query * dim;
   const SimdLevel path = panel.path();
@@ -686,7 +697,7 @@ void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries,
       return score_tile_typed<StorageType::kBFloat16>(path, queries, n_queries, rows, n_rows, dim, out, out_stride);
     case StorageType::kInt8:
       return score_tile_int8(panel, first_query, n_queries, static_cast<const uint8_t*>(rows), n_rows, out,
-                             out_stride);
+                             out_stride, next);
   }
 }
 

@@ -64,10 +64,18 @@ class QueryPanel {
   std::vector<int32_t> int8_sums_;
 };
 
+// The rows of the tile a search scores next. The 4-query kernels prefetch them into L2, a share per block of
+// this tile, so that streaming the next tile from memory overlaps this tile's arithmetic: a batch of 8 to 64
+// queries is bound by both, and without the overlap it waits on each in turn.
+struct NextRows {
+  const void* rows = nullptr;
+  int64_t bytes = 0;
+};
+
 // out[q * out_stride + r] = <query first_query + q, rows[r]> for q < n_queries, r < n_rows.
 // rows: n_rows x dim of the panel's storage type, row-major, contiguous.
 void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const void* rows, int64_t n_rows,
-                float* out, int64_t out_stride);
+                float* out, int64_t out_stride, NextRows next = {});
 
 // Offers selector the candidates (scores[r], ids[r]), r < n, that may enter it (SIMD threshold test).
 void push_candidates(const float* scores, const int64_t* ids, int64_t n, TopK& selector);
