@@ -101,7 +101,7 @@ def indexes(corpus):
 
 
 @pytest.mark.parametrize("provider", SEARCH_PROVIDERS)
-@pytest.mark.parametrize("batch", [1, 8, 32, 256])
+@pytest.mark.parametrize("batch", [1, 8, 32, 64, 256])
 def test_search(benchmark, indexes, n_docs, provider, batch):
     queries = np.random.default_rng(batch).standard_normal((batch, DIM), dtype=np.float32)
     index = indexes[provider]
