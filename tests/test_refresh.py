@@ -331,16 +331,16 @@ def test_the_ceiling_serves_every_index_between_stale_and_fresh(tmp_path):
     from atlas_fast.testing.tiny import tiny_config
 
     config = tiny_config(tmp_path, freeze_retriever_steps=1, index_normalize=True)
-    with pytest.raises(ConfigError, match="fraction must be between 0 and 1"):
-        ceiling_of_correction(config, joint_steps=2, fraction=1.0)
-    result = ceiling_of_correction(config, joint_steps=2, fraction=0.5)
+    with pytest.raises(ConfigError, match="fractions must be between 0 and 1"):
+        ceiling_of_correction(config, joint_steps=2, fractions=(0.5, 1.0))
+    result = ceiling_of_correction(config, joint_steps=2, fractions=(0.25, 0.5))
     rows = result["rows"]
     per_order = 2 + len(RIDGES) + 1  # fresh alone, each ridge, the MLP, query-side
-    assert len(rows) == 2 + 2 * per_order and {"none", "full", "query-side (hot pairs)"} <= set(rows)
+    assert len(rows) == 2 + 2 * 2 * per_order and {"none", "full", "fresh 0.5 hot: query-side instead"} <= set(rows)
     for name, row in rows.items():
         assert 0 <= row["recall@1"] <= row[f"recall@{config.eval_k[-1]}"] <= 1, name
-        assert ("cosine" in row) == ("+" in name)
+        assert ("cosine" in row) == ("+" in name), name
     # The corrected rows are closer to the fresh ones than the stale rows were, or as close (tiny drift).
     assert rows["fresh 0.5 random +linear ridge 0.01"]["cosine"] >= result["cosine_stale_fresh"] - 1e-3
-    assert "query-side (random pairs)" in format_ceiling(result)
+    assert "fresh 0.25 random: query-side instead" in format_ceiling(result)
     assert (tmp_path / "run" / "refresh_ceiling.json").exists()

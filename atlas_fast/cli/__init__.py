@@ -105,18 +105,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _config_arguments(ceiling)
     ceiling.add_argument("--joint-steps", type=int, default=25, help="joint steps after the warm-up")
-    ceiling.add_argument("--fraction", type=float, default=0.25, help="the share of documents re-embedded")
+    ceiling.add_argument("--fractions", default="0.25", help="comma-separated shares of documents re-embedded")
     ceiling.add_argument("--warm-checkpoint", help="start from this warm-up checkpoint of an earlier experiment")
     return parser
 
 
-def _integers(option: str, text: str) -> tuple[int, ...]:
+def _numbers(option: str, text: str, kind: type = int) -> tuple:
     from atlas_fast.train.config import ConfigError
 
     try:
-        return tuple(int(part) for part in text.split(","))
+        return tuple(kind(part) for part in text.split(","))
     except ValueError:
-        raise ConfigError(f"{option} must be comma-separated integers; got {text!r}") from None
+        words = "integers" if kind is int else "numbers"
+        raise ConfigError(f"{option} must be comma-separated {words}; got {text!r}") from None
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -164,13 +165,14 @@ def _run(args: argparse.Namespace) -> int:
         from atlas_fast.experiments.refresh_ceiling import ceiling_of_correction, format_ceiling
 
         config = TrainConfig.load(args.config, args.overrides)
-        print(format_ceiling(ceiling_of_correction(config, args.joint_steps, args.fraction, args.warm_checkpoint)))
+        fractions = _numbers("--fractions", args.fractions, float)
+        print(format_ceiling(ceiling_of_correction(config, args.joint_steps, fractions, args.warm_checkpoint)))
     elif args.command == "experiment":
         from atlas_fast.experiments.refresh import EXPERIMENT_POLICIES, format_table, plot_results, refresh_experiment
 
         config = TrainConfig.load(args.config, args.overrides)
         policies = tuple(args.policies.split(",")) if args.policies else EXPERIMENT_POLICIES
-        seeds = _integers("--seeds", args.seeds)
+        seeds = _numbers("--seeds", args.seeds)
         other_task = args.other_task or ("wiki-qa" if not config.passages else "none")
         other_task = None if other_task == "none" else other_task
         results = refresh_experiment(config, args.joint_steps, policies, seeds, other_task, args.warm_checkpoint)

@@ -12,8 +12,8 @@ indexes in between:
   so this bounds what a linear corrector fitted on that many pairs can do;
 - "+mlp": the same with a residual two-layer MLP fitted on the pairs (a corrector network, Monath et al., ICML
   2024);
-- "query-side": every row stale, each query mapped into the stale rows' space by the linear map fitted on the
-  pairs from fresh to stale (Drift-Adapter, EMNLP 2025).
+- ": query-side instead": every row stale, each query mapped into the stale rows' space by the linear map
+  fitted on the same pairs from fresh to stale (Drift-Adapter, EMNLP 2025).
 Each correction also reports ``cosine``: the mean cosine between the rows it corrected and their fresh
 embeddings (1 would be a full refresh's rows).
 """
@@ -38,18 +38,20 @@ RIDGES = (1.0, 0.1, 0.01)  # the linear corrector's ridge, relative to the pairs
 
 
 def ceiling_of_correction(
-    config: TrainConfig, joint_steps: int, fraction: float = 0.25, warm_checkpoint: str | None = None
+    config: TrainConfig, joint_steps: int, fractions: tuple[float, ...] = (0.25,), warm_checkpoint: str | None = None
 ) -> dict:
     """Served dev recall@k of each index between stale and fresh (module docstring), after ``joint_steps`` joint
     steps from the experiment's warm-up (`refresh.warm_start`); also written to output_dir/refresh_ceiling.json.
 
-    ``config`` is run with its own index settings (``index_normalize``) and no refresh while training.
+    ``config`` is run with its own index settings (``index_normalize``) and no refresh while training; every
+    fraction of ``fractions`` is served from the same two embeddings.
 
     Raises:
         ConfigError: a fraction outside (0, 1), or an output_dir `refresh.check_output_dir` refuses.
     """
-    if not 0 < fraction < 1:
-        raise ConfigError(f"fraction must be between 0 and 1 (the share of documents re-embedded); got {fraction!r}")
+    for fraction in fractions:
+        if not 0 < fraction < 1:
+            raise ConfigError(f"fractions must be between 0 and 1 (shares of documents re-embedded); got {fraction!r}")
     check_output_dir(config, RESULT_FILE, warm_checkpoint)
     warm, _, checkpoint = warm_start(config, joint_steps, warm_checkpoint)
     run = Trainer(dataclasses.replace(config, steps=warm.config.steps, refresh="none", refresh_corrector="none"))
@@ -59,31 +61,44 @@ def ceiling_of_correction(
     while run.step < warm.config.steps:
         run.train_step()
     fresh = run.refresh.as_stored(run.corpus.embed(ids))
-    count = max(1, round(fraction * len(ids)))
-    position = {int(doc): row for row, doc in enumerate(ids)}
-    chosen = {
-        "random": np.random.default_rng(config.seed).choice(len(ids), count, replace=False),
-        "hot": np.array([position[int(doc)] for doc in run.index.stale_ids(count, "hot")]),
-    }
     rows = {"none": _served(run, ids, stale), "full": _served(run, ids, fresh)}
-    for order, picked in chosen.items():
-        label = f"fresh {fraction:g} {order}"
-        rest = np.setdiff1d(np.arange(len(ids)), picked)
-        rows[label] = _served(run, ids, _mixed(stale, fresh, picked))
-        corrections = {f"+linear ridge {ridge:g}": _linear(stale, fresh, picked, ridge) for ridge in RIDGES}
-        corrections["+mlp"] = _mlp(stale[picked], fresh[picked], seed=config.seed)
-        for name, correct in corrections.items():
-            corrected = run.refresh.as_stored(correct(stale).astype(np.float32))
-            rows[f"{label} {name}"] = {
-                **_served(run, ids, _mixed(corrected, fresh, picked)),
-                "cosine": _mean_cosine(corrected[rest], fresh[rest]),
-            }
-        to_stale = torch.from_numpy(fit_map(fresh[picked], stale[picked], "linear", RIDGES[-1]))
-        rows[f"query-side ({order} pairs)"] = _served(run, ids, stale, query_map=to_stale)
-    result = {"joint_steps": joint_steps, "fraction": fraction, "documents": len(ids), "rows": rows}
+    for fraction in fractions:
+        for order, picked in _chosen(run, ids, fraction).items():
+            rows |= _served_between(run, ids, stale, fresh, picked, f"fresh {fraction:g} {order}")
+    result = {"joint_steps": joint_steps, "fractions": list(fractions), "documents": len(ids), "rows": rows}
     result["cosine_stale_fresh"] = _mean_cosine(stale, fresh)
     write_result(str(Path(config.output_dir) / RESULT_FILE), result)
     return result
+
+
+def _chosen(run: Trainer, ids: np.ndarray, fraction: float) -> dict:
+    """Positions in ``ids`` of the documents a refresh of ``fraction`` re-embeds: random ones, or the most
+    retrieved while training."""
+    count = max(1, round(fraction * len(ids)))
+    position = {int(doc): row for row, doc in enumerate(ids)}
+    return {
+        "random": np.random.default_rng(run.config.seed).choice(len(ids), count, replace=False),
+        "hot": np.array([position[int(doc)] for doc in run.index.stale_ids(count, "hot")]),
+    }
+
+
+def _served_between(
+    run: Trainer, ids: np.ndarray, stale: np.ndarray, fresh: np.ndarray, picked: np.ndarray, label: str
+) -> dict:
+    """The table's rows for one set of ``picked`` fresh documents: alone, with each corrector, and query-side."""
+    rest = np.setdiff1d(np.arange(len(ids)), picked)
+    rows = {label: _served(run, ids, _mixed(stale, fresh, picked))}
+    corrections = {f"+linear ridge {ridge:g}": _linear(stale, fresh, picked, ridge) for ridge in RIDGES}
+    corrections["+mlp"] = _mlp(stale[picked], fresh[picked], seed=run.config.seed)
+    for name, correct in corrections.items():
+        corrected = run.refresh.as_stored(correct(stale).astype(np.float32))
+        rows[f"{label} {name}"] = {
+            **_served(run, ids, _mixed(corrected, fresh, picked)),
+            "cosine": _mean_cosine(corrected[rest], fresh[rest]),
+        }
+    to_stale = torch.from_numpy(fit_map(fresh[picked], stale[picked], "linear", RIDGES[-1]))
+    rows[f"{label}: query-side instead"] = _served(run, ids, stale, query_map=to_stale)
+    return rows
 
 
 def _mixed(stale: np.ndarray, fresh: np.ndarray, picked: np.ndarray) -> np.ndarray:
@@ -148,7 +163,8 @@ def format_ceiling(result: dict) -> str:
     """Markdown: one row per served index."""
     recalls = [key for key in result["rows"]["none"] if key.startswith("recall@")]
     lines = [
-        f"{result['joint_steps']} joint steps, {result['documents']} documents, fraction {result['fraction']:g}; "
+        f"{result['joint_steps']} joint steps, {result['documents']} documents re-embedded in part: "
+        f"{', '.join(f'{f:g}' for f in result['fractions'])}; "
         f"stale·fresh cosine {result['cosine_stale_fresh']:.4f}.",
         "",
         "| index | " + " | ".join(recalls) + " | corrected rows · fresh cosine |",
