@@ -254,7 +254,8 @@ void DocumentIndex::search_range(const QueryPanel& panel, int64_t first_query, i
     const int64_t tile_rows = std::min({kTileRows, end - tile, block_end - tile});
     const int64_t next_tile = tile + tile_rows;
     const int64_t next_rows = std::min({kTileRows, end - next_tile, (next_tile / kBlockRows + 1) * kBlockRows - next_tile});
-    const NextRows next{next_rows > 0 ? row_ptr(next_tile) : nullptr, next_rows > 0 ? next_rows * row_bytes_ : 0};
+    NextRows next;
+    if (next_rows > 0) next = {row_ptr(next_tile), next_rows * static_cast<int64_t>(row_bytes_)};
     for (int64_t group = 0; group < n_queries; group += kQueryGroup) {
       const int64_t group_size = std::min(kQueryGroup, n_queries - group);
       // The first group of the tile streams the next tile in behind its arithmetic.
