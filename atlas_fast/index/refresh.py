@@ -18,7 +18,7 @@ Three options make a refresh do more with the embeddings it pays for:
   alone (docs/experiments/refresh.md, the diagnosis);
 - ``corrector`` ("procrustes" | "linear", atlas_fast.index.corrector): after each refresh, a
   map fitted from the re-embedded documents' old to new vectors is applied in place to every
-  row of an older encoder version (then rescaled to unit norm under ``normalize``);
+  row of an older encoder version (then rescaled to unit norm under ``normalize``).
   With ``corrector_fit = "accumulated"`` the map is fitted on every pair re-embedded since the policy
   started, not on this step's alone: the pairs' moments are summed (`corrector.map_from_moments`), in
   the coordinates of the rows as first embedded, and each step applies the change from the previous map;
