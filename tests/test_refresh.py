@@ -234,6 +234,19 @@ def test_a_normalising_rerank_scores_by_cosine():
     np.testing.assert_array_equal(ids[:, 0], [5, 9])
 
 
+def test_only_training_retrievals_make_a_document_hot():
+    base = _unit(_base())  # unit rows: each query's top-1 is its own document
+    index = DocumentIndex(DIM)
+    index.upsert(np.arange(N), base)
+    policy = RefreshPolicy("incremental", index, lambda ids: base[ids], lambda: np.arange(N), order="hot")
+    queries = torch.from_numpy(base[30:33])
+    cold = index.stale_ids(3, "hot").tolist()
+    np.testing.assert_array_equal(policy.retrieve(queries, 1)[:, 0], [30, 31, 32])  # an evaluation's: no record
+    assert index.stale_ids(3, "hot").tolist() == cold
+    policy.retrieve(queries, 1, step=1)
+    assert sorted(index.stale_ids(3, "hot").tolist()) == [30, 31, 32]
+
+
 def test_a_frozen_encoder_step_corrects_nothing():
     index = DocumentIndex(DIM)
     index.upsert(np.arange(N), _base())

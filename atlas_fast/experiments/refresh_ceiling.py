@@ -61,9 +61,10 @@ def ceiling_of_correction(
     while run.step < warm.config.steps:
         run.train_step()
     fresh = run.refresh.as_stored(run.corpus.embed(ids))
+    chosen = {fraction: _chosen(run, ids, fraction) for fraction in fractions}  # by training's retrievals alone
     rows = {"none": _served(run, ids, stale), "full": _served(run, ids, fresh)}
     for fraction in fractions:
-        for order, picked in _chosen(run, ids, fraction).items():
+        for order, picked in chosen[fraction].items():
             rows |= _served_between(run, ids, stale, fresh, picked, f"fresh {fraction:g} {order}")
     result = {"joint_steps": joint_steps, "fractions": list(fractions), "documents": len(ids), "rows": rows}
     result["cosine_stale_fresh"] = _mean_cosine(stale, fresh)

@@ -138,17 +138,20 @@ class RefreshPolicy:
         self.index.upsert(ids, self.as_stored(self.embed(ids)), step=0)
 
     def retrieve(self, query_emb: torch.Tensor, k: int, step: int | None = None) -> np.ndarray:
-        """(B, k) int64 ids of the top-k documents of each (B, d) query, recorded as retrieved.
+        """(B, k) int64 ids of the top-k documents of each (B, d) query.
 
-        "rerank" takes ``candidates`` from the index and keeps the top-k of their fresh scores;
-        with ``write_back``, a retrieval for training step ``step`` (None: evaluation, which writes
-        nothing) also upserts those fresh embeddings at that step.
+        A retrieval for training step ``step`` is recorded (`Index.record_retrieved`: what order="hot"
+        re-embeds first); an evaluation's (``step`` None) changes nothing, or the dev questions' passages
+        would be refreshed first and the recall they measure would be the dev set's own doing.
+        "rerank" takes ``candidates`` from the index and keeps the top-k of their fresh scores; with
+        ``write_back``, a retrieval for training also upserts those fresh embeddings at that step.
         """
         depth = max(self.candidates, k) if self.name == "rerank" else k
         _, ids = self.index.search(query_emb.float().cpu().numpy(), depth)
         if self.name == "rerank":
             ids = self._rerank(query_emb, ids, k, step)
-        self.index.record_retrieved(ids)
+        if step is not None:  # collective for a ShardedIndex: every rank evaluates, or trains, together
+            self.index.record_retrieved(ids)
         return ids
 
     def _rerank(self, query_emb: torch.Tensor, candidate_ids: np.ndarray, k: int, step: int | None) -> np.ndarray:
