@@ -31,7 +31,7 @@ from atlas_fast.index.corrector import fit_map
 from atlas_fast.train.config import ConfigError, TrainConfig
 from atlas_fast.train.trainer import Trainer
 
-__all__ = ["RIDGES", "ceiling_of_correction", "format_ceiling"]
+__all__ = ["RIDGES", "ceiling_of_correction", "fit_mlp_corrector", "format_ceiling"]
 
 RESULT_FILE = "refresh_ceiling.json"
 RIDGES = (1.0, 0.1, 0.01)  # the linear corrector's ridge, relative to the pairs' mean square (`fit_map`)
@@ -90,7 +90,7 @@ def _served_between(
     rest = np.setdiff1d(np.arange(len(ids)), picked)
     rows = {label: _served(run, ids, _mixed(stale, fresh, picked))}
     corrections = {f"+linear ridge {ridge:g}": _linear(stale, fresh, picked, ridge) for ridge in RIDGES}
-    corrections["+mlp"] = _mlp(stale[picked], fresh[picked], seed=run.config.seed)
+    corrections["+mlp"] = fit_mlp_corrector(stale[picked], fresh[picked], seed=run.config.seed)
     for name, correct in corrections.items():
         corrected = run.refresh.as_stored(correct(stale).astype(np.float32))
         rows[f"{label} {name}"] = {
@@ -118,7 +118,7 @@ def _linear(stale: np.ndarray, fresh: np.ndarray, picked: np.ndarray, ridge: flo
     return lambda rows: rows @ matrix
 
 
-def _mlp(old: np.ndarray, new: np.ndarray, seed: int, hidden: int = 256, epochs: int = 200):
+def fit_mlp_corrector(old: np.ndarray, new: np.ndarray, seed: int, hidden: int = 256, epochs: int = 200):
     """A residual MLP x + W₂ gelu(W₁ x) fitted to carry ``old`` to ``new`` (mean cosine), from the identity."""
     generator = torch.Generator().manual_seed(seed)
     dim = old.shape[1]
