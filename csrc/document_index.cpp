@@ -276,10 +276,10 @@ void DocumentIndex::search(const float* queries, int64_t n_queries, int64_t k, i
   const QueryPanel panel(type_, queries, n_queries, dim_);
   std::vector<TopK> selectors(static_cast<size_t>(n_queries), TopK(k));
   if (n_queries >= static_cast<int64_t>(threads) * kQueryGroup || threads == 1) {
-    // Many queries: each thread takes a contiguous share of them (a multiple of 4, the kernels' query block)
+    // Many queries: each thread takes a contiguous share of them (a multiple of 16, score_tile's query vector)
     // and streams the whole database once.
     const int64_t share = (n_queries + threads - 1) / threads;
-    const int64_t per_thread = (share + 3) / 4 * 4;
+    const int64_t per_thread = (share + 15) / 16 * 16;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static, 1) num_threads(threads)
 #endif

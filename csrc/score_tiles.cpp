@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+#include <type_traits>
 
 namespace atlas_fast {
 
@@ -68,36 +69,51 @@ void score_tile_int8_portable(const int8_t* queries, const float* query_scales, 
 #ifdef ATLAS_FAST_X86
 // ---- AVX-512 ----
 
-// The 16 lane sums of a 4 x 4 block of accumulators in one vector, element 4q + r = the sum of acc[q][r], in 45
-// shuffles and adds instead of 16 horizontal reductions of 8 each: a transpose-and-add over 128-bit lanes,
-// 64-bit pairs, then 128-bit lane groups.
-__attribute__((target("avx512f"))) inline __m512 lane_sums_4x4(const __m512 (&acc)[4][4]) {
-  __m512 pairs[8];  // pairs[i], per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = acc #2i, b = acc #2i+1
+// Lane-wise sums for lane_sums_4x4, of fp32 or int32 lanes.
+__attribute__((target("avx512f"))) inline __m512 add_lanes(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
+__attribute__((target("avx512f"))) inline __m512i add_lanes(__m512i a, __m512i b) { return _mm512_add_epi32(a, b); }
+__attribute__((target("avx512f"))) inline __m512 as_ps(__m512 v) { return v; }
+__attribute__((target("avx512f"))) inline __m512 as_ps(__m512i v) { return _mm512_castsi512_ps(v); }
+template <typename V>
+__attribute__((target("avx512f"))) inline V from_ps(__m512 v) {
+  if constexpr (std::is_same_v<V, __m512>) return v; else return _mm512_castps_si512(v);
+}
+
+// The even 128-bit lanes of a, b plus their odd ones.
+template <typename V>
+__attribute__((target("avx512f"))) inline V fold_lane_groups(__m512 a, __m512 b) {
+  return add_lanes(from_ps<V>(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(2, 0, 2, 0))),
+                   from_ps<V>(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
+}
+
+// The 16 lane sums of a 4 x 4 block of accumulators (fp32 or int32) in one vector, element 4q + r = the sum of
+// acc[q][r], in 45 shuffles and adds instead of 16 horizontal reductions of 8 each: a transpose-and-add over
+// 128-bit lanes, 64-bit pairs, then 128-bit lane groups.
+template <typename V>
+__attribute__((target("avx512f"))) inline V lane_sums_4x4(const V (&acc)[4][4]) {
+  V pairs[8];  // pairs[i], per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = acc #2i, b = acc #2i+1
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
-    const __m512 a = acc[i / 2][(i % 2) * 2], b = acc[i / 2][(i % 2) * 2 + 1];
-    pairs[i] = _mm512_add_ps(_mm512_unpacklo_ps(a, b), _mm512_unpackhi_ps(a, b));
+    const __m512 a = as_ps(acc[i / 2][(i % 2) * 2]), b = as_ps(acc[i / 2][(i % 2) * 2 + 1]);
+    pairs[i] = add_lanes(from_ps<V>(_mm512_unpacklo_ps(a, b)), from_ps<V>(_mm512_unpackhi_ps(a, b)));
   }
   __m512 quads[4];  // quads[i], per 128-bit lane L: the lane-L sums of accumulators 4i .. 4i+3
 #pragma GCC unroll 4
   for (int i = 0; i < 4; ++i) {
-    const __m512d lo = _mm512_castps_pd(pairs[2 * i]), hi = _mm512_castps_pd(pairs[2 * i + 1]);
-    quads[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi)), _mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi)));
+    const __m512d lo = _mm512_castps_pd(as_ps(pairs[2 * i])), hi = _mm512_castps_pd(as_ps(pairs[2 * i + 1]));
+    quads[i] = as_ps(add_lanes(from_ps<V>(_mm512_castpd_ps(_mm512_unpacklo_pd(lo, hi))),
+                               from_ps<V>(_mm512_castpd_ps(_mm512_unpackhi_pd(lo, hi)))));
   }
-  const __m512 q01 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm512_shuffle_f32x4(quads[0], quads[1], _MM_SHUFFLE(3, 1, 3, 1)));
-  const __m512 q23 = _mm512_add_ps(_mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(2, 0, 2, 0)),
-                                   _mm512_shuffle_f32x4(quads[2], quads[3], _MM_SHUFFLE(3, 1, 3, 1)));
-  return _mm512_add_ps(_mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(2, 0, 2, 0)),
-                       _mm512_shuffle_f32x4(q01, q23, _MM_SHUFFLE(3, 1, 3, 1)));
+  return fold_lane_groups<V>(as_ps(fold_lane_groups<V>(quads[0], quads[1])),
+                             as_ps(fold_lane_groups<V>(quads[2], quads[3])));
 }
 
-// Element 4q + r of `sums` -> out[q * out_stride + r].
+// Element 4q + r of `sums` -> out[q * out_stride + r]: 128-bit lane q to row q of out.
 __attribute__((target("avx512f"))) inline void store_lanes_4x4(__m512 sums, float* out, int64_t out_stride) {
-  alignas(64) float lanes[16];
-  _mm512_store_ps(lanes, sums);
-#pragma GCC unroll 16
-  for (int j = 0; j < 16; ++j) out[(j / 4) * out_stride + j % 4] = lanes[j];
+  _mm_storeu_ps(out, _mm512_castps512_ps128(sums));
+  _mm_storeu_ps(out + out_stride, _mm512_extractf32x4_ps(sums, 1));
+  _mm_storeu_ps(out + 2 * out_stride, _mm512_extractf32x4_ps(sums, 2));
+  _mm_storeu_ps(out + 3 * out_stride, _mm512_extractf32x4_ps(sums, 3));
 }
 
 // out[q * out_stride + r] = the lane sum of acc[q][r]: the 4 x 4 transpose-and-add, else one reduction each.
@@ -310,32 +326,27 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void bloc
       for (int r = 0; r < RB; ++r) acc[q][r] = _mm512_dpbusd_epi32(acc[q][r], row[r], query);
     }
   }
-  // Lane sums stay below 2^24 (255 * 127 * dim / 16 for dim < 8,192), so they convert to fp32 exactly.
-  __m512 sums[QB][RB];
-#pragma GCC unroll 16
-  for (int q = 0; q < QB; ++q)
-#pragma GCC unroll 16
-    for (int r = 0; r < RB; ++r) sums[q][r] = _mm512_cvtepi32_ps(acc[q][r]);
-  // Element q * RB + r: query q, row r. Multiplied as the other paths do, ((sum - offset) * query) * row.
-  alignas(64) float offsets[QB * RB], query_scales[QB * RB], row_scales[QB * RB];
-  for (int r = 0; r < RB; ++r) {
-    const float row_scale = int8_row_scale(rows + r * stride, dim);
-    for (int q = 0; q < QB; ++q) {
-      offsets[q * RB + r] = 128.f * static_cast<float>(query_set.sums[q]);
-      query_scales[q * RB + r] = query_set.scales[q];
-      row_scales[q * RB + r] = row_scale;
-    }
-  }
-  if constexpr (RB == 4 && QB == 4) {
-    const __m512 shifted = _mm512_sub_ps(lane_sums_4x4(sums), _mm512_load_ps(offsets));
-    const __m512 finished = _mm512_mul_ps(_mm512_mul_ps(shifted, _mm512_load_ps(query_scales)), _mm512_load_ps(row_scales));
-    store_lanes_4x4(finished, out, out_stride);
+  // Multiplied as the other paths do, ((sum - offset) * query) * row. The sums stay below 2^24 (255 * 127 * dim for
+  // dim < 518), or their fp32 rounding is the same as theirs.
+  if constexpr (RB == 4 && QB == 4) {  // element 4q + r: query q, row r
+    const __m512i query_of = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    const __m512 offsets = _mm512_mul_ps(
+        _mm512_set1_ps(128.f), _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
+                                   query_of, _mm512_castsi128_si512(_mm_loadu_si128(
+                                                 reinterpret_cast<const __m128i*>(query_set.sums))))));
+    const __m512 query_scales =
+        _mm512_permutexvar_ps(query_of, _mm512_castps128_ps512(_mm_loadu_ps(query_set.scales)));
+    const __m512 row_scales = _mm512_broadcast_f32x4(
+        _mm_setr_ps(int8_row_scale(rows, dim), int8_row_scale(rows + stride, dim),
+                    int8_row_scale(rows + 2 * stride, dim), int8_row_scale(rows + 3 * stride, dim)));
+    const __m512 shifted = _mm512_sub_ps(_mm512_cvtepi32_ps(lane_sums_4x4(acc)), offsets);
+    store_lanes_4x4(_mm512_mul_ps(_mm512_mul_ps(shifted, query_scales), row_scales), out, out_stride);
   } else {
     for (int q = 0; q < QB; ++q) {
-      for (int r = 0; r < RB; ++r) {
-        const int e = q * RB + r;
-        out[q * out_stride + r] = (_mm512_reduce_add_ps(sums[q][r]) - offsets[e]) * query_scales[e] * row_scales[e];
-      }
+      const float offset = 128.f * static_cast<float>(query_set.sums[q]);
+      for (int r = 0; r < RB; ++r)
+        out[q * out_stride + r] = (static_cast<float>(_mm512_reduce_add_epi32(acc[q][r])) - offset) *
+                                  query_set.scales[q] * int8_row_scale(rows + r * stride, dim);
     }
   }
 }
@@ -388,6 +399,155 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void score_tile_
       block_int8_vnni<1, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
   }
   for (; q < n_queries; ++q) rows_one_query_int8_vnni(from(q), rows, stride, n_rows, dim, out + q * out_stride);
+}
+
+// ---- AVX-512 VNNI, many queries: a row's bytes broadcast against 16 queries a vector ----
+
+// block_int8_vnni keeps one accumulator per (query, row) pair and folds its 16 lanes into one sum at the end. An
+// int8 pair of d = 768 takes only 12 vpdpbusd, so that fold and the finishing of each score weigh a third as much
+// again as the products. Here the queries come interleaved (QueryPanel::int8_lanes: lane i of vector v holds 4
+// bytes of query 16v + i), and 4 bytes of a row, broadcast to every lane, meet 16 queries in one vpdpbusd: each
+// lane ends holding one whole dot product, and nothing is folded.
+
+// The fewest queries a tile call scores this way. Up to 8, block_int8_vnni measured faster (8 queries at N = 1M:
+// 32 ms against 44 ms in 256-bit registers and 49 ms in 512-bit ones, half their lanes padding); from 12 on, this
+// kernel (12 queries: 43 against 54 ms, 16: 53 against 73 ms).
+constexpr int64_t kBroadcastQueries = 9;
+
+// Where one search's interleaved queries are: vector v, step s (bytes 4s .. 4s + 3) at values + (v * steps + s) * 64;
+// their sums and scales padded with zeros to whole vectors.
+struct Int8Lanes {
+  const int8_t* values;
+  int64_t steps;
+  const int32_t* sums;
+  const float* scales;
+};
+
+constexpr int broadcast_rows(int vectors) { return std::min(8, 16 / vectors); }
+
+// scores[r * lanes_stride + 16v + i] = the score of row r against lane i of vector v, for RB rows x VB vectors.
+template <int RB, int VB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void block_int8_broadcast(
+    Int8Lanes lanes, const uint8_t* rows, size_t stride, int64_t dim, float* scores, int64_t lanes_stride) {
+  __m512i acc[RB][VB];
+#pragma GCC unroll 32
+  for (int r = 0; r < RB; ++r)
+#pragma GCC unroll 4
+    for (int v = 0; v < VB; ++v) acc[r][v] = _mm512_setzero_si512();
+  for (int64_t s = 0; s < lanes.steps; ++s) {
+    __m512i query[VB];
+#pragma GCC unroll 4
+    for (int v = 0; v < VB; ++v) query[v] = _mm512_loadu_si512(lanes.values + (v * lanes.steps + s) * 64);
+#pragma GCC unroll 32
+    for (int r = 0; r < RB; ++r) {
+      int32_t word;  // bytes 4s .. 4s + 3 lie inside the row (its scale starts at dim rounded up to 4)
+      std::memcpy(&word, rows + r * stride + 4 * s, sizeof word);
+      const __m512i row = _mm512_set1_epi32(word);
+#pragma GCC unroll 4
+      for (int v = 0; v < VB; ++v) acc[r][v] = _mm512_dpbusd_epi32(acc[r][v], row, query[v]);
+    }
+  }
+  __m512 offsets[VB], scales[VB];
+#pragma GCC unroll 4
+  for (int v = 0; v < VB; ++v) {
+    offsets[v] = _mm512_mul_ps(_mm512_set1_ps(128.f), _mm512_cvtepi32_ps(_mm512_loadu_si512(lanes.sums + 16 * v)));
+    scales[v] = _mm512_loadu_ps(lanes.scales + 16 * v);
+  }
+#pragma GCC unroll 32
+  for (int r = 0; r < RB; ++r) {
+    const __m512 row_scale = _mm512_set1_ps(int8_row_scale(rows + r * stride, dim));
+#pragma GCC unroll 4
+    for (int v = 0; v < VB; ++v) {  // as the other paths: ((sum - offset) * query scale) * row scale
+      const __m512 shifted = _mm512_sub_ps(_mm512_cvtepi32_ps(acc[r][v]), offsets[v]);
+      _mm512_storeu_ps(scores + r * lanes_stride + 16 * v, _mm512_mul_ps(_mm512_mul_ps(shifted, scales[v]), row_scale));
+    }
+  }
+}
+
+// All rows against VB vectors of queries: blocks of RB rows, then one row at a time. Blocks of at most 16
+// accumulators and 8 rows: with more gcc keeps the accumulators or the row pointers on the stack.
+template <int VB>
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_int8_broadcast(
+    Int8Lanes lanes, const uint8_t* rows, size_t stride, int64_t n_rows, int64_t dim, float* scores,
+    int64_t lanes_stride, NextRows next, int64_t& part, int64_t parts) {
+  constexpr int RB = broadcast_rows(VB);
+  int64_t r = 0;
+  for (; r + RB <= n_rows; r += RB) {
+    prefetch_share(next, part++, parts);
+    block_int8_broadcast<RB, VB>(lanes, rows + r * stride, stride, dim, scores + r * lanes_stride, lanes_stride);
+  }
+  for (; r < n_rows; ++r)
+    block_int8_broadcast<1, VB>(lanes, rows + r * stride, stride, dim, scores + r * lanes_stride, lanes_stride);
+}
+
+// In place: lane j of vector i <-> lane i of vector j (unpack 32- and 64-bit pairs, then swap 128-bit lanes twice).
+__attribute__((target("avx512f"))) inline void transpose_16x16(__m512i (&v)[16]) {
+  __m512i t[16];
+#pragma GCC unroll 8
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(v[2 * i], v[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(v[2 * i], v[2 * i + 1]);
+  }
+  // u[4i + c], per 128-bit lane L: element 4L + c of vectors 4i .. 4i + 3.
+  __m512i u[16];
+#pragma GCC unroll 4
+  for (int i = 0; i < 4; ++i) {
+    u[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    u[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    u[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+#pragma GCC unroll 4
+  for (int c = 0; c < 4; ++c) {
+    const __m512i even_lo = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i odd_lo = _mm512_shuffle_i32x4(u[c], u[4 + c], _MM_SHUFFLE(3, 1, 3, 1));
+    const __m512i even_hi = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(2, 0, 2, 0));
+    const __m512i odd_hi = _mm512_shuffle_i32x4(u[8 + c], u[12 + c], _MM_SHUFFLE(3, 1, 3, 1));
+    v[c] = _mm512_shuffle_i32x4(even_lo, even_hi, _MM_SHUFFLE(2, 0, 2, 0));
+    v[8 + c] = _mm512_shuffle_i32x4(even_lo, even_hi, _MM_SHUFFLE(3, 1, 3, 1));
+    v[4 + c] = _mm512_shuffle_i32x4(odd_lo, odd_hi, _MM_SHUFFLE(2, 0, 2, 0));
+    v[12 + c] = _mm512_shuffle_i32x4(odd_lo, odd_hi, _MM_SHUFFLE(3, 1, 3, 1));
+  }
+}
+
+// out[q * out_stride + r] = scores[r * lanes_stride + q] for q < n_queries, r < n_rows (scores holds n_rows rounded
+// up to 16 rows), 16 x 16 at a time.
+__attribute__((target("avx512f"))) void store_transposed(const float* scores, int64_t lanes_stride, int64_t n_rows,
+                                                         int64_t n_queries, float* out, int64_t out_stride) {
+  for (int64_t r = 0; r < n_rows; r += 16) {
+    const __mmask16 valid = n_rows - r >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << (n_rows - r)) - 1);
+    for (int64_t q = 0; q < n_queries; q += 16) {
+      __m512i block[16];
+#pragma GCC unroll 16
+      for (int i = 0; i < 16; ++i) block[i] = _mm512_loadu_si512(scores + (r + i) * lanes_stride + q);
+      transpose_16x16(block);
+      for (int64_t j = 0; j < std::min<int64_t>(16, n_queries - q); ++j)
+        _mm512_mask_storeu_ps(out + (q + j) * out_stride + r, valid, _mm512_castsi512_ps(block[j]));
+    }
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void score_tile_int8_broadcast(
+    Int8Lanes lanes, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
+    int64_t out_stride, NextRows next) {
+  const size_t stride = row_bytes(StorageType::kInt8, dim);
+  const int64_t vectors = (n_queries + 15) / 16, lanes_stride = 16 * vectors;
+  thread_local std::vector<float> scores;  // rows x lanes, the tile's scores before the transpose
+  scores.resize(static_cast<size_t>((n_rows + 15) / 16 * 16 * lanes_stride));
+  int64_t parts = 0;
+  for (int64_t v = 0; v < vectors; v += 4) parts += n_rows / broadcast_rows(static_cast<int>(std::min<int64_t>(4, vectors - v)));
+  int64_t part = 0;
+  for (int64_t v = 0; v < vectors; v += 4) {
+    const Int8Lanes from{lanes.values + v * lanes.steps * 64, lanes.steps, lanes.sums + 16 * v, lanes.scales + 16 * v};
+    float* block_scores = scores.data() + 16 * v;
+    switch (std::min<int64_t>(4, vectors - v)) {
+      case 1: rows_int8_broadcast<1>(from, rows, stride, n_rows, dim, block_scores, lanes_stride, next, part, parts); break;
+      case 2: rows_int8_broadcast<2>(from, rows, stride, n_rows, dim, block_scores, lanes_stride, next, part, parts); break;
+      case 3: rows_int8_broadcast<3>(from, rows, stride, n_rows, dim, block_scores, lanes_stride, next, part, parts); break;
+      default: rows_int8_broadcast<4>(from, rows, stride, n_rows, dim, block_scores, lanes_stride, next, part, parts);
+    }
+  }
+  store_transposed(scores.data(), lanes_stride, n_rows, n_queries, out, out_stride);
 }
 
 // Pushes the scores at or above the selector's threshold, 16 compared at once.
@@ -624,6 +784,12 @@ void score_tile_int8(const QueryPanel& panel, int64_t first_query, int64_t n_que
   const int8_t* queries = panel.int8() + first_query * dim;
   const float* scales = panel.int8_scales() + first_query;
 #ifdef ATLAS_FAST_X86
+  if (panel.path() == SimdLevel::kAvx512Vnni && n_queries >= kBroadcastQueries) {
+    const int64_t vector = first_query / 16, steps = panel.int8_steps();
+    return score_tile_int8_broadcast({panel.int8_lanes() + vector * steps * 64, steps, panel.int8_sums() + first_query,
+                                      scales},
+                                     n_queries, rows, n_rows, dim, out, out_stride, next);
+  }
   if (panel.path() == SimdLevel::kAvx512Vnni)
     return score_tile_int8_vnni({queries, scales, panel.int8_sums() + first_query}, n_queries, rows, n_rows, dim, out,
                                 out_stride, next);
@@ -675,6 +841,15 @@ QueryPanel::QueryPanel(StorageType type, const float* queries, int64_t n_queries
       int8_scales_[q] = quantise_int8(queries + q * dim, values, dim);
       int8_sums_[q] = std::accumulate(values, values + dim, int32_t{0});
     }
+  }
+  if (path_ == SimdLevel::kAvx512Vnni) {  // the lanes of score_tile_int8_broadcast, zero past dim and n_queries
+    const int64_t vectors = (n_queries + 15) / 16;
+    int8_lanes_.assign(static_cast<size_t>(vectors * int8_steps() * 64), 0);
+    for (int64_t q = 0; q < n_queries; ++q)
+      for (int64_t k = 0; k < dim; ++k)
+        int8_lanes_[((q / 16) * int8_steps() + k / 4) * 64 + (q % 16) * 4 + k % 4] = int8_[q * dim + k];
+    int8_scales_.resize(static_cast<size_t>(16 * vectors));
+    int8_sums_.resize(static_cast<size_t>(16 * vectors));
   }
 }
 

@@ -12,8 +12,10 @@
 //   accumulation; AMD Zen 4, Intel Cooper Lake and later); fp32/fp16 rows take the avx512 path,
 //   int8 rows the avx512vnni one;
 // - avx512vnni: int8 rows (vpdpbusd: 64 byte products a step, int32 accumulation; Intel Ice Lake
-//   and later, AMD Zen 4); float rows take the avx512 path. AMX-INT8 (Sapphire Rapids) is not used:
-//   no AMX machine has run this code, so a path for it could not be tested;
+//   and later, AMD Zen 4); float rows take the avx512 path. From 9 queries a tile call, 4 bytes of a
+//   row are broadcast against 16 queries interleaved in a vector, so that no lanes are folded.
+//   AMX-INT8 (Sapphire Rapids) is not used: no AMX machine has run this code, so a path for it could
+//   not be tested;
 // - avx512 (F, BW, VL with F16C): rows widened to fp32 in registers, fp32 queries, FMA;
 // - avx2 (with FMA and F16C; int8 rows widened to int16, vpmaddwd), or portable C++: the only path off x86
 //   (aarch64 builds it alone). Under ATLAS_FAST_SIMD=avx512, int8 rows take the avx2 path.
@@ -52,6 +54,12 @@ class QueryPanel {
   const int8_t* int8() const { return int8_.data(); }
   const float* int8_scales() const { return int8_scales_.data(); }
   const int32_t* int8_sums() const { return int8_sums_.data(); }
+  // avx512vnni only: the queries interleaved, 16 to a vector, for the broadcast kernel. Step s of vector v (bytes
+  // 4s .. 4s + 3 of queries 16v .. 16v + 15, zero past dim and past the last query) is the 64 bytes at
+  // int8_lanes() + (v * int8_steps() + s) * 64; int8_scales and int8_sums are then padded with zeros to whole
+  // vectors.
+  const int8_t* int8_lanes() const { return int8_lanes_.data(); }
+  int64_t int8_steps() const { return (dim_ + 3) / 4; }
 
  private:
   StorageType type_;
@@ -62,6 +70,7 @@ class QueryPanel {
   std::vector<int8_t> int8_;
   std::vector<float> int8_scales_;
   std::vector<int32_t> int8_sums_;
+  std::vector<int8_t> int8_lanes_;
 };
 
 // The rows of the tile a search scores next. The 4-query kernels prefetch them into L2, a share per block of
@@ -73,6 +82,7 @@ struct NextRows {
 };
 
 // out[q * out_stride + r] = <query first_query + q, rows[r]> for q < n_queries, r < n_rows.
+// first_query: a multiple of 16 (int8 on avx512vnni reads the queries interleaved 16 to a vector).
 // rows: n_rows x dim of the panel's storage type, row-major, contiguous.
 void score_tile(const QueryPanel& panel, int64_t first_query, int64_t n_queries, const void* rows, int64_t n_rows,
                 float* out, int64_t out_stride, NextRows next = {});

@@ -1,5 +1,6 @@
 """DocumentIndex: a state machine against a numpy oracle, faiss parity, staleness, concurrency, persistence."""
 
+import itertools
 import os
 import threading
 import time
@@ -387,18 +388,22 @@ from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex
 rng = np.random.default_rng(0)
 # d = 37 (below one AVX2 step of 16 and one VNNI step of 64), 133 (steps and tails), 768 (the usual size).
+# 85 queries: two threads split the rows, each scoring groups of 64 and 21 (avx512vnni: 16-query vectors, one
+# partly padding); 150: the threads split the queries, 80 and 70, so groups of 64, 16 and 6 (the 4 x 4 kernel).
 for dim in (37, 133, 768):
     index = DocumentIndex(dim, "int8", n_threads=2)
     index.upsert(np.arange(700), rng.standard_normal((700, dim)).astype(np.float32))
-    queries = rng.standard_normal((70, dim)).astype(np.float32)
-    np.save(f"{OUT}/{dim}-queries.npy", queries)
     np.save(f"{OUT}/{dim}-rows.npy", index._core.export_rows(0, 700)[3])
-    for k in (25, 800):
-        scores, ids = index.search(queries, k)
-        np.save(f"{OUT}/{dim}-{k}-scores.npy", scores)
-        np.save(f"{OUT}/{dim}-{k}-ids.npy", ids)
+    for n_queries in INT8_QUERIES:
+        queries = rng.standard_normal((n_queries, dim)).astype(np.float32)
+        np.save(f"{OUT}/{dim}-{n_queries}-queries.npy", queries)
+        for k in (25, 800):
+            scores, ids = index.search(queries, k)
+            np.save(f"{OUT}/{dim}-{n_queries}-{k}-scores.npy", scores)
+            np.save(f"{OUT}/{dim}-{n_queries}-{k}-ids.npy", ids)
 print(_ext.simd_paths()["int8"])
 """
+INT8_QUERIES = (85, 150)
 
 
 def int8_reference_scores(queries: np.ndarray, stored: np.ndarray, dim: int) -> np.ndarray:
@@ -422,19 +427,19 @@ def test_every_int8_path_equals_the_numpy_reference(tmp_path, level):
     widest = _ext.build_info()["simd"] if not os.environ.get("ATLAS_FAST_SIMD") else None
     if widest is not None and SIMD_LEVELS.index(level) < SIMD_LEVELS.index(widest):
         pytest.skip(f"this CPU's widest path is {widest}")
-    reported = _run_simd_check(tmp_path / level, level, INT8_CHECK).split()
+    reported = _run_simd_check(tmp_path / level, level, f"INT8_QUERIES = {INT8_QUERIES}\n" + INT8_CHECK).split()
     assert reported[0] == {"avx512bf16": "avx512vnni", "avx512": "avx2"}.get(level, level)
-    for dim in (37, 133, 768):
-        scores = int8_reference_scores(
-            np.load(tmp_path / level / f"{dim}-queries.npy"), np.load(tmp_path / level / f"{dim}-rows.npy"), dim
-        )
+    out = tmp_path / level
+    for dim, n_queries in itertools.product((37, 133, 768), INT8_QUERIES):
+        queries = np.load(out / f"{dim}-{n_queries}-queries.npy")
+        scores = int8_reference_scores(queries, np.load(out / f"{dim}-rows.npy"), dim)
         order = np.lexsort((np.broadcast_to(np.arange(700), scores.shape), -scores), axis=1)
         for k in (25, 800):
-            want_ids = np.full((70, k), -1)
+            want_ids = np.full((n_queries, k), -1)
             want_ids[:, : min(k, 700)] = order[:, :k]
-            got_ids = np.load(tmp_path / level / f"{dim}-{k}-ids.npy")
-            np.testing.assert_array_equal(got_ids, want_ids, err_msg=f"d={dim}")
-            got = np.load(tmp_path / level / f"{dim}-{k}-scores.npy")[:, : min(k, 700)]
+            got_ids = np.load(out / f"{dim}-{n_queries}-{k}-ids.npy")
+            np.testing.assert_array_equal(got_ids, want_ids, err_msg=f"d={dim}, {n_queries} queries")
+            got = np.load(out / f"{dim}-{n_queries}-{k}-scores.npy")[:, : min(k, 700)]
             np.testing.assert_array_equal(got, np.take_along_axis(scores, want_ids[:, : min(k, 700)], 1))
 
 
