@@ -11,11 +11,14 @@ so BENCHMARKS.md prints GB/s and GFLOP/s; the quantised ones their recall@100 ag
 fp32 and bytes per row; each DocumentIndex cell the SIMD path that ran. The same run
 measures the machine's limits, so the search figures can be read against them: memory read
 bandwidth (a sum over 1 GiB), fp32 and bf16 GEMM throughput (torch.mm) and int8 GEMM
-throughput (torch._int_mm, int32 accumulation). `test_open` times opening a saved index, read
-(`load`) against memory-mapped (`map`).
+throughput (torch._int_mm, int32 accumulation). `test_search_against_limits` measures the
+bandwidth and its type's GEMM rate again just before and after each of its bf16 and int8 cells
+(8 to 64 queries), and prints the cell against the larger of those two limits. `test_open` times
+opening a saved index, read (`load`) against memory-mapped (`map`).
 """
 
 import os
+import time
 
 import numpy as np
 import pytest
@@ -142,6 +145,73 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
         baseline="faiss_flat_ip",
         device=CPU,
     )
+
+
+@pytest.fixture(scope="module")
+def limit_operands():
+    """What the limits of test_search_against_limits run on: 1 GiB of fp32, and 4096 x 4096 bf16 and int8."""
+    return {
+        "memory": torch.ones(2**28, dtype=torch.float32),
+        "bfloat16": torch.randn(4096, 4096, dtype=torch.bfloat16),
+        "int8": torch.randint(-127, 128, (4096, 4096), dtype=torch.int8),
+    }
+
+
+def _machine_rates(operands: dict, dtype: str) -> tuple[float, float]:
+    """(bytes/s summed from memory, ops/s of dtype's GEMM) now: the best of 5 sums and of 3 products."""
+
+    def best(fn, repeats: int) -> float:
+        fn()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    matrix = operands[dtype]
+    product = (lambda: torch._int_mm(matrix, matrix)) if dtype == "int8" else (lambda: matrix @ matrix)
+    memory = operands["memory"]
+    return memory.numel() * 4 / best(memory.sum, 5), 2 * 4096**3 / best(product, 3)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+@pytest.mark.parametrize("batch", [8, 32, 64])
+def test_search_against_limits(benchmark, indexes, limit_operands, n_docs, dtype, batch):
+    """A mid-batch search against the larger of its two limits: its rows over the memory bandwidth, its FLOPs
+    over its type's GEMM rate. Both are measured just before and just after the cell and the faster of each is
+    taken: this VM's bandwidth varies from minute to minute, so a limit measured far from its cell would make
+    the ratio noise."""
+    provider = next(name for name, stored in DTYPES.items() if stored == dtype)
+    index = indexes[provider]
+    queries = np.random.default_rng(batch).standard_normal((batch, DIM), dtype=np.float32)
+    before = None if benchmark.disabled else _machine_rates(limit_operands, dtype)
+
+    def fn():
+        return index.search(queries, K)
+
+    n_bytes, flops = n_docs * ROW_BYTES[provider], 2 * n_docs * DIM * batch
+    benchmark.extra_info.update(bytes=n_bytes, flops=flops, isa=_ext.simd_paths()[dtype])
+    run_provider(
+        benchmark,
+        fn,
+        op="search_against_limits",
+        shape=f"N={n_docs} d={DIM} k={K} batch={batch}",
+        mode="forward",
+        provider=provider,
+        baseline="docindex_bf16",
+        device=CPU,
+    )
+    if before is not None:
+        after = _machine_rates(limit_operands, dtype)
+        bandwidth, gemm_rate = max(before[0], after[0]), max(before[1], after[1])
+        limit = max(n_bytes / bandwidth, flops / gemm_rate)
+        benchmark.extra_info.update(
+            bandwidth=bandwidth,
+            gemm_rate=gemm_rate,
+            limit_seconds=limit,
+            limit_ratio=benchmark.stats.stats.median / limit,
+        )
 
 
 @pytest.fixture(scope="module")

@@ -100,6 +100,11 @@ def _rates(info: dict, seconds: float) -> str:
         parts.append(f"{info['bytes_per_row']:,} B/row")
     if info.get("isa"):
         parts.append(f"[{info['isa']}]")
+    if info.get("limit_seconds"):  # the larger of its bandwidth and GEMM limits, measured beside it
+        parts.append(
+            f"x{seconds / info['limit_seconds']:.2f} its limit {format_time(info['limit_seconds'])}"
+            f" ({info['bandwidth'] / 1e9:.1f} GB/s, GEMM {info['gemm_rate'] / 1e9:.0f} GFLOP/s)"
+        )
     return "".join(f", {part}" for part in parts)
 
 
