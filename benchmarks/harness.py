@@ -26,8 +26,8 @@ def run_provider(
     provider: str,
     baseline: str,
     device: torch.device,
-) -> None:
-    """Time ``fn`` with pytest-benchmark and record provider, baseline and peak memory."""
+) -> object:
+    """Time ``fn`` with pytest-benchmark and record provider, baseline and peak memory; returns fn's result."""
     if device.type == "cuda":
         timed = fn
 
@@ -41,4 +41,4 @@ def run_provider(
     if not benchmark.disabled:
         fn()  # warm-up: compilation and autotuning stay out of the memory figure
         benchmark.extra_info["peak_bytes"] = peak_memory_bytes(fn, device)
-    benchmark(fn)
+    return benchmark(fn)
