@@ -26,6 +26,33 @@ inline void prefetch_share(NextRows next, int64_t part, int64_t parts) {
     __builtin_prefetch(base + 64 * line, 0, 2);
 }
 
+// Walks a tile of n_rows rows x n_queries queries in register blocks of 16 accumulators, each prefetching its
+// share of the next tile: 8 queries x 2 rows (a pair of rows read once for all 8), then 4 x 4; each group's last
+// rows one at a time, and the queries left over one at a time. blocks.template run<RB, QB>(q, r) scores the block
+// of queries q .. q + QB - 1 and rows r .. r + RB - 1; blocks.one_query(q) every row against query q.
+template <typename Blocks>
+inline void walk_tile(const Blocks& blocks, int64_t n_queries, int64_t n_rows, NextRows next) {
+  const int64_t parts = n_queries / 8 * (n_rows / 2) + n_queries % 8 / 4 * (n_rows / 4);
+  int64_t q = 0, part = 0;
+  for (; q + 8 <= n_queries; q += 8) {
+    int64_t r = 0;
+    for (; r + 2 <= n_rows; r += 2) {
+      prefetch_share(next, part++, parts);
+      blocks.template run<2, 8>(q, r);
+    }
+    for (; r < n_rows; ++r) blocks.template run<1, 8>(q, r);
+  }
+  for (; q + 4 <= n_queries; q += 4) {
+    int64_t r = 0;
+    for (; r + 4 <= n_rows; r += 4) {
+      prefetch_share(next, part++, parts);
+      blocks.template run<4, 4>(q, r);
+    }
+    for (; r < n_rows; ++r) blocks.template run<1, 4>(q, r);
+  }
+  for (; q < n_queries; ++q) blocks.one_query(q);
+}
+
 template <StorageType T>
 inline float load_scalar(const void* rows, int64_t index) {
   if constexpr (T == StorageType::kFloat32) return static_cast<const float*>(rows)[index];
@@ -69,7 +96,7 @@ void score_tile_int8_portable(const int8_t* queries, const float* query_scales, 
 #ifdef ATLAS_FAST_X86
 // ---- AVX-512 ----
 
-// Lane-wise sums for lane_sums_4x4, of fp32 or int32 lanes.
+// Lane-wise sums for lane_sums_16, of fp32 or int32 lanes.
 __attribute__((target("avx512f"))) inline __m512 add_lanes(__m512 a, __m512 b) { return _mm512_add_ps(a, b); }
 __attribute__((target("avx512f"))) inline __m512i add_lanes(__m512i a, __m512i b) { return _mm512_add_epi32(a, b); }
 __attribute__((target("avx512f"))) inline __m512 as_ps(__m512 v) { return v; }
@@ -86,15 +113,16 @@ __attribute__((target("avx512f"))) inline V fold_lane_groups(__m512 a, __m512 b)
                    from_ps<V>(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 1, 3, 1))));
 }
 
-// The 16 lane sums of a 4 x 4 block of accumulators (fp32 or int32) in one vector, element 4q + r = the sum of
-// acc[q][r], in 45 shuffles and adds instead of 16 horizontal reductions of 8 each: a transpose-and-add over
-// 128-bit lanes, 64-bit pairs, then 128-bit lane groups.
-template <typename V>
-__attribute__((target("avx512f"))) inline V lane_sums_4x4(const V (&acc)[4][4]) {
+// The 16 lane sums of a block of 16 accumulators (QB queries x RB rows, fp32 or int32) in one vector, element
+// q * RB + r = the sum of acc[q][r], in 45 shuffles and adds instead of 16 horizontal reductions of 8 each: a
+// transpose-and-add over 128-bit lanes, 64-bit pairs, then 128-bit lane groups.
+template <typename V, int QB, int RB>
+__attribute__((target("avx512f"))) inline V lane_sums_16(const V (&acc)[QB][RB]) {
+  static_assert(QB * RB == 16, "a block of 16 accumulators");
   V pairs[8];  // pairs[i], per 128-bit lane: [a0+a2, b0+b2, a1+a3, b1+b3] of a = acc #2i, b = acc #2i+1
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) {
-    const __m512 a = as_ps(acc[i / 2][(i % 2) * 2]), b = as_ps(acc[i / 2][(i % 2) * 2 + 1]);
+    const __m512 a = as_ps(acc[2 * i / RB][2 * i % RB]), b = as_ps(acc[(2 * i + 1) / RB][(2 * i + 1) % RB]);
     pairs[i] = add_lanes(from_ps<V>(_mm512_unpacklo_ps(a, b)), from_ps<V>(_mm512_unpackhi_ps(a, b)));
   }
   __m512 quads[4];  // quads[i], per 128-bit lane L: the lane-L sums of accumulators 4i .. 4i+3
@@ -108,20 +136,31 @@ __attribute__((target("avx512f"))) inline V lane_sums_4x4(const V (&acc)[4][4]) 
                              as_ps(fold_lane_groups<V>(quads[2], quads[3])));
 }
 
-// Element 4q + r of `sums` -> out[q * out_stride + r]: 128-bit lane q to row q of out.
-__attribute__((target("avx512f"))) inline void store_lanes_4x4(__m512 sums, float* out, int64_t out_stride) {
-  _mm_storeu_ps(out, _mm512_castps512_ps128(sums));
-  _mm_storeu_ps(out + out_stride, _mm512_extractf32x4_ps(sums, 1));
-  _mm_storeu_ps(out + 2 * out_stride, _mm512_extractf32x4_ps(sums, 2));
-  _mm_storeu_ps(out + 3 * out_stride, _mm512_extractf32x4_ps(sums, 3));
+// Element q * RB + r of `sums` -> out[q * out_stride + r], RB = 4 (128-bit lane q to row q of out) or 2 (the
+// halves of 128-bit lane L to rows 2L and 2L + 1).
+template <int RB>
+__attribute__((target("avx512f"))) inline void store_lanes_16(__m512 sums, float* out, int64_t out_stride) {
+  static_assert(RB == 4 || RB == 2, "4 or 2 rows");
+  const __m128 lanes[4] = {_mm512_castps512_ps128(sums), _mm512_extractf32x4_ps(sums, 1),
+                           _mm512_extractf32x4_ps(sums, 2), _mm512_extractf32x4_ps(sums, 3)};
+#pragma GCC unroll 4
+  for (int lane = 0; lane < 4; ++lane) {
+    if constexpr (RB == 4) {
+      _mm_storeu_ps(out + lane * out_stride, lanes[lane]);
+    } else {
+      _mm_storel_pi(reinterpret_cast<__m64*>(out + 2 * lane * out_stride), lanes[lane]);
+      _mm_storeh_pi(reinterpret_cast<__m64*>(out + (2 * lane + 1) * out_stride), lanes[lane]);
+    }
+  }
 }
 
-// out[q * out_stride + r] = the lane sum of acc[q][r]: the 4 x 4 transpose-and-add, else one reduction each.
+// out[q * out_stride + r] = the lane sum of acc[q][r]: the transpose-and-add for 16 accumulators, else one
+// reduction each.
 template <int RB, int QB>
 __attribute__((target("avx512f"))) inline void store_block_sums(const __m512 (&acc)[QB][RB], float* out,
                                                                int64_t out_stride) {
-  if constexpr (RB == 4 && QB == 4) {
-    store_lanes_4x4(lane_sums_4x4(acc), out, out_stride);
+  if constexpr (RB * QB == 16) {
+    store_lanes_16<RB>(lane_sums_16(acc), out, out_stride);
   } else {
 #pragma GCC unroll 16
     for (int q = 0; q < QB; ++q)
@@ -275,21 +314,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void rows_one_qu
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void score_tile_avx512bf16(
-    const uint16_t* queries, int64_t n_queries, const uint16_t* rows, int64_t n_rows, int64_t dim, float* out,
-    int64_t out_stride, NextRows next) {
-  const int64_t parts = n_queries / 4 * (n_rows / 4);
-  int64_t q = 0, part = 0;
-  for (; q + 4 <= n_queries; q += 4) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-      prefetch_share(next, part++, parts);
-      block_avx512bf16<4, 4>(queries + q * dim, rows + r * dim, dim, out + q * out_stride + r, out_stride);
-    }
-    for (; r < n_rows; ++r)
-      block_avx512bf16<1, 4>(queries + q * dim, rows + r * dim, dim, out + q * out_stride + r, out_stride);
+// walk_tile's blocks for bf16 rows.
+struct Bf16Blocks {
+  const uint16_t* queries;
+  const uint16_t* rows;
+  int64_t n_rows, dim;
+  float* out;
+  int64_t out_stride;
+  template <int RB, int QB>
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void run(int64_t q, int64_t r) const {
+    block_avx512bf16<RB, QB>(queries + q * dim, rows + r * dim, dim, out + q * out_stride + r, out_stride);
   }
-  for (; q < n_queries; ++q) rows_one_query_avx512bf16(queries + q * dim, rows, n_rows, dim, out + q * out_stride);
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512bf16"))) void one_query(int64_t q) const {
+    rows_one_query_avx512bf16(queries + q * dim, rows, n_rows, dim, out + q * out_stride);
+  }
+};
+
+void score_tile_avx512bf16(const uint16_t* queries, int64_t n_queries, const uint16_t* rows, int64_t n_rows,
+                           int64_t dim, float* out, int64_t out_stride, NextRows next) {
+  walk_tile(Bf16Blocks{queries, rows, n_rows, dim, out, out_stride}, n_queries, n_rows, next);
 }
 
 // ---- AVX-512 VNNI (vpdpbusd): int8 rows against int8 queries, int32 accumulation ----
@@ -328,19 +371,19 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) inline void bloc
   }
   // Multiplied as the other paths do, ((sum - offset) * query) * row. The sums stay below 2^24 (255 * 127 * dim for
   // dim < 518), or their fp32 rounding is the same as theirs.
-  if constexpr (RB == 4 && QB == 4) {  // element 4q + r: query q, row r
-    const __m512i query_of = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+  if constexpr (RB * QB == 16) {  // element q * RB + r: query q, row r
+    const __m512i query_of = _mm512_srli_epi32(_mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15),
+                                               RB == 4 ? 2 : 1);
+    const __mmask16 queries_in = static_cast<__mmask16>((1u << QB) - 1);
     const __m512 offsets = _mm512_mul_ps(
-        _mm512_set1_ps(128.f), _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(
-                                   query_of, _mm512_castsi128_si512(_mm_loadu_si128(
-                                                 reinterpret_cast<const __m128i*>(query_set.sums))))));
-    const __m512 query_scales =
-        _mm512_permutexvar_ps(query_of, _mm512_castps128_ps512(_mm_loadu_ps(query_set.scales)));
-    const __m512 row_scales = _mm512_broadcast_f32x4(
-        _mm_setr_ps(int8_row_scale(rows, dim), int8_row_scale(rows + stride, dim),
-                    int8_row_scale(rows + 2 * stride, dim), int8_row_scale(rows + 3 * stride, dim)));
-    const __m512 shifted = _mm512_sub_ps(_mm512_cvtepi32_ps(lane_sums_4x4(acc)), offsets);
-    store_lanes_4x4(_mm512_mul_ps(_mm512_mul_ps(shifted, query_scales), row_scales), out, out_stride);
+        _mm512_set1_ps(128.f),
+        _mm512_cvtepi32_ps(_mm512_permutexvar_epi32(query_of, _mm512_maskz_loadu_epi32(queries_in, query_set.sums))));
+    const __m512 query_scales = _mm512_permutexvar_ps(query_of, _mm512_maskz_loadu_ps(queries_in, query_set.scales));
+    const __m512 row_scales = _mm512_broadcast_f32x4(_mm_setr_ps(
+        int8_row_scale(rows, dim), int8_row_scale(rows + 1 % RB * stride, dim),
+        int8_row_scale(rows + 2 % RB * stride, dim), int8_row_scale(rows + 3 % RB * stride, dim)));
+    const __m512 shifted = _mm512_sub_ps(_mm512_cvtepi32_ps(lane_sums_16(acc)), offsets);
+    store_lanes_16<RB>(_mm512_mul_ps(_mm512_mul_ps(shifted, query_scales), row_scales), out, out_stride);
   } else {
     for (int q = 0; q < QB; ++q) {
       const float offset = 128.f * static_cast<float>(query_set.sums[q]);
@@ -382,23 +425,29 @@ __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void rows_one_qu
   }
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void score_tile_int8_vnni(
-    Int8Queries queries, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim, float* out,
-    int64_t out_stride, NextRows next) {
-  const size_t stride = row_bytes(StorageType::kInt8, dim);
-  const auto from = [&](int64_t q) { return Int8Queries{queries.values + q * dim, queries.scales + q, queries.sums + q}; };
-  const int64_t parts = n_queries / 4 * (n_rows / 4);
-  int64_t q = 0, part = 0;
-  for (; q + 4 <= n_queries; q += 4) {
-    int64_t r = 0;
-    for (; r + 4 <= n_rows; r += 4) {
-      prefetch_share(next, part++, parts);
-      block_int8_vnni<4, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
-    }
-    for (; r < n_rows; ++r)
-      block_int8_vnni<1, 4>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+// walk_tile's blocks for int8 rows.
+struct Int8Blocks {
+  Int8Queries queries;
+  const uint8_t* rows;
+  int64_t n_rows, dim;
+  float* out;
+  int64_t out_stride;
+  Int8Queries from(int64_t q) const {
+    return {queries.values + q * dim, queries.scales + q, queries.sums + q};
   }
-  for (; q < n_queries; ++q) rows_one_query_int8_vnni(from(q), rows, stride, n_rows, dim, out + q * out_stride);
+  template <int RB, int QB>
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void run(int64_t q, int64_t r) const {
+    const size_t stride = row_bytes(StorageType::kInt8, dim);
+    block_int8_vnni<RB, QB>(from(q), rows + r * stride, stride, dim, out + q * out_stride + r, out_stride);
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni"))) void one_query(int64_t q) const {
+    rows_one_query_int8_vnni(from(q), rows, row_bytes(StorageType::kInt8, dim), n_rows, dim, out + q * out_stride);
+  }
+};
+
+void score_tile_int8_vnni(Int8Queries queries, int64_t n_queries, const uint8_t* rows, int64_t n_rows, int64_t dim,
+                          float* out, int64_t out_stride, NextRows next) {
+  walk_tile(Int8Blocks{queries, rows, n_rows, dim, out, out_stride}, n_queries, n_rows, next);
 }
 
 // ---- AVX-512 VNNI, many queries: a row's bytes broadcast against 16 queries a vector ----

@@ -389,7 +389,7 @@ from atlas_fast.index import DocumentIndex
 rng = np.random.default_rng(0)
 # d = 37 (below one AVX2 step of 16 and one VNNI step of 64), 133 (steps and tails), 768 (the usual size).
 # 85 queries: two threads split the rows, each scoring groups of 64 and 21 (avx512vnni: 16-query vectors, one
-# partly padding); 150: the threads split the queries, 80 and 70, so groups of 64, 16 and 6 (the 4 x 4 kernel).
+# partly padding); 150: the threads split the queries, 80 and 70, so groups of 64, 16 and 6 (the register-block kernel).
 for dim in (37, 133, 768):
     index = DocumentIndex(dim, "int8", n_threads=2)
     index.upsert(np.arange(700), rng.standard_normal((700, dim)).astype(np.float32))
