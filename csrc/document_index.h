@@ -83,6 +83,9 @@ class DocumentIndex {
   // distinct (invalid_argument otherwise, nothing changed).
   void attach_mapped(const int64_t* ids, const int32_t* steps, const uint32_t* retrieved, const void* raw_vectors,
                      int64_t n);
+  // Makes room in the id map and the per-document metadata for `rows` documents in all, so that a file read in
+  // chunks (load, map) grows them once rather than by doubling.
+  void reserve(int64_t rows);
   // Bytes the index owns (vector blocks, per-document metadata, id map): mapped rows are not counted.
   size_t memory_bytes() const;
   // Bytes of rows served from mapped memory.

@@ -60,6 +60,10 @@ class IdMap {
     --size_;
   }
 
+  // Starts loading the slot id's search begins at: a loop inserting many ids calls it some ids ahead, so that
+  // its slots' cache misses overlap instead of following one another.
+  void prefetch(int64_t id) const { __builtin_prefetch(slots_.data() + home(id)); }
+
   void reserve(size_t n) {
     size_t capacity = slots_.size();
     while (capacity < 2 * n) capacity *= 2;

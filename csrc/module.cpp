@@ -198,6 +198,7 @@ void bind_document_index(py::module_& m) {
       .def("append_raw", &add_raw_rows<&DocumentIndex::append_raw>)
       .def("attach_mapped", &add_raw_rows<&DocumentIndex::attach_mapped>,
            py::keep_alive<1, 5>())  // the mapped rows live as long as the index
+      .def("reserve", &DocumentIndex::reserve, py::arg("rows"), py::call_guard<py::gil_scoped_release>())
       .def("memory_bytes", &DocumentIndex::memory_bytes, py::call_guard<py::gil_scoped_release>())
       .def("mapped_bytes", &DocumentIndex::mapped_bytes, py::call_guard<py::gil_scoped_release>());
 }

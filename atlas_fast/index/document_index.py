@@ -317,6 +317,7 @@ class DocumentIndex:
         raw = np.memmap(layout.path, dtype=np.uint8, mode="r") if mmap else np.fromfile(layout.path, dtype=np.uint8)
         layout.verify_checksum(raw)
         index = cls(layout.dim, layout.dtype, n_threads)
+        index._core.reserve(layout.count)
         for ids, steps, retrieved, vectors in layout.chunks(raw):
             _check_rows(layout.path, ids, steps, vectors, layout.dtype)
             index._core.append_raw(ids, steps, retrieved, np.ascontiguousarray(vectors))
@@ -343,6 +344,7 @@ class DocumentIndex:
         index = cls(layout.dim, layout.dtype, n_threads)
         if layout.chunk_rows % _ext.native().DocumentIndex.block_rows:
             raise IndexFileError(f"{layout.path}: chunk_rows {layout.chunk_rows} cannot be mapped (not whole blocks)")
+        index._core.reserve(layout.count)
         for ids, steps, retrieved, vectors in layout.chunks(raw):
             _check_ids_and_steps(layout.path, ids, steps)
             try:
