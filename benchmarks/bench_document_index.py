@@ -18,12 +18,11 @@ opening a saved index, read (`load`) against memory-mapped (`map`).
 """
 
 import os
-import time
 
 import numpy as np
 import pytest
 import torch
-from harness import run_provider
+from harness import best_seconds, run_provider
 
 from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex
@@ -159,20 +158,10 @@ def limit_operands():
 
 def _machine_rates(operands: dict, dtype: str) -> tuple[float, float]:
     """(bytes/s summed from memory, ops/s of dtype's GEMM) now: the best of 5 sums and of 3 products."""
-
-    def best(fn, repeats: int) -> float:
-        fn()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - start)
-        return min(times)
-
     matrix = operands[dtype]
     product = (lambda: torch._int_mm(matrix, matrix)) if dtype == "int8" else (lambda: matrix @ matrix)
     memory = operands["memory"]
-    return memory.numel() * 4 / best(memory.sum, 5), 2 * 4096**3 / best(product, 3)
+    return memory.numel() * 4 / best_seconds(memory.sum, 5), 2 * 4096**3 / best_seconds(product, 3)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])

@@ -9,6 +9,7 @@ provider, the baseline provider of the group and the peak memory in bytes.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -42,3 +43,14 @@ def run_provider(
         fn()  # warm-up: compilation and autotuning stay out of the memory figure
         benchmark.extra_info["peak_bytes"] = peak_memory_bytes(fn, device)
     return benchmark(fn)
+
+
+def best_seconds(fn: Callable[[], object], repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``fn`` after one untimed: a rate measured beside a benchmark."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)

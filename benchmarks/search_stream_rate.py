@@ -7,26 +7,17 @@ measured at another time. Each round here measures the sum, then bf16 and int8 s
     python benchmarks/search_stream_rate.py [rounds]
 """
 
+import functools
 import sys
-import time
 
 import numpy as np
 import torch
+from harness import best_seconds
 
 from atlas_fast import _ext
 from atlas_fast.index import DocumentIndex
 
 N, DIM, K, CHUNK = 1_000_000, 768, 100, 100_000
-
-
-def best_seconds(fn, repeats: int = 5) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
 
 
 def main(rounds: int) -> None:
@@ -39,11 +30,11 @@ def main(rounds: int) -> None:
     memory = torch.ones(2**28, dtype=torch.float32)
     queries = {batch: rng.standard_normal((batch, DIM), dtype=np.float32) for batch in (1, 8)}
     for _ in range(rounds):
-        cells = [f"sum {memory.numel() * 4 / best_seconds(memory.sum) / 1e9:.1f}"]
+        cells = [f"sum {memory.numel() * 4 / best_seconds(memory.sum, 5) / 1e9:.1f}"]
         for dtype, index in indexes.items():
             row_bytes = _ext.native().row_bytes(dtype, DIM)
             for batch, batch_queries in queries.items():
-                seconds = best_seconds(lambda index=index, batch_queries=batch_queries: index.search(batch_queries, K))
+                seconds = best_seconds(functools.partial(index.search, batch_queries, K), 5)
                 cells.append(f"{dtype} {batch}q {N * row_bytes / seconds / 1e9:.1f}")
         print(", ".join(cells), "GB/s")
 
