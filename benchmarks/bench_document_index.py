@@ -17,6 +17,7 @@ bandwidth and its type's GEMM rate again just before and after each of its bf16 
 opening a saved index, read (`load`) against memory-mapped (`map`).
 """
 
+import functools
 import os
 
 import numpy as np
@@ -147,26 +148,33 @@ def test_search(benchmark, indexes, n_docs, provider, batch):
 
 
 @pytest.fixture(scope="module")
-def limit_operands():
-    """What the limits of test_search_against_limits run on: 1 GiB of fp32, and 4096 x 4096 bf16 and int8."""
-    return {
-        "memory": torch.ones(2**28, dtype=torch.float32),
-        "bfloat16": torch.randn(4096, 4096, dtype=torch.bfloat16),
-        "int8": torch.randint(-127, 128, (4096, 4096), dtype=torch.int8),
-    }
+def gib_of_floats():
+    """1 GiB of fp32: what the memory read limit sums."""
+    return torch.ones(2**28, dtype=torch.float32)
 
 
-def _machine_rates(operands: dict, dtype: str) -> tuple[float, float]:
-    """(bytes/s summed from memory, ops/s of dtype's GEMM) now: the best of 5 sums and of 3 products."""
-    matrix = operands[dtype]
-    product = (lambda: torch._int_mm(matrix, matrix)) if dtype == "int8" else (lambda: matrix @ matrix)
-    memory = operands["memory"]
+def _gemm_4096(dtype: torch.dtype):
+    """A 4096 x 4096 x 4096 product in dtype, ready to call: int8 runs torch._int_mm (int32 accumulation), and
+    skips the cell where this CPU build of torch lacks it."""
+    if dtype == torch.int8:
+        a, b = (torch.randint(-127, 128, (4096, 4096), dtype=torch.int8) for _ in range(2))
+        try:
+            torch._int_mm(a[:32], b[:, :32])
+        except RuntimeError as error:
+            pytest.skip(f"torch._int_mm does not run on this CPU build: {error}")
+        return functools.partial(torch._int_mm, a, b)
+    a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+    return functools.partial(torch.mm, a, b)
+
+
+def _machine_rates(memory: torch.Tensor, product) -> tuple[float, float]:
+    """(bytes/s summed from memory, ops/s of the 4096^3 product) now: the best of 5 sums and of 3 products."""
     return memory.numel() * 4 / best_seconds(memory.sum, 5), 2 * 4096**3 / best_seconds(product, 3)
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
 @pytest.mark.parametrize("batch", [8, 32, 64])
-def test_search_against_limits(benchmark, indexes, limit_operands, n_docs, dtype, batch):
+def test_search_against_limits(benchmark, indexes, gib_of_floats, n_docs, dtype, batch):
     """A mid-batch search against the larger of its two limits: its rows over the memory bandwidth, its FLOPs
     over its type's GEMM rate. Both are measured just before and just after the cell and the faster of each is
     taken: this VM's bandwidth varies from minute to minute, so a limit measured far from its cell would make
@@ -174,7 +182,8 @@ def test_search_against_limits(benchmark, indexes, limit_operands, n_docs, dtype
     provider = next(name for name, stored in DTYPES.items() if stored == dtype)
     index = indexes[provider]
     queries = np.random.default_rng(batch).standard_normal((batch, DIM), dtype=np.float32)
-    before = None if benchmark.disabled else _machine_rates(limit_operands, dtype)
+    product = None if benchmark.disabled else _gemm_4096(torch.int8 if dtype == "int8" else torch.bfloat16)
+    before = None if product is None else _machine_rates(gib_of_floats, product)
 
     def fn():
         return index.search(queries, K)
@@ -192,7 +201,7 @@ def test_search_against_limits(benchmark, indexes, limit_operands, n_docs, dtype
         device=CPU,
     )
     if before is not None:
-        after = _machine_rates(limit_operands, dtype)
+        after = _machine_rates(gib_of_floats, product)
         bandwidth, gemm_rate = max(before[0], after[0]), max(before[1], after[1])
         limit = max(n_bytes / bandwidth, flops / gemm_rate)
         benchmark.extra_info.update(
@@ -303,36 +312,16 @@ def test_transform(benchmark, corpus, n_docs, provider):
 
 
 @pytest.mark.parametrize("provider", ["memory_read_1GiB", "gemm_fp32_4096", "gemm_bf16_4096", "gemm_int8_4096"])
-def test_machine_limits(benchmark, provider):
+def test_machine_limits(benchmark, gib_of_floats, provider):
     if provider == "memory_read_1GiB":
-        data = torch.ones(2**28, dtype=torch.float32)
-
-        def fn():
-            return data.sum()
-
-        benchmark.extra_info["bytes"] = data.numel() * 4
-        work = f"{data.numel() * 4 / 1e9:.3f} GB"
-    elif provider == "gemm_int8_4096":
-        a, b = (torch.randint(-127, 128, (4096, 4096), dtype=torch.int8) for _ in range(2))
-        try:
-            torch._int_mm(a[:32], b[:, :32])
-        except RuntimeError as error:
-            pytest.skip(f"torch._int_mm does not run on this CPU build: {error}")
-
-        def fn():
-            return torch._int_mm(a, b)
-
-        benchmark.extra_info["flops"] = 2 * 4096**3
-        work = f"{2 * 4096**3 / 1e9:.1f} GOP"
+        fn = gib_of_floats.sum
+        benchmark.extra_info["bytes"] = gib_of_floats.numel() * 4
+        work = f"{gib_of_floats.numel() * 4 / 1e9:.3f} GB"
     else:
-        dtype = torch.float32 if provider == "gemm_fp32_4096" else torch.bfloat16
-        a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
-
-        def fn():
-            return a @ b
-
+        dtype = {"gemm_fp32_4096": torch.float32, "gemm_bf16_4096": torch.bfloat16}.get(provider, torch.int8)
+        fn = _gemm_4096(dtype)
         benchmark.extra_info["flops"] = 2 * 4096**3
-        work = f"{2 * 4096**3 / 1e9:.1f} GFLOP"
+        work = f"{2 * 4096**3 / 1e9:.1f} {'GOP' if dtype == torch.int8 else 'GFLOP'}"
     benchmark.extra_info["work"] = work
     run_provider(
         benchmark,

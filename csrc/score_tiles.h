@@ -2,10 +2,10 @@
 //
 // The stored rows are fp32, fp16, bf16 or int8. Float rows are accumulated in fp32; int8 rows
 // against queries quantised to int8 once per search (one scale per query) in int32, then scaled.
-// Each kernel is register-blocked (4 rows x 4 queries = 16 accumulators) so that
-// each row vector loaded from memory is used by four queries and each query vector by four
-// rows: the database is streamed once per query group, which is what makes batched search
-// cheaper than one scan per query.
+// Each kernel is register-blocked (4 rows x 4 queries, or 2 rows x 8 queries on the bf16 and int8
+// paths: 16 accumulators) so that each row vector loaded from memory is used by several queries
+// and each query vector by several rows: the database is streamed once per query group, which is
+// what makes batched search cheaper than one scan per query.
 //
 // The path is chosen once at run time from cpuid (ATLAS_FAST_SIMD forces a narrower one):
 // - avx512bf16: bf16 rows against queries rounded to bf16 once per search (vdpbf16ps, fp32
@@ -73,7 +73,7 @@ class QueryPanel {
   std::vector<int8_t> int8_lanes_;
 };
 
-// The rows of the tile a search scores next. The 4-query kernels prefetch them into L2, a share per block of
+// The rows of the tile a search scores next. The blocked kernels prefetch them into L2, a share per block of
 // this tile, so that streaming the next tile from memory overlaps this tile's arithmetic: a batch of 8 to 64
 // queries is bound by both, and without the overlap it waits on each in turn.
 struct NextRows {
